@@ -1,0 +1,18 @@
+//! docsmith: turns a Python function stub with a docstring into a working, tested function.
+//!
+//! Data flows one way: front ends (`cli`, later `lsp`) -> `pipeline` -> `roles`
+//! -> (`llm`, `sandbox`, `checks`, `store`, `rag`). `types` holds the plain data
+//! they share. See ARCHITECTURE.md at the repository root.
+
+pub mod checks;
+pub mod cli;
+pub mod config;
+pub mod llm;
+pub mod models;
+pub mod pipeline;
+pub mod python;
+pub mod rag;
+pub mod roles;
+pub mod sandbox;
+pub mod store;
+pub mod types;
