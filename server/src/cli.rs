@@ -545,7 +545,7 @@ fn history(workspace: &Path, limit: usize) -> i32 {
             r.status.as_str(),
             r.attempts,
             format!("{}/{}", r.tests_passed, r.tests_total),
-            r.wall_ms as f64 / 1000.0,
+            r.wall_ms.unwrap_or(0) as f64 / 1000.0,
             r.llm_calls,
             r.prompt_tokens + r.completion_tokens
         );

@@ -656,8 +656,9 @@ impl TaskRun {
         let mut n = 0;
         for g in generated.into_iter().take(max) {
             let call = g.call.trim().to_string();
-            let expected = g.expected.trim().to_string();
-            if call.is_empty() || expected.is_empty() || !call.contains(&self.stub.name) {
+            let raises = Some(g.raises.trim().to_string()).filter(|r| is_identifier_path(r));
+            let expected = if raises.is_some() { String::new() } else { g.expected.trim().to_string() };
+            if call.is_empty() || (expected.is_empty() && raises.is_none()) || !call.contains(&self.stub.name) {
                 continue;
             }
             if !python::syntax_errors(&call).is_empty() || !python::syntax_errors(&expected).is_empty() {
@@ -670,7 +671,7 @@ impl TaskRun {
                 origin: TestOrigin::Generated,
                 call,
                 expected,
-                raises: None,
+                raises,
                 note: g.why,
             };
             if let Some(doc_expected) = doc_calls.get(&key) {
@@ -1107,7 +1108,7 @@ impl TaskRun {
     fn outcome(&self) -> Result<Outcome, PipelineError> {
         let detail = self.deps.store.task(self.task)?;
         let (status, reason) = match detail {
-            Some(d) => (d.status, d.status_reason),
+            Some(d) => (d.task.status, d.task.status_reason),
             None => (TaskStatus::Failed, Some("task vanished from the store".into())),
         };
         Ok(Outcome { task: self.task.0, status, reason, proposal: self.proposal.clone() })
@@ -1123,6 +1124,11 @@ fn stage_fraction(stage: Stage) -> u32 {
         Stage::Critique => 90,
         _ => 0,
     }
+}
+
+/// Whether `s` looks like an exception name (`ValueError`, `json.JSONDecodeError`).
+fn is_identifier_path(s: &str) -> bool {
+    !s.is_empty() && s.split('.').all(|p| p.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_') && p.chars().all(|c| c.is_alphanumeric() || c == '_'))
 }
 
 /// Whitespace-insensitive key for comparing Python snippets.

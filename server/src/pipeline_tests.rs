@@ -167,7 +167,7 @@ async fn happy_path_runs_every_stage_once_and_is_accepted() {
         other => panic!("{other:?}"),
     }
     let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
-    assert_eq!(d.status, TaskStatus::Accepted);
+    assert_eq!(d.task.status, TaskStatus::Accepted);
     assert_eq!(*h.calls.lock().unwrap(), vec!["planner", "tests", "developer"]);
 }
 
@@ -209,7 +209,7 @@ async fn a_generated_test_that_contradicts_the_docstring_is_dropped_and_recorded
     assert_eq!(p.dropped[0].0, "gen1");
     assert_eq!(p.attempts, 1, "no rewrite was needed once the wrong test was dropped");
     let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
-    assert!(d.test_cases.iter().any(|t| t.test_id == "gen1" && t.dropped), "drop recorded in the store");
+    assert!(d.test_cases.iter().any(|t| t.case.id == "gen1" && t.dropped.is_some()), "drop recorded in the store");
 }
 
 #[tokio::test]
@@ -359,8 +359,8 @@ async fn a_dead_provider_fails_the_task_with_the_reason_recorded() {
     let err = run.advance(&CancellationToken::new()).await.unwrap_err();
     assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
     let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
-    assert_eq!(d.status, TaskStatus::Failed);
-    assert!(d.status_reason.unwrap_or_default().contains("127.0.0.1:9"));
+    assert_eq!(d.task.status, TaskStatus::Failed);
+    assert!(d.task.status_reason.unwrap_or_default().contains("127.0.0.1:9"));
 }
 
 #[tokio::test]
@@ -371,7 +371,7 @@ async fn cancel_stops_the_task_and_records_it() {
     cancel.cancel();
     assert!(matches!(run.advance(&cancel).await, Err(PipelineError::Cancelled)));
     let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
-    assert_eq!(d.status, TaskStatus::Cancelled);
+    assert_eq!(d.task.status, TaskStatus::Cancelled);
 }
 
 #[tokio::test]

@@ -87,7 +87,11 @@ pub struct Clarification {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesignedTest {
     pub call: String,
+    #[serde(default)]
     pub expected: String,
+    /// Exception type the call must raise (then `expected` is empty).
+    #[serde(default)]
+    pub raises: String,
     #[serde(default)]
     pub why: String,
 }
@@ -229,6 +233,7 @@ pub fn tests_schema(max_tests: usize) -> Value {
                     "properties": {
                         "call": {"type": "string"},
                         "expected": {"type": "string"},
+                        "raises": {"type": "string"},
                         "why": {"type": "string"}
                     },
                     "required": ["call", "expected", "why"]
@@ -263,7 +268,8 @@ pub fn tests_request(
     user.push_str(&format!(
         "Write up to {max_tests} NEW test cases covering edge cases and typical inputs. Each has `call` \
          (a Python expression calling `{}`), `expected` (a Python literal: the exact value it must return; \
-         work it out step by step from the docstring before writing it) and `why`. Reply with JSON only.",
+         work it out step by step from the docstring before writing it), `raises` (an exception type the call must raise, \
+         else empty) and `why`. Reply with JSON only.",
         stub.name
     ));
     request(
