@@ -27,7 +27,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::llm::Router;
 use crate::pipeline::{Deps, Event, Pause, PipelineError, Proposal, Reply, Settings, Target, TaskRun, TaskSpec};
 use crate::rag::Guidelines;
 use crate::sandbox::Sandbox;
@@ -191,7 +190,7 @@ pub fn find_workspace(file: &Path) -> PathBuf {
 /// Builds the pipeline's dependencies for a workspace from its configuration.
 /// Errors carry the exit code to use.
 pub fn build_deps(workspace: &Path, cfg: &Config, interactive: bool) -> Result<Deps, (i32, String)> {
-    let router = Router::from_config(cfg).map_err(|e| (EXIT_MODEL, e.to_string()))?;
+    let router = crate::config::build_router(cfg).map_err(|e| (EXIT_MODEL, e.to_string()))?;
     let sandbox = Sandbox::new(cfg.sandbox_config()).map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
     let store = Store::open(&workspace.join(".docsmith").join("docsmith.db")).map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
     Ok(Deps {

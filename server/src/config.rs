@@ -1,1 +1,570 @@
-//! (to be written)
+//! Configuration: `docsmith.toml` in the workspace root, then `DOCSMITH_*`
+//! environment overrides; and building the LLM router and sandbox settings from it.
+//!
+//! Owns: the configuration schema, its validation (typos fail at start-up, not at
+//! request time: every table is `deny_unknown_fields`), and turning provider
+//! entries into `llm` providers. Must not know about the pipeline's stages or any
+//! front end. The LSP front end will feed `initializationOptions` and
+//! `workspace/configuration` through [`Config::from_json`].
+//!
+//! ```toml
+//! max_refinements = 3          # DOCSMITH_MAX_REFINEMENTS (alias MAX_REFINEMENTS)
+//! max_clarifications = 2       # DOCSMITH_MAX_CLARIFICATIONS (alias MAX_PLANNER_ITERATIONS)
+//! max_generated_tests = 8      # DOCSMITH_MAX_GENERATED_TESTS
+//!
+//! [sandbox]                    # DOCSMITH_SANDBOX_MODE
+//! mode = "auto"                # "auto" | "bwrap" | "rlimits_only"
+//! cpu_seconds = 10
+//! address_space_mb = 1024
+//! max_processes = 32
+//! file_size_mb = 16
+//! per_test_timeout_ms = 3000
+//! wall_timeout_ms = 30000
+//!
+//! [providers.local]            # exists by default
+//! kind = "local"
+//! model = "qwen2.5-coder-1.5b" # a known model name (DOCSMITH_MODEL) ...
+//! path = "/any/model.gguf"     # ... or any GGUF path (DOCSMITH_MODEL_PATH); path wins
+//! threads = 1                  # generation threads (DOCSMITH_THREADS)
+//! threads_batch = 2            # prompt-processing threads
+//! n_ctx = 4096
+//!
+//! [providers.vllm]
+//! kind = "openai"              # any OpenAI-compatible chat-completions endpoint
+//! base_url = "http://127.0.0.1:8000/v1"
+//! model = "Qwen/Qwen2.5-Coder-7B-Instruct"
+//! api_key_env = "VLLM_API_KEY" # the NAME of the variable holding the key
+//! timeout_ms = 120000
+//! supports_json_schema = true
+//!
+//! [roles.developer]            # planner | test_designer | developer | critic
+//! provider = "vllm"
+//! model = "..."                # optional: overrides the provider's model for this role
+//! fallback = ["local"]
+//! ```
+//!
+//! Environment: `DOCSMITH_<ROLE>_PROVIDER`, `DOCSMITH_<ROLE>_MODEL` (ROLE = PLANNER,
+//! TEST_DESIGNER, DEVELOPER, CRITIC; the seed's `ARCHITECT_LLM_MODEL`,
+//! `DEVELOPER_LLM_MODEL`, `TESTER_LLM_MODEL`, `CRITIC_LLM_MODEL` are aliases), and
+//! `DOCSMITH_OPENAI_BASE_URL` / `DOCSMITH_OPENAI_MODEL` / `DOCSMITH_OPENAI_API_KEY_ENV`,
+//! which define (or change) a provider named `openai`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::llm::{LlmError, Provider, Router};
+use crate::sandbox::{SandboxConfig, SandboxMode};
+use crate::types::Role;
+
+/// The name of the configuration file looked up in the workspace root.
+pub const FILE_NAME: &str = "docsmith.toml";
+
+/// Configuration errors. Messages name the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}={value:?}: {message}")]
+    Env { var: String, value: String, message: String },
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Rewrites allowed after the first attempt in one round.
+    pub max_refinements: u32,
+    /// Clarifying questions before the planner must state assumptions.
+    pub max_clarifications: u32,
+    /// Cap on test cases the test designer may add.
+    pub max_generated_tests: usize,
+    pub sandbox: SandboxSettings,
+    /// Named providers. `local` exists unless replaced.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Per-role routes, keyed by role name. A role without an entry uses `local`.
+    pub roles: BTreeMap<String, RoleRoute>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut providers = BTreeMap::new();
+        providers.insert("local".to_string(), ProviderConfig::Local(LocalConfig::default()));
+        Config {
+            max_refinements: 3,
+            max_clarifications: 2,
+            max_generated_tests: 8,
+            sandbox: SandboxSettings::default(),
+            providers,
+            roles: BTreeMap::new(),
+        }
+    }
+}
+
+/// Sandbox limits in config units (MiB, ms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSettings {
+    pub mode: SandboxMode,
+    pub cpu_seconds: u64,
+    pub address_space_mb: u64,
+    pub max_processes: u64,
+    pub file_size_mb: u64,
+    pub per_test_timeout_ms: u64,
+    pub wall_timeout_ms: u64,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        let d = SandboxConfig::default();
+        SandboxSettings {
+            mode: d.mode,
+            cpu_seconds: d.cpu_seconds,
+            address_space_mb: d.address_space_bytes / (1 << 20),
+            max_processes: d.max_processes,
+            file_size_mb: d.file_size_bytes / (1 << 20),
+            per_test_timeout_ms: d.per_test_timeout_ms,
+            wall_timeout_ms: d.wall_timeout_ms,
+        }
+    }
+}
+
+/// One provider entry, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProviderConfig {
+    /// In-process llama.cpp on a GGUF file.
+    Local(LocalConfig),
+    /// Any OpenAI-compatible chat-completions endpoint.
+    Openai(OpenAiConfig),
+}
+
+/// `kind = "local"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// Known model name (see `models::KNOWN`) or a GGUF path.
+    pub model: String,
+    /// A GGUF path; wins over `model`.
+    pub path: Option<PathBuf>,
+    /// Generation threads (default: the provider's measured default).
+    pub threads: Option<i32>,
+    /// Prompt-processing threads.
+    pub threads_batch: Option<i32>,
+    /// Context size, tokens.
+    pub n_ctx: u32,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig { model: crate::models::DEFAULT_MODEL.to_string(), path: None, threads: None, threads_batch: None, n_ctx: 4096 }
+    }
+}
+
+/// `kind = "openai"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// E.g. `https://api.openai.com/v1`, `http://127.0.0.1:8000/v1` (vLLM), `http://127.0.0.1:11434/v1` (Ollama).
+    pub base_url: String,
+    pub model: String,
+    /// Name of the environment variable holding the API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Request timeout, ms.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Whether the endpoint accepts `response_format: json_schema`.
+    #[serde(default = "yes")]
+    pub supports_json_schema: bool,
+}
+
+fn default_timeout_ms() -> u64 {
+    120_000
+}
+fn yes() -> bool {
+    true
+}
+
+/// Which providers serve a role.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRoute {
+    pub provider: String,
+    /// Overrides the provider's model for this role.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Providers tried in order when the primary is unreachable, rate-limited or failing.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+}
+
+impl Config {
+    /// Reads `<workspace>/docsmith.toml` when present (defaults otherwise), applies
+    /// the process environment, and validates.
+    pub fn load(workspace_root: &Path) -> Result<Config, ConfigError> {
+        let path = workspace_root.join(FILE_NAME);
+        let mut cfg = if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            Config::from_toml_str(&text, &path.display().to_string())?
+        } else {
+            Config::default()
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; `origin` names it in errors. The `local` provider is kept
+    /// unless the file defines its own.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })?;
+        cfg.providers.entry("local".into()).or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
+        Ok(cfg)
+    }
+
+    /// Parses a JSON value of the same shape (LSP `initializationOptions` / `workspace/configuration`).
+    pub fn from_json(value: serde_json::Value) -> Result<Config, ConfigError> {
+        let mut cfg: Config = serde_json::from_value(value).map_err(|e| ConfigError::Parse { path: "settings".into(), message: e.to_string() })?;
+        cfg.providers.entry("local".into()).or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
+        Ok(cfg)
+    }
+
+    /// Applies `DOCSMITH_*` (and the seed's) environment variables read through `env`
+    /// (so tests need not touch the process environment).
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (n.to_string(), v.trim().to_string())));
+        fn num<T: std::str::FromStr>(var: String, value: String) -> Result<T, ConfigError> {
+            value.parse().map_err(|_| ConfigError::Env { var, value, message: "expected a whole number".into() })
+        }
+        if let Some((k, v)) = get(&["DOCSMITH_MAX_REFINEMENTS", "MAX_REFINEMENTS"]) {
+            self.max_refinements = num(k, v)?;
+        }
+        if let Some((k, v)) = get(&["DOCSMITH_MAX_CLARIFICATIONS", "MAX_PLANNER_ITERATIONS"]) {
+            self.max_clarifications = num(k, v)?;
+        }
+        if let Some((k, v)) = get(&["DOCSMITH_MAX_GENERATED_TESTS"]) {
+            self.max_generated_tests = num(k, v)?;
+        }
+        if let Some((k, v)) = get(&["DOCSMITH_SANDBOX_MODE"]) {
+            self.sandbox.mode = serde_json::from_value(serde_json::Value::String(v.clone()))
+                .map_err(|_| ConfigError::Env { var: k, value: v, message: "expected auto, bwrap or rlimits_only".into() })?;
+        }
+        let local_keys = (get(&["DOCSMITH_MODEL_PATH"]), get(&["DOCSMITH_MODEL"]), get(&["DOCSMITH_THREADS"]));
+        if local_keys.0.is_some() || local_keys.1.is_some() || local_keys.2.is_some() {
+            let entry = self.providers.entry("local".into()).or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
+            let ProviderConfig::Local(local) = entry else {
+                return Err(ConfigError::Invalid("DOCSMITH_MODEL_PATH/DOCSMITH_MODEL/DOCSMITH_THREADS set, but provider `local` is not of kind \"local\"".into()));
+            };
+            if let Some((_, p)) = local_keys.0 {
+                local.path = Some(PathBuf::from(p));
+            }
+            if let Some((_, m)) = local_keys.1 {
+                local.model = m;
+            }
+            if let Some((k, v)) = local_keys.2 {
+                local.threads = Some(num(k, v)?);
+            }
+        }
+        let openai = (get(&["DOCSMITH_OPENAI_BASE_URL"]), get(&["DOCSMITH_OPENAI_MODEL"]), get(&["DOCSMITH_OPENAI_API_KEY_ENV"]));
+        if openai.0.is_some() || openai.1.is_some() || openai.2.is_some() {
+            let existing = match self.providers.get("openai") {
+                Some(ProviderConfig::Openai(o)) => Some(o.clone()),
+                _ => None,
+            };
+            let base_url = openai.0.map(|x| x.1).or(existing.as_ref().map(|o| o.base_url.clone()));
+            let model = openai.1.map(|x| x.1).or(existing.as_ref().map(|o| o.model.clone()));
+            let (Some(base_url), Some(model)) = (base_url, model) else {
+                return Err(ConfigError::Invalid("DOCSMITH_OPENAI_BASE_URL and DOCSMITH_OPENAI_MODEL must both be set to define the `openai` provider".into()));
+            };
+            self.providers.insert(
+                "openai".into(),
+                ProviderConfig::Openai(OpenAiConfig {
+                    base_url,
+                    model,
+                    api_key_env: openai.2.map(|x| x.1).or(existing.as_ref().and_then(|o| o.api_key_env.clone())),
+                    timeout_ms: existing.as_ref().map_or(default_timeout_ms(), |o| o.timeout_ms),
+                    supports_json_schema: existing.as_ref().is_none_or(|o| o.supports_json_schema),
+                }),
+            );
+        }
+        for role in Role::ALL {
+            let up = role.as_str().to_ascii_uppercase();
+            let seed = match role {
+                Role::Planner => "ARCHITECT_LLM_MODEL",
+                Role::TestDesigner => "TESTER_LLM_MODEL",
+                Role::Developer => "DEVELOPER_LLM_MODEL",
+                Role::Critic => "CRITIC_LLM_MODEL",
+            };
+            let provider = get(&[&format!("DOCSMITH_{up}_PROVIDER")]);
+            let model = get(&[&format!("DOCSMITH_{up}_MODEL"), seed]);
+            if provider.is_none() && model.is_none() {
+                continue;
+            }
+            let route = self.roles.entry(role.as_str().to_string()).or_insert_with(|| RoleRoute { provider: "local".into(), ..Default::default() });
+            if let Some((_, p)) = provider {
+                route.provider = p;
+            }
+            if let Some((_, m)) = model {
+                route.model = Some(m);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks numbers and names: unknown role keys, routes to undefined providers,
+    /// empty URLs. Errors name the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, route) in &self.roles {
+            if Role::parse(name).is_none() {
+                return Err(ConfigError::Invalid(format!("[roles.{name}]: unknown role; use planner, test_designer, developer or critic")));
+            }
+            for p in std::iter::once(&route.provider).chain(route.fallback.iter()) {
+                if !self.providers.contains_key(p) {
+                    let known: Vec<&str> = self.providers.keys().map(String::as_str).collect();
+                    return Err(ConfigError::Invalid(format!(
+                        "[roles.{name}] names provider `{p}`, which is not defined; define [providers.{p}] or use one of: {}",
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
+        for (name, p) in &self.providers {
+            if let ProviderConfig::Openai(o) = p {
+                if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) {
+                    return Err(ConfigError::Invalid(format!("[providers.{name}] base_url `{}` must start with http:// or https://", o.base_url)));
+                }
+                if o.model.trim().is_empty() {
+                    return Err(ConfigError::Invalid(format!("[providers.{name}] model is empty")));
+                }
+            }
+            if let ProviderConfig::Local(l) = p {
+                if l.n_ctx < 1024 {
+                    return Err(ConfigError::Invalid(format!("[providers.{name}] n_ctx = {} is too small; use at least 2048", l.n_ctx)));
+                }
+            }
+        }
+        if self.sandbox.per_test_timeout_ms == 0 || self.sandbox.wall_timeout_ms < self.sandbox.per_test_timeout_ms {
+            return Err(ConfigError::Invalid("[sandbox] per_test_timeout_ms must be > 0 and ≤ wall_timeout_ms".into()));
+        }
+        Ok(())
+    }
+
+    /// The sandbox configuration in the sandbox's own units (bytes).
+    pub fn sandbox_config(&self) -> SandboxConfig {
+        let s = &self.sandbox;
+        SandboxConfig {
+            mode: s.mode,
+            cpu_seconds: s.cpu_seconds,
+            address_space_bytes: s.address_space_mb << 20,
+            max_processes: s.max_processes,
+            file_size_bytes: s.file_size_mb << 20,
+            per_test_timeout_ms: s.per_test_timeout_ms,
+            wall_timeout_ms: s.wall_timeout_ms,
+            ..SandboxConfig::default()
+        }
+    }
+
+    /// The route of a role (the `local` provider when none is configured).
+    pub fn route(&self, role: Role) -> RoleRoute {
+        self.roles
+            .iter()
+            .find(|(k, _)| Role::parse(k) == Some(role))
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| RoleRoute { provider: "local".into(), model: None, fallback: Vec::new() })
+    }
+}
+
+/// Builds the router: one provider per (provider name, model override), shared
+/// between roles, so one local model is loaded once. Loading is lazy.
+pub fn build_router(cfg: &Config) -> Result<Router, LlmError> {
+    let mut built: HashMap<(String, Option<String>), Arc<dyn Provider>> = HashMap::new();
+    let mut routes = HashMap::new();
+    for role in Role::ALL {
+        let route = cfg.route(role);
+        let mut chain = Vec::new();
+        for (i, name) in std::iter::once(&route.provider).chain(route.fallback.iter()).enumerate() {
+            let model = if i == 0 { route.model.clone() } else { None };
+            let key = (name.clone(), model.clone());
+            if let Some(p) = built.get(&key) {
+                chain.push(p.clone());
+                continue;
+            }
+            let pc = cfg.providers.get(name).ok_or_else(|| LlmError::Config(format!("provider `{name}` is not defined")))?;
+            let p = build_provider(name, pc, model.as_deref())?;
+            built.insert(key, p.clone());
+            chain.push(p);
+        }
+        routes.insert(role, chain);
+    }
+    Router::new(routes)
+}
+
+fn build_provider(name: &str, pc: &ProviderConfig, model: Option<&str>) -> Result<Arc<dyn Provider>, LlmError> {
+    match pc {
+        ProviderConfig::Local(l) => build_local(l, model),
+        ProviderConfig::Openai(o) => {
+            let p = crate::llm::openai::OpenAiProvider::new(crate::llm::openai::OpenAiOptions {
+                base_url: o.base_url.clone(),
+                model: model.unwrap_or(&o.model).to_string(),
+                api_key_env: o.api_key_env.clone(),
+                timeout_ms: o.timeout_ms,
+                supports_json_schema: o.supports_json_schema,
+                name: name.to_string(),
+                ..Default::default()
+            })?;
+            Ok(Arc::new(p))
+        }
+    }
+}
+
+#[cfg(feature = "local")]
+fn build_local(l: &LocalConfig, model: Option<&str>) -> Result<Arc<dyn Provider>, LlmError> {
+    use crate::llm::local::{LocalOptions, LocalProvider};
+    let (path, name) = match (model, &l.path) {
+        (Some(m), _) => (crate::models::resolve(m), m.to_string()),
+        (None, Some(p)) => (p.clone(), p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "gguf".into())),
+        (None, None) => (crate::models::resolve(&l.model), l.model.clone()),
+    };
+    let opts = LocalOptions { n_ctx: l.n_ctx, threads: l.threads, threads_batch: l.threads_batch, ..LocalOptions::default() };
+    Ok(Arc::new(LocalProvider::new(path, name, opts)))
+}
+
+#[cfg(not(feature = "local"))]
+fn build_local(_l: &LocalConfig, _model: Option<&str>) -> Result<Arc<dyn Provider>, LlmError> {
+    Err(LlmError::Config("this docsmith was built without the `local` feature: configure an `openai` provider, or rebuild with default features".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_route_every_role_to_the_local_default_model() {
+        let c = Config::default();
+        assert_eq!(c.max_refinements, 3);
+        assert_eq!(c.max_clarifications, 2);
+        for r in Role::ALL {
+            assert_eq!(c.route(r).provider, "local");
+        }
+        match &c.providers["local"] {
+            ProviderConfig::Local(l) => assert_eq!(l.model, "qwen2.5-coder-1.5b"),
+            other => panic!("{other:?}"),
+        }
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_local_provider_parses() {
+        let c = Config::from_toml_str("[providers.local]\nkind = \"local\"\npath = \"/m/x.gguf\"\nthreads = 1\nn_ctx = 8192\n", "t").unwrap();
+        assert_eq!(
+            c.providers["local"],
+            ProviderConfig::Local(LocalConfig { model: "qwen2.5-coder-1.5b".into(), path: Some("/m/x.gguf".into()), threads: Some(1), threads_batch: None, n_ctx: 8192 })
+        );
+    }
+
+    #[test]
+    fn an_openai_provider_and_routes_parse_and_validate() {
+        let text = r#"
+max_refinements = 5
+[providers.vllm]
+kind = "openai"
+base_url = "http://127.0.0.1:8000/v1"
+model = "qwen-7b"
+api_key_env = "VLLM_KEY"
+[roles.developer]
+provider = "vllm"
+fallback = ["local"]
+"#;
+        let c = Config::from_toml_str(text, "t").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.max_refinements, 5);
+        assert_eq!(c.route(Role::Developer).fallback, vec!["local"]);
+        match &c.providers["vllm"] {
+            ProviderConfig::Openai(o) => {
+                assert_eq!(o.api_key_env.as_deref(), Some("VLLM_KEY"));
+                assert_eq!(o.timeout_ms, 120_000);
+                assert!(o.supports_json_schema);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.providers.contains_key("local"), "local stays available as a fallback");
+    }
+
+    #[test]
+    fn typos_fail_with_the_key_named() {
+        let e = Config::from_toml_str("max_refinement = 3\n", "docsmith.toml").unwrap_err().to_string();
+        assert!(e.contains("max_refinement"), "{e}");
+        let e = Config::from_toml_str("[providers.x]\nkind = \"openai\"\nbase_url = \"http://h\"\nmodel = \"m\"\napi_key = \"sk-secret\"\n", "t").unwrap_err().to_string();
+        assert!(e.contains("api_key"), "{e}");
+        let e = Config::from_toml_str("[providers.x]\nkind = \"anthropic\"\n", "t").unwrap_err().to_string();
+        assert!(e.contains("anthropic"), "{e}");
+        let c = Config::from_toml_str("[roles.developer]\nprovider = \"nope\"\n", "t").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("local"), "{e}");
+        let c = Config::from_toml_str("[roles.archtect]\nprovider = \"local\"\n", "t").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("archtect"));
+    }
+
+    #[test]
+    fn environment_overrides_numbers_models_and_routes() {
+        let mut c = Config::default();
+        c.apply_env(env(&[
+            ("MAX_REFINEMENTS", "1"),
+            ("DOCSMITH_MAX_CLARIFICATIONS", "0"),
+            ("DOCSMITH_MODEL_PATH", "/tmp/m.gguf"),
+            ("DOCSMITH_THREADS", "2"),
+            ("DOCSMITH_OPENAI_BASE_URL", "http://127.0.0.1:11434/v1"),
+            ("DOCSMITH_OPENAI_MODEL", "qwen2.5-coder:7b"),
+            ("DOCSMITH_DEVELOPER_PROVIDER", "openai"),
+            ("ARCHITECT_LLM_MODEL", "qwen2.5-coder-0.5b"),
+        ]))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.max_refinements, 1);
+        assert_eq!(c.max_clarifications, 0);
+        match &c.providers["local"] {
+            ProviderConfig::Local(l) => {
+                assert_eq!(l.path.as_deref(), Some(Path::new("/tmp/m.gguf")));
+                assert_eq!(l.threads, Some(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.route(Role::Developer).provider, "openai");
+        assert_eq!(c.route(Role::Planner).model.as_deref(), Some("qwen2.5-coder-0.5b"));
+        assert_eq!(c.route(Role::Critic).provider, "local");
+        let mut bad = Config::default();
+        let e = bad.apply_env(env(&[("DOCSMITH_MAX_REFINEMENTS", "many")])).unwrap_err().to_string();
+        assert!(e.contains("DOCSMITH_MAX_REFINEMENTS") && e.contains("many"), "{e}");
+    }
+
+    #[test]
+    fn json_settings_parse_like_toml() {
+        let c = Config::from_json(serde_json::json!({"max_refinements": 2, "sandbox": {"mode": "rlimits_only"}})).unwrap();
+        assert_eq!(c.max_refinements, 2);
+        assert_eq!(c.sandbox.mode, SandboxMode::RlimitsOnly);
+        assert_eq!(c.sandbox_config().mode, SandboxMode::RlimitsOnly);
+        assert!(Config::from_json(serde_json::json!({"max_refinements": "x"})).is_err());
+    }
+
+    #[test]
+    fn the_router_shares_one_provider_between_roles_and_builds_fallbacks() {
+        let text = "[providers.remote]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n[roles.developer]\nprovider = \"remote\"\nfallback = [\"local\"]\n";
+        let c = Config::from_toml_str(text, "t").unwrap();
+        let r = build_router(&c).unwrap();
+        let dev = r.describe(Role::Developer);
+        assert!(dev.contains("remote") && dev.contains("qwen2.5-coder-1.5b"), "{dev}");
+        assert!(r.describe(Role::Planner).contains("qwen2.5-coder-1.5b"));
+    }
+}
