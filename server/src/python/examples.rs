@@ -34,7 +34,10 @@ pub fn extract_examples(func: &FunctionInfo) -> Vec<TestCase> {
     }
     let mut out: Vec<TestCase> = Vec::new();
     for (call, expected, raises, note) in raw {
-        if out.iter().any(|c| c.call == call && c.expected == expected && c.raises == raises) {
+        if out
+            .iter()
+            .any(|c| c.call == call && c.expected == expected && c.raises == raises)
+        {
             continue;
         }
         out.push(TestCase {
@@ -66,7 +69,10 @@ fn doctest_example(
     };
     let mut src = vec![strip_prompt(first, ">>>")];
     i += 1;
-    while i < lines.len() && lines[i].trim_start().starts_with("...") && !lines[i].trim_start().starts_with("....") {
+    while i < lines.len()
+        && lines[i].trim_start().starts_with("...")
+        && !lines[i].trim_start().starts_with("....")
+    {
         // `...` alone could also be output (an Ellipsis); treat it as a continuation only
         // when the statement so far is incomplete or the line has code.
         let cont = strip_prompt(lines[i], "...");
@@ -77,15 +83,26 @@ fn doctest_example(
         i += 1;
     }
     let mut output: Vec<String> = Vec::new();
-    while i < lines.len() && !lines[i].trim().is_empty() && !lines[i].trim_start().starts_with(">>>") {
+    while i < lines.len()
+        && !lines[i].trim().is_empty()
+        && !lines[i].trim_start().starts_with(">>>")
+    {
         let l = lines[i];
         let cut = indent.min(l.len() - l.trim_start().len());
         output.push(l[cut..].trim_end().to_string());
         i += 1;
     }
     let source = strip_comments(&src.join("\n"));
-    let one_line = if src.len() > 1 { src.iter().map(|s| s.trim()).collect::<Vec<_>>().join(" ") } else { source.clone() };
-    let expr = if is_expression(&source) && is_expression(&one_line) { Some(one_line) } else { None };
+    let one_line = if src.len() > 1 {
+        src.iter().map(|s| s.trim()).collect::<Vec<_>>().join(" ")
+    } else {
+        source.clone()
+    };
+    let expr = if is_expression(&source) && is_expression(&one_line) {
+        Some(one_line)
+    } else {
+        None
+    };
     let with_setup = |e: &str| -> String {
         let mut all = setup.clone();
         all.push(e.to_string());
@@ -106,7 +123,10 @@ fn doctest_example(
                     None => out.push((with_setup(&e), "None".into(), None, note)),
                 }
             } else if output[0].starts_with("Traceback (most recent call last)") {
-                let last = output.iter().rev().find(|l| !l.trim().is_empty() && !l.starts_with(' '));
+                let last = output
+                    .iter()
+                    .rev()
+                    .find(|l| !l.trim().is_empty() && !l.starts_with(' '));
                 if let Some(last) = last {
                     let name = last.split(':').next().unwrap_or("").trim();
                     let name = name.rsplit('.').next().unwrap_or(name);
@@ -119,8 +139,16 @@ fn doctest_example(
                 let expected = if is_expression(&expected) || output.len() == 1 {
                     expected
                 } else {
-                    let joined = output.iter().map(|s| s.trim()).collect::<Vec<_>>().join(" ");
-                    if is_expression(&joined) { joined } else { expected }
+                    let joined = output
+                        .iter()
+                        .map(|s| s.trim())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    if is_expression(&joined) {
+                        joined
+                    } else {
+                        expected
+                    }
                 };
                 out.push((with_setup(&e), expected, None, note));
             }
@@ -147,7 +175,10 @@ fn strip_comments(s: &str) -> String {
     for r in ranges.into_iter().rev() {
         out.replace_range(r, "");
     }
-    out.lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+    out.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Whether `s` is exactly one Python expression (not an assignment), with no syntax error.
@@ -161,14 +192,20 @@ pub(crate) fn is_expression(s: &str) -> bool {
         return false;
     }
     let mut c = root.walk();
-    let kids: Vec<Node> = root.named_children(&mut c).filter(|n| n.kind() != "comment").collect();
+    let kids: Vec<Node> = root
+        .named_children(&mut c)
+        .filter(|n| n.kind() != "comment")
+        .collect();
     if kids.len() != 1 || kids[0].kind() != "expression_statement" {
         return false;
     }
     let mut c2 = kids[0].walk();
     let inner: Vec<Node> = kids[0].named_children(&mut c2).collect();
     inner.len() == 1
-        && !matches!(inner[0].kind(), "assignment" | "augmented_assignment" | "yield")
+        && !matches!(
+            inner[0].kind(),
+            "assignment" | "augmented_assignment" | "yield"
+        )
 }
 
 /// Whether expression `s` uses no bare names: only literals, attribute chains and
@@ -179,8 +216,12 @@ fn no_free_names(s: &str) -> bool {
             let Some(p) = n.parent() else { return false };
             let ok = match p.kind() {
                 "attribute" => true,
-                "call" => p.child_by_field_name("function").is_some_and(|f| f.id() == n.id()),
-                "keyword_argument" => p.child_by_field_name("name").is_some_and(|f| f.id() == n.id()),
+                "call" => p
+                    .child_by_field_name("function")
+                    .is_some_and(|f| f.id() == n.id()),
+                "keyword_argument" => p
+                    .child_by_field_name("name")
+                    .is_some_and(|f| f.id() == n.id()),
                 _ => false,
             };
             return ok;
@@ -307,7 +348,9 @@ fn parse_assignments(s: &str) -> (Vec<(String, String)>, &str) {
         let t = rest.trim_start();
         let ident_len = t
             .char_indices()
-            .take_while(|(i, c)| c.is_ascii_alphabetic() || *c == '_' || (*i > 0 && c.is_ascii_digit()))
+            .take_while(|(i, c)| {
+                c.is_ascii_alphabetic() || *c == '_' || (*i > 0 && c.is_ascii_digit())
+            })
             .count();
         if ident_len == 0 {
             break;
@@ -320,10 +363,11 @@ fn parse_assignments(s: &str) -> (Vec<(String, String)>, &str) {
         let v = after[1..].trim_start();
         let b = v.as_bytes();
         let stops = top_level_positions(v, |c, i| {
-            c == b',' || ((c == b' ' || c == b'\t') && {
-                let next = v[i..].trim_start();
-                next.chars().next().is_some_and(|n| n.is_alphabetic())
-            })
+            c == b','
+                || ((c == b' ' || c == b'\t') && {
+                    let next = v[i..].trim_start();
+                    next.chars().next().is_some_and(|n| n.is_alphabetic())
+                })
         });
         let _ = b;
         let end = stops.first().copied().unwrap_or(v.len());
@@ -346,7 +390,18 @@ struct Ctx<'a> {
 }
 
 const OPERATORS: [&str; 12] = [
-    "==>", "==", "=>", "->", "➞", "→", "=", "returns", "should return", "will return", "should be", "gives",
+    "==>",
+    "==",
+    "=>",
+    "->",
+    "➞",
+    "→",
+    "=",
+    "returns",
+    "should return",
+    "will return",
+    "should be",
+    "gives",
 ];
 
 impl<'a> Ctx<'a> {
@@ -358,8 +413,11 @@ impl<'a> Ctx<'a> {
                 && balanced_end(t, func.name.len()).is_some_and(|e| {
                     let args = &t[func.name.len() + 1..e - 1];
                     let rest = t[e..].trim_start();
-                    rest.starts_with('=') && !rest.starts_with("==")
-                        && args.split(',').any(|a| func.params.iter().any(|p| p == a.trim()))
+                    rest.starts_with('=')
+                        && !rest.starts_with("==")
+                        && args
+                            .split(',')
+                            .any(|a| func.params.iter().any(|p| p == a.trim()))
                 })
         });
         let eq_form_from = if defines {
@@ -376,7 +434,11 @@ impl<'a> Ctx<'a> {
         Ctx { func, eq_form_from }
     }
 
-    fn informal(&self, lines: &[&str], i: usize) -> Option<(String, String, Option<String>, String)> {
+    fn informal(
+        &self,
+        lines: &[&str],
+        i: usize,
+    ) -> Option<(String, String, Option<String>, String)> {
         let line = lines[i];
         let note = line.trim().to_string();
         if let Some((call, expected)) = self.call_form(line, i) {
@@ -407,8 +469,12 @@ impl<'a> Ctx<'a> {
             let call = &line[at..end];
             let rest = line[end..].trim_start();
             for op in OPERATORS {
-                let Some(after) = rest.strip_prefix(op) else { continue };
-                if op.chars().all(|c| c.is_alphabetic() || c == ' ') && !after.starts_with([' ', '\t']) {
+                let Some(after) = rest.strip_prefix(op) else {
+                    continue;
+                };
+                if op.chars().all(|c| c.is_alphabetic() || c == ' ')
+                    && !after.starts_with([' ', '\t'])
+                {
                     continue;
                 }
                 if op == "=" && (after.starts_with('=') || i < self.eq_form_from) {
@@ -472,8 +538,12 @@ impl<'a> Ctx<'a> {
         let (input, output) = match lower[at..].find("output:") {
             Some(o) => (&line[at..at + o], &line[at + o + "output:".len()..]),
             None => {
-                let j = (i + 1..lines.len().min(i + 4))
-                    .find(|&j| lines[j].trim_start().to_ascii_lowercase().starts_with("output:"))?;
+                let j = (i + 1..lines.len().min(i + 4)).find(|&j| {
+                    lines[j]
+                        .trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("output:")
+                })?;
                 let l = lines[j].trim_start();
                 (&line[at..], &l["output:".len()..])
             }
@@ -525,7 +595,10 @@ mod tests {
     }
 
     fn pairs(cases: &[TestCase]) -> Vec<(&str, &str)> {
-        cases.iter().map(|c| (c.call.as_str(), c.expected.as_str())).collect()
+        cases
+            .iter()
+            .map(|c| (c.call.as_str(), c.expected.as_str()))
+            .collect()
     }
 
     #[test]
@@ -577,7 +650,11 @@ def c(xs):
 "#;
         assert_eq!(
             pairs(&examples(src, "c")),
-            vec![("c([])", "0"), ("c([1, 0])", "[0, 1]"), ("round(c([1, 2]), 2)", "1.5")]
+            vec![
+                ("c([])", "0"),
+                ("c([1, 0])", "[0, 1]"),
+                ("round(c([1, 2]), 2)", "1.5")
+            ]
         );
     }
 
@@ -662,7 +739,10 @@ def tri(n):
     tri(3) = [1, 3, 2, 8]
     """
 "#;
-        assert_eq!(pairs(&examples(src, "tri")), vec![("tri(3)", "[1, 3, 2, 8]")]);
+        assert_eq!(
+            pairs(&examples(src, "tri")),
+            vec![("tri(3)", "[1, 3, 2, 8]")]
+        );
     }
 
     /// Every HumanEval dev prompt: most yield examples, and every call and
@@ -689,15 +769,34 @@ def tri(n):
                 with_examples += 1;
             }
             for c in &ex {
-                if std::env::var("DOCSMITH_DUMP_EXAMPLES").is_ok() { eprintln!("{name}: {:?} => {:?} raises {:?}", c.call, c.expected, c.raises); }
-                assert!(parses_cleanly(&c.call), "{name}: call does not parse: {:?}", c.call);
+                if std::env::var("DOCSMITH_DUMP_EXAMPLES").is_ok() {
+                    eprintln!(
+                        "{name}: {:?} => {:?} raises {:?}",
+                        c.call, c.expected, c.raises
+                    );
+                }
+                assert!(
+                    parses_cleanly(&c.call),
+                    "{name}: call does not parse: {:?}",
+                    c.call
+                );
                 if c.raises.is_none() {
-                    assert!(parses_cleanly(&c.expected), "{name}: expected does not parse: {:?} from {:?}", c.expected, c.note);
+                    assert!(
+                        parses_cleanly(&c.expected),
+                        "{name}: expected does not parse: {:?} from {:?}",
+                        c.expected,
+                        c.note
+                    );
                 }
             }
         }
-        eprintln!("humaneval-dev: {with_examples}/{total} prompts yield examples; none from {without:?}");
+        eprintln!(
+            "humaneval-dev: {with_examples}/{total} prompts yield examples; none from {without:?}"
+        );
         assert_eq!(total, 82);
-        assert!(with_examples >= 70, "only {with_examples}/{total}; none from {without:?}");
+        assert!(
+            with_examples >= 70,
+            "only {with_examples}/{total}; none from {without:?}"
+        );
     }
 }

@@ -20,7 +20,10 @@ pub use examples::extract_examples;
 #[derive(Debug, thiserror::Error)]
 pub enum AnalysisError {
     #[error("no function `{name}` in the file; it defines: {}", available.join(", "))]
-    FunctionNotFound { name: String, available: Vec<String> },
+    FunctionNotFound {
+        name: String,
+        available: Vec<String>,
+    },
     #[error("no function definition contains line {}; put the cursor inside a `def`", line + 1)]
     NoFunctionAtLine {
         /// 0-based line.
@@ -89,7 +92,9 @@ pub(crate) fn parse(source: &str) -> Tree {
     parser
         .set_language(&tree_sitter_python::LANGUAGE.into())
         .expect("tree-sitter-python grammar matches the tree-sitter version");
-    parser.parse(source, None).expect("parse without timeout or cancellation")
+    parser
+        .parse(source, None)
+        .expect("parse without timeout or cancellation")
 }
 
 pub(crate) fn text<'a>(node: Node, source: &'a str) -> &'a str {
@@ -275,7 +280,11 @@ fn function_info(def: Node, source: &str) -> Option<FunctionInfo> {
     let doc = stmts.first().and_then(|s| docstring_node(*s));
     let docstring = doc.map(|d| cleandoc(&string_literal_content(text(d, source))));
     let docstring_range = doc.map(|d| d.byte_range());
-    let rest: Vec<Node> = stmts.iter().skip(usize::from(doc.is_some())).copied().collect();
+    let rest: Vec<Node> = stmts
+        .iter()
+        .skip(usize::from(doc.is_some()))
+        .copied()
+        .collect();
     let is_stub = rest.iter().all(|s| is_stub_statement(*s, source));
 
     let body_start = stmts.first().map_or(body.start_byte(), |s| s.start_byte());
@@ -464,7 +473,12 @@ fn string_continuation_rows(node: Node, rows: &mut std::collections::HashSet<usi
 
 /// Re-indents `code` (whole lines of some parsed text starting at row `first_row`)
 /// from its common indentation to `indent`, leaving multi-line string continuation lines alone.
-fn reindent(code: &str, first_row: usize, protected: &std::collections::HashSet<usize>, indent: &str) -> String {
+fn reindent(
+    code: &str,
+    first_row: usize,
+    protected: &std::collections::HashSet<usize>,
+    indent: &str,
+) -> String {
     let lines: Vec<&str> = code.lines().collect();
     let common = lines
         .iter()
@@ -525,7 +539,11 @@ fn helper_name(node: Node, source: &str) -> Option<String> {
 /// define yet) just before the target, at its indentation.
 /// Errors: [`AnalysisError::GeneratedCodeInvalid`] when `generated` does not
 /// parse, defines no function of that name, or gives it an empty body.
-pub fn splice(source: &str, func: &FunctionInfo, generated: &str) -> Result<Spliced, AnalysisError> {
+pub fn splice(
+    source: &str,
+    func: &FunctionInfo,
+    generated: &str,
+) -> Result<Spliced, AnalysisError> {
     let gen_tree = parse(generated);
     if let Some(e) = {
         let mut v = Vec::new();
@@ -600,13 +618,17 @@ pub fn splice(source: &str, func: &FunctionInfo, generated: &str) -> Result<Spli
             }
         }
     };
-    let from = if line_start(generated, from) == from || generated[line_start(generated, from)..from].trim().is_empty() {
+    let from = if line_start(generated, from) == from
+        || generated[line_start(generated, from)..from]
+            .trim()
+            .is_empty()
+    {
         line_start(generated, from)
     } else {
         from
     };
     let from_row = generated[..from].matches('\n').count();
-    let body_text = &generated[from..last.end_byte()];
+    let body_text = &generated[from..line_end(generated, last.end_byte())];
     let new_body = reindent(body_text, from_row, &protected, &func.body_indent);
     let new_body = new_body.trim_start_matches('\n');
 
@@ -615,7 +637,8 @@ pub fn splice(source: &str, func: &FunctionInfo, generated: &str) -> Result<Spli
     let body_edit = match &func.docstring_range {
         Some(d) => {
             let doc_end = line_end(source, d.end);
-            (doc_end..func.body_range.end.max(doc_end), format!("\n{new_body}"))
+            let end = line_end(source, func.body_range.end).max(doc_end);
+            (doc_end..end, format!("\n{new_body}"))
         }
         None => {
             let bs = func.body_range.start;
@@ -623,11 +646,19 @@ pub fn splice(source: &str, func: &FunctionInfo, generated: &str) -> Result<Spli
             if ls <= func.def_range.start || !source[ls..bs].trim().is_empty() {
                 // Body on the header line: `def f(x): ...`
                 let colon_end = func.def_range.start
-                    + source[func.def_range.start..].find(&func.signature).unwrap_or(0)
+                    + source[func.def_range.start..]
+                        .find(&func.signature)
+                        .unwrap_or(0)
                     + func.signature.len();
-                (colon_end..func.body_range.end, format!("\n{new_body}"))
+                (
+                    colon_end..line_end(source, func.body_range.end),
+                    format!("\n{new_body}"),
+                )
             } else {
-                (ls..func.body_range.end, new_body.to_string())
+                (
+                    ls..line_end(source, func.body_range.end),
+                    new_body.to_string(),
+                )
             }
         }
     };
@@ -648,7 +679,9 @@ pub fn splice(source: &str, func: &FunctionInfo, generated: &str) -> Result<Spli
     let mut added_helpers = Vec::new();
     let mut helper_texts = Vec::new();
     for node in named_children(gen_tree.root_node()) {
-        if node.id() == target_outer.id() || node.start_byte() <= target.start_byte() && target.end_byte() <= node.end_byte() {
+        if node.id() == target_outer.id()
+            || node.start_byte() <= target.start_byte() && target.end_byte() <= node.end_byte()
+        {
             continue;
         }
         let Some(name) = helper_name(node, generated) else {
@@ -677,7 +710,11 @@ pub fn splice(source: &str, func: &FunctionInfo, generated: &str) -> Result<Spli
         added_helpers.push(name);
     }
     if !helper_texts.is_empty() {
-        let sep = if def_indent.is_empty() { "\n\n\n" } else { "\n\n" };
+        let sep = if def_indent.is_empty() {
+            "\n\n\n"
+        } else {
+            "\n\n"
+        };
         let mut block = helper_texts.join(sep);
         block.push_str(sep);
         edits.push((def_line_start..def_line_start, block));
@@ -695,7 +732,11 @@ pub fn splice(source: &str, func: &FunctionInfo, generated: &str) -> Result<Spli
         if is_import(node) {
             let t = text(node, generated).to_string();
             let norm = normalize_ws(&t);
-            if !have.contains(&norm) && !added_imports.iter().any(|a: &String| normalize_ws(a) == norm) {
+            if !have.contains(&norm)
+                && !added_imports
+                    .iter()
+                    .any(|a: &String| normalize_ws(a) == norm)
+            {
                 added_imports.push(t);
             }
         }
@@ -788,5 +829,240 @@ pub fn extract_code_block(reply: &str) -> String {
     match best {
         Some((_, b)) => b.trim_matches('\n').to_string(),
         None => reply.trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#""""Module doc."""
+import os
+from typing import List
+
+
+@functools.cache
+@other(1)
+async def fetch(url: str, *args, timeout: float = 1.0, **kwargs) -> List[str]:
+    """Fetch it.
+
+        Indented line.
+    """
+    return []
+
+
+class Box:
+    def size(self, /, k, *, scale=2):
+        """Size."""
+        ...
+
+    def stub2(self):
+        pass
+
+
+def outer(x):
+    def inner(y):
+        raise NotImplementedError("later")
+    return inner
+
+
+def size(n):
+    raise NotImplementedError
+"#;
+
+    #[test]
+    fn lists_and_describes_functions() {
+        let all = list_functions(FILE);
+        let names: Vec<&str> = all.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["fetch", "size", "stub2", "outer", "inner", "size"]);
+        let f = &all[0];
+        assert!(f.is_async);
+        assert_eq!(f.decorators, ["@functools.cache", "@other(1)"]);
+        assert_eq!(
+            f.signature,
+            "async def fetch(url: str, *args, timeout: float = 1.0, **kwargs) -> List[str]:"
+        );
+        assert_eq!(f.params, ["url", "*args", "timeout", "**kwargs"]);
+        assert_eq!(f.docstring.as_deref(), Some("Fetch it.\n\nIndented line."));
+        assert_eq!(&FILE[f.docstring_range.clone().unwrap()][..6], "\"\"\"Fet");
+        assert!(FILE[f.def_range.clone()].starts_with("@functools.cache"));
+        assert!(FILE[f.def_range.clone()].ends_with("return []"));
+        assert_eq!(f.body_indent, "    ");
+        assert_eq!(f.start_line, 5);
+        assert_eq!(f.end_line, 12);
+        assert!(!f.is_stub);
+        assert_eq!(all[1].class_name.as_deref(), Some("Box"));
+        assert_eq!(all[1].params, ["self", "k", "scale"]);
+        assert!(all[1].is_stub && all[2].is_stub && all[4].is_stub && all[5].is_stub);
+        assert_eq!(all[2].body_indent, "        ");
+        assert_eq!(all[4].class_name, None);
+        assert!(!all[3].is_stub);
+    }
+
+    #[test]
+    fn find_by_name_class_and_line() {
+        let f = find_function(FILE, "size").unwrap();
+        assert_eq!(f.class_name, None, "module-level wins");
+        let m = find_function(FILE, "Box.size").unwrap();
+        assert_eq!(m.class_name.as_deref(), Some("Box"));
+        let err = find_function(FILE, "nope").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "no function `nope` in the file; it defines: fetch, Box.size, Box.stub2, outer, inner, size"
+        );
+        assert_eq!(find_function_at_line(FILE, 26).unwrap().name, "inner");
+        assert_eq!(find_function_at_line(FILE, 27).unwrap().name, "outer");
+        assert_eq!(find_function_at_line(FILE, 5).unwrap().name, "fetch");
+        let e = find_function_at_line(FILE, 1).unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_elsewhere_do_not_hide_functions() {
+        let src = "def ok(a):\n    return a + 1\n\n\ndef broken(:\n    return (\n\nx = = 3\n";
+        let errs = syntax_errors(src);
+        assert!(!errs.is_empty());
+        assert!(errs.iter().all(|e| e.line >= 5), "{errs:?}");
+        let f = find_function(src, "ok").unwrap();
+        assert_eq!(f.params, ["a"]);
+        assert!(syntax_errors("def f():\n    return 1\n").is_empty());
+    }
+
+    #[test]
+    fn cleandoc_semantics() {
+        assert_eq!(
+            cleandoc("  First.\n\n      a\n        b\n    "),
+            "First.\n\na\n  b"
+        );
+        assert_eq!(cleandoc("\n    Only.\n"), "Only.");
+    }
+
+    #[test]
+    fn stub_kinds() {
+        for body in [
+            "...",
+            "pass",
+            "raise NotImplementedError",
+            "raise NotImplementedError('x')",
+            "# todo\n    pass",
+        ] {
+            let src = format!("def f():\n    \"\"\"Doc.\"\"\"\n    {body}\n");
+            assert!(find_function(&src, "f").unwrap().is_stub, "{body}");
+        }
+        assert!(
+            find_function("def f():\n    \"\"\"Only doc.\"\"\"\n", "f")
+                .unwrap()
+                .is_stub
+        );
+        assert!(
+            !find_function("def f():\n    return 1\n", "f")
+                .unwrap()
+                .is_stub
+        );
+        assert!(
+            !find_function("def f():\n    raise ValueError\n", "f")
+                .unwrap()
+                .is_stub
+        );
+    }
+
+    #[test]
+    fn function_source_and_imports() {
+        let src = "import os\n\nclass A:\n    @staticmethod\n    def m(x):\n        return x\nfrom a import (b,\n  c)\n";
+        assert_eq!(
+            function_source(src, "m").unwrap(),
+            "    @staticmethod\n    def m(x):\n        return x"
+        );
+        assert_eq!(
+            module_imports(src),
+            ["import os", "from a import (b,\n  c)"]
+        );
+        assert_eq!(function_source(src, "zz"), None);
+    }
+
+    #[test]
+    fn splice_replaces_body_keeps_docstring_adds_imports_and_helpers() {
+        let src = "\"\"\"Mod é.\"\"\"\nimport os\n\n\ndef add(a, b):\n    \"\"\"Add – café 🎉.\n\n    >>> add(1, 2)\n    3\n    \"\"\"\n    ...\n\n\ndef other():\n    return 1\n";
+        let func = find_function(src, "add").unwrap();
+        let generated = "import math\nimport os\nfrom typing import List\n\nLIMIT = 10\n\ndef _helper(x):\n    return x\n\ndef add(a, b):\n    \"\"\"Different doc.\"\"\"\n    # sum them\n    return _helper(a) + b\n\nif __name__ == '__main__':\n    print(add(1, 2))\n";
+        let out = splice(src, &func, generated).unwrap();
+        assert_eq!(
+            out.added_imports,
+            ["import math", "from typing import List"]
+        );
+        assert_eq!(out.added_helpers, ["LIMIT", "_helper"]);
+        assert_eq!(
+            out.source,
+            "\"\"\"Mod é.\"\"\"\nimport os\nimport math\nfrom typing import List\n\n\nLIMIT = 10\n\n\ndef _helper(x):\n    return x\n\n\ndef add(a, b):\n    \"\"\"Add – café 🎉.\n\n    >>> add(1, 2)\n    3\n    \"\"\"\n    # sum them\n    return _helper(a) + b\n\n\ndef other():\n    return 1\n"
+        );
+        assert!(syntax_errors(&out.source).is_empty());
+    }
+
+    #[test]
+    fn splice_method_with_nested_def_and_multiline_string() {
+        let src = "class K:\n    def run(self, n):\n        pass\n\n    def other(self):\n        return 2\n";
+        let func = find_function(src, "K.run").unwrap();
+        let generated = "def run(self, n):\n    text = \"\"\"line one\n  keep this indent\nend\"\"\"\n    def inner(k):\n        return k * 2\n    return inner(n), text\n";
+        let out = splice(src, &func, generated).unwrap();
+        assert_eq!(
+            out.source,
+            "class K:\n    def run(self, n):\n        text = \"\"\"line one\n  keep this indent\nend\"\"\"\n        def inner(k):\n            return k * 2\n        return inner(n), text\n\n    def other(self):\n        return 2\n"
+        );
+    }
+
+    #[test]
+    fn splice_without_docstring_and_one_line_stub() {
+        let src = "def f(x): ...\n";
+        let func = find_function(src, "f").unwrap();
+        let out = splice(src, &func, "def f(y):\n    '''doc'''\n    return x\n").unwrap();
+        assert_eq!(out.source, "def f(x):\n    return x\n");
+        let src = "def f(x):\n    raise NotImplementedError\n";
+        let func = find_function(src, "f").unwrap();
+        let out = splice(src, &func, "def f(x):\n        return x  # deep\n").unwrap();
+        assert_eq!(out.source, "def f(x):\n    return x  # deep\n");
+        // No imports in the file: imports go at the top.
+        let out = splice(
+            src,
+            &func,
+            "import re\ndef f(x):\n    return re.escape(x)\n",
+        )
+        .unwrap();
+        assert_eq!(
+            out.source,
+            "import re\n\n\ndef f(x):\n    return re.escape(x)\n"
+        );
+    }
+
+    #[test]
+    fn splice_rejects_bad_generated_code() {
+        let src = "def f(x):\n    pass\n";
+        let func = find_function(src, "f").unwrap();
+        let e = splice(src, &func, "def g(x):\n    return 1\n").unwrap_err();
+        assert!(e.to_string().contains("does not define `def f`"), "{e}");
+        let e = splice(src, &func, "def f(x):\n    return (\n").unwrap_err();
+        assert!(e.to_string().contains("does not parse"), "{e}");
+        let e = splice(src, &func, "def f(x):\n    \"\"\"Only doc.\"\"\"\n").unwrap_err();
+        assert!(matches!(e, AnalysisError::GeneratedCodeInvalid(_)));
+    }
+
+    #[test]
+    fn code_block_extraction() {
+        let reply = "Here:\n```python\nx = 1\n```\nand the full one:\n```py\nimport os\n\ndef a():\n    pass\n\ndef b():\n    pass\n```\nDone.";
+        assert_eq!(
+            extract_code_block(reply),
+            "import os\n\ndef a():\n    pass\n\ndef b():\n    pass"
+        );
+        assert_eq!(
+            extract_code_block("  def f():\n    pass  \n"),
+            "def f():\n    pass"
+        );
+        assert_eq!(
+            extract_code_block("```python\ndef f():\n    return 1\n"),
+            "def f():\n    return 1"
+        );
+        assert_eq!(
+            extract_code_block("```text\nnope\n```\n```\ndef g(): pass\n```"),
+            "def g(): pass"
+        );
     }
 }
