@@ -1,0 +1,1068 @@
+//! Pure analysis of Python source text with tree-sitter-python.
+//!
+//! Owns: finding functions (by name or line), their signature, parameters,
+//! docstring, body range and indentation, stub detection, syntax errors,
+//! docstring examples as test cases (`examples`), splicing a generated body
+//! into a file, and pulling Python code out of an LLM reply.
+//! Must not know about LLMs, LSP, the sandbox or the store: input is text,
+//! output is plain data. All ranges are byte offsets into the given `&str`.
+
+mod examples;
+
+use std::ops::Range;
+
+use serde::Serialize;
+use tree_sitter::{Node, Parser, Tree};
+
+pub use examples::extract_examples;
+
+/// Errors of the analysis functions. Messages name the cause and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    #[error("no function `{name}` in the file; it defines: {}", available.join(", "))]
+    FunctionNotFound {
+        name: String,
+        available: Vec<String>,
+    },
+    #[error("no function definition contains line {}; put the cursor inside a `def`", line + 1)]
+    NoFunctionAtLine {
+        /// 0-based line.
+        line: usize,
+    },
+    #[error("generated code is not usable: {0}")]
+    GeneratedCodeInvalid(String),
+}
+
+/// One `def` / `async def` found in a file. Ranges are byte offsets into the
+/// source the function was found in; lines are 0-based.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub is_async: bool,
+    /// Enclosing class for methods, `None` for module-level and nested functions.
+    pub class_name: Option<String>,
+    /// Decorator source text, e.g. `@functools.cache`.
+    pub decorators: Vec<String>,
+    /// Exact text from `def` / `async def` through the `:` ending the header (may span lines).
+    pub signature: String,
+    /// Parameter names in order (`self`, `*args`, `**kwargs` as written, no annotations/defaults;
+    /// the bare `*` and `/` separators are left out).
+    pub params: Vec<String>,
+    /// Cleaned docstring content (quotes removed, `inspect.cleandoc` semantics).
+    pub docstring: Option<String>,
+    /// Byte range of the docstring string literal.
+    pub docstring_range: Option<Range<usize>>,
+    /// Byte range of the whole definition, including decorators.
+    pub def_range: Range<usize>,
+    /// Byte range of the body block (first statement start to last statement end).
+    pub body_range: Range<usize>,
+    /// Indentation of the body's first statement, e.g. `"    "`.
+    pub body_indent: String,
+    /// 0-based line of the first decorator or `def`.
+    pub start_line: usize,
+    /// 0-based last line of the definition.
+    pub end_line: usize,
+    /// The body is only a docstring and/or `pass`, `...`, `raise NotImplementedError[(...)]`.
+    pub is_stub: bool,
+}
+
+/// A syntax problem found by tree-sitter; `line` and `column` are 1-based
+/// (column in bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyntaxIssue {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// The result of [`splice`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Spliced {
+    /// The whole new file text.
+    pub source: String,
+    /// Import statements added at the module top, as text.
+    pub added_imports: Vec<String>,
+    /// Names of helper functions, classes and assignments inserted before the target.
+    pub added_helpers: Vec<String>,
+}
+
+/// Parses Python source. tree-sitter is error tolerant: a tree is always produced.
+pub(crate) fn parse(source: &str) -> Tree {
+    let mut parser = Parser::new();
+    parser
+        .set_language(&tree_sitter_python::LANGUAGE.into())
+        .expect("tree-sitter-python grammar matches the tree-sitter version");
+    parser
+        .parse(source, None)
+        .expect("parse without timeout or cancellation")
+}
+
+pub(crate) fn text<'a>(node: Node, source: &'a str) -> &'a str {
+    &source[node.byte_range()]
+}
+
+/// Start byte of the line containing `pos`.
+pub(crate) fn line_start(source: &str, pos: usize) -> usize {
+    source[..pos].rfind('\n').map_or(0, |i| i + 1)
+}
+
+/// End byte (position of the `\n` or end of text) of the line containing `pos`.
+fn line_end(source: &str, pos: usize) -> usize {
+    source[pos..].find('\n').map_or(source.len(), |i| pos + i)
+}
+
+fn leading_ws(line: &str) -> &str {
+    &line[..line.len() - line.trim_start_matches([' ', '\t']).len()]
+}
+
+fn named_children<'t>(node: Node<'t>) -> Vec<Node<'t>> {
+    let mut cursor = node.walk();
+    node.named_children(&mut cursor).collect()
+}
+
+fn children<'t>(node: Node<'t>) -> Vec<Node<'t>> {
+    let mut cursor = node.walk();
+    node.children(&mut cursor).collect()
+}
+
+/// Statements of a block, without comments.
+fn statements<'t>(block: Node<'t>) -> Vec<Node<'t>> {
+    named_children(block)
+        .into_iter()
+        .filter(|n| n.kind() != "comment")
+        .collect()
+}
+
+/// The string node when `stmt` is a docstring-shaped expression statement.
+fn docstring_node(stmt: Node) -> Option<Node> {
+    if stmt.kind() != "expression_statement" {
+        return None;
+    }
+    let kids = named_children(stmt);
+    match kids.as_slice() {
+        [s] if s.kind() == "string" || s.kind() == "concatenated_string" => Some(*s),
+        _ => None,
+    }
+}
+
+/// Removes prefix and quotes from a string literal's text.
+fn string_literal_content(lit: &str) -> String {
+    let body = lit.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+    for q in ["\"\"\"", "'''", "\"", "'"] {
+        if body.len() >= 2 * q.len() && body.starts_with(q) && body.ends_with(q) {
+            return body[q.len()..body.len() - q.len()].to_string();
+        }
+    }
+    body.to_string()
+}
+
+/// `inspect.cleandoc`: strip the first line's leading space, remove the common
+/// indentation of the other lines, drop leading and trailing blank lines.
+pub fn cleandoc(doc: &str) -> String {
+    let expanded = doc.replace('\t', "        ");
+    let lines: Vec<&str> = expanded.lines().collect();
+    let margin = lines
+        .iter()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        if i == 0 {
+            out.push(l.trim_start().to_string());
+        } else if l.len() >= margin && l.is_char_boundary(margin) {
+            out.push(l[margin..].trim_end().to_string());
+        } else {
+            out.push(l.trim().to_string());
+        }
+    }
+    while out.first().is_some_and(|l| l.trim().is_empty()) {
+        out.remove(0);
+    }
+    while out.last().is_some_and(|l| l.trim().is_empty()) {
+        out.pop();
+    }
+    out.join("\n")
+}
+
+fn param_name(p: Node, source: &str) -> Option<String> {
+    match p.kind() {
+        "identifier" | "list_splat_pattern" | "dictionary_splat_pattern" => {
+            Some(text(p, source).to_string())
+        }
+        "default_parameter" | "typed_default_parameter" => p
+            .child_by_field_name("name")
+            .map(|n| text(n, source).to_string()),
+        "typed_parameter" => named_children(p)
+            .into_iter()
+            .find(|c| c.kind() != "type")
+            .map(|n| text(n, source).to_string()),
+        _ => None,
+    }
+}
+
+fn is_stub_statement(stmt: Node, source: &str) -> bool {
+    match stmt.kind() {
+        "pass_statement" => true,
+        "expression_statement" => {
+            let kids = named_children(stmt);
+            kids.len() == 1 && kids[0].kind() == "ellipsis"
+        }
+        "raise_statement" => {
+            let Some(exc) = named_children(stmt).into_iter().next() else {
+                return false;
+            };
+            let target = if exc.kind() == "call" {
+                exc.child_by_field_name("function")
+            } else {
+                Some(exc)
+            };
+            target.is_some_and(|t| text(t, source) == "NotImplementedError")
+        }
+        _ => false,
+    }
+}
+
+fn function_info(def: Node, source: &str) -> Option<FunctionInfo> {
+    let name = text(def.child_by_field_name("name")?, source).to_string();
+    let body = def.child_by_field_name("body")?;
+    let kids = children(def);
+    let is_async = kids.first().is_some_and(|k| k.kind() == "async");
+    let colon = kids
+        .iter()
+        .take_while(|k| k.id() != body.id())
+        .filter(|k| k.kind() == ":")
+        .last()?;
+    let signature = source[def.start_byte()..colon.end_byte()].to_string();
+    let params = def
+        .child_by_field_name("parameters")
+        .map(|ps| {
+            named_children(ps)
+                .into_iter()
+                .filter_map(|p| param_name(p, source))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let outer = match def.parent() {
+        Some(p) if p.kind() == "decorated_definition" => p,
+        _ => def,
+    };
+    let decorators = if outer.id() != def.id() {
+        named_children(outer)
+            .into_iter()
+            .filter(|c| c.kind() == "decorator")
+            .map(|d| text(d, source).to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    // Enclosing class: the first class or function met walking up.
+    let mut class_name = None;
+    let mut up = outer.parent();
+    while let Some(n) = up {
+        match n.kind() {
+            "class_definition" => {
+                class_name = n
+                    .child_by_field_name("name")
+                    .map(|c| text(c, source).to_string());
+                break;
+            }
+            "function_definition" => break,
+            _ => up = n.parent(),
+        }
+    }
+
+    let stmts = statements(body);
+    let doc = stmts.first().and_then(|s| docstring_node(*s));
+    let docstring = doc.map(|d| cleandoc(&string_literal_content(text(d, source))));
+    let docstring_range = doc.map(|d| d.byte_range());
+    let rest: Vec<Node> = stmts
+        .iter()
+        .skip(usize::from(doc.is_some()))
+        .copied()
+        .collect();
+    let is_stub = rest.iter().all(|s| is_stub_statement(*s, source));
+
+    let body_start = stmts.first().map_or(body.start_byte(), |s| s.start_byte());
+    let body_end = stmts.last().map_or(body.end_byte(), |s| s.end_byte());
+    let header_row = colon.start_position().row;
+    let body_indent = if body.start_position().row == header_row {
+        let def_line = &source[line_start(source, outer.start_byte())..];
+        format!("{}    ", leading_ws(def_line))
+    } else {
+        leading_ws(&source[line_start(source, body_start)..]).to_string()
+    };
+
+    Some(FunctionInfo {
+        name,
+        is_async,
+        class_name,
+        decorators,
+        signature,
+        params,
+        docstring,
+        docstring_range,
+        def_range: outer.start_byte()..def.end_byte(),
+        body_range: body_start..body_end,
+        body_indent,
+        start_line: outer.start_position().row,
+        end_line: def.end_position().row,
+        is_stub,
+    })
+}
+
+fn collect_defs<'t>(node: Node<'t>, out: &mut Vec<Node<'t>>) {
+    if node.kind() == "function_definition" {
+        out.push(node);
+    }
+    let mut cursor = node.walk();
+    for c in node.children(&mut cursor) {
+        collect_defs(c, out);
+    }
+}
+
+/// Every function definition in the file (nested ones and methods too), in source order.
+pub fn list_functions(source: &str) -> Vec<FunctionInfo> {
+    let tree = parse(source);
+    let mut defs = Vec::new();
+    collect_defs(tree.root_node(), &mut defs);
+    defs.into_iter()
+        .filter_map(|d| function_info(d, source))
+        .collect()
+}
+
+fn is_nested(f: &FunctionInfo, all: &[FunctionInfo]) -> bool {
+    all.iter().any(|o| {
+        o.def_range != f.def_range
+            && o.def_range.start <= f.def_range.start
+            && f.def_range.end <= o.def_range.end
+    })
+}
+
+/// Finds a function by `name` or `Class.name`. With a bare name, a module-level
+/// function wins over a method, and a method over a nested function.
+/// Errors: [`AnalysisError::FunctionNotFound`] listing the names the file defines.
+pub fn find_function(source: &str, name: &str) -> Result<FunctionInfo, AnalysisError> {
+    let all = list_functions(source);
+    let found = if let Some((class, method)) = name.rsplit_once('.') {
+        all.iter()
+            .find(|f| f.name == method && f.class_name.as_deref() == Some(class))
+    } else {
+        let matching: Vec<&FunctionInfo> = all.iter().filter(|f| f.name == name).collect();
+        matching
+            .iter()
+            .find(|f| f.class_name.is_none() && !is_nested(f, &all))
+            .or_else(|| matching.iter().find(|f| f.class_name.is_some()))
+            .or_else(|| matching.first())
+            .copied()
+    };
+    found.cloned().ok_or_else(|| {
+        let mut available: Vec<String> = Vec::new();
+        for f in &all {
+            let n = match &f.class_name {
+                Some(c) => format!("{c}.{}", f.name),
+                None => f.name.clone(),
+            };
+            if !available.contains(&n) {
+                available.push(n);
+            }
+        }
+        AnalysisError::FunctionNotFound {
+            name: name.to_string(),
+            available,
+        }
+    })
+}
+
+/// The innermost function whose definition (decorators included) spans the
+/// 0-based `line`. Errors: [`AnalysisError::NoFunctionAtLine`].
+pub fn find_function_at_line(source: &str, line: usize) -> Result<FunctionInfo, AnalysisError> {
+    list_functions(source)
+        .into_iter()
+        .filter(|f| f.start_line <= line && line <= f.end_line)
+        .max_by_key(|f| f.def_range.start)
+        .ok_or(AnalysisError::NoFunctionAtLine { line })
+}
+
+fn collect_errors(node: Node, source: &str, out: &mut Vec<SyntaxIssue>) {
+    if node.is_missing() {
+        let p = node.start_position();
+        out.push(SyntaxIssue {
+            line: p.row + 1,
+            column: p.column + 1,
+            message: format!("missing `{}`", node.kind()),
+        });
+        return;
+    }
+    if node.is_error() {
+        let p = node.start_position();
+        let snippet: String = text(node, source).chars().take(40).collect();
+        out.push(SyntaxIssue {
+            line: p.row + 1,
+            column: p.column + 1,
+            message: format!("syntax error near `{}`", snippet.trim()),
+        });
+        return;
+    }
+    if !node.has_error() {
+        return;
+    }
+    let mut cursor = node.walk();
+    for c in node.children(&mut cursor) {
+        collect_errors(c, source, out);
+    }
+}
+
+/// Syntax errors (tree-sitter ERROR and MISSING nodes), in source order; empty when the text parses.
+pub fn syntax_errors(source: &str) -> Vec<SyntaxIssue> {
+    let tree = parse(source);
+    let mut out = Vec::new();
+    collect_errors(tree.root_node(), source, &mut out);
+    out
+}
+
+/// Whether `source` parses with no ERROR or MISSING node.
+pub fn parses_cleanly(source: &str) -> bool {
+    !parse(source).root_node().has_error()
+}
+
+/// The text of function `name` (decorators included), from the start of its first line.
+pub fn function_source(source: &str, name: &str) -> Option<String> {
+    let f = find_function(source, name).ok()?;
+    Some(source[line_start(source, f.def_range.start)..f.def_range.end].to_string())
+}
+
+fn is_import(node: Node) -> bool {
+    matches!(
+        node.kind(),
+        "import_statement" | "import_from_statement" | "future_import_statement"
+    )
+}
+
+/// The text of each top-level `import` / `from ... import` statement, in order.
+pub fn module_imports(source: &str) -> Vec<String> {
+    let tree = parse(source);
+    named_children(tree.root_node())
+        .into_iter()
+        .filter(|n| is_import(*n))
+        .map(|n| text(n, source).to_string())
+        .collect()
+}
+
+fn normalize_ws(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Rows (0-based, relative to `source`) that are continuation lines of a
+/// multi-line string literal: their text belongs to the string and must not be re-indented.
+fn string_continuation_rows(node: Node, rows: &mut std::collections::HashSet<usize>) {
+    if node.kind() == "string" {
+        let (s, e) = (node.start_position().row, node.end_position().row);
+        rows.extend(s + 1..=e);
+        return;
+    }
+    let mut cursor = node.walk();
+    for c in node.children(&mut cursor) {
+        string_continuation_rows(c, rows);
+    }
+}
+
+/// Re-indents `code` (whole lines of some parsed text starting at row `first_row`)
+/// from its common indentation to `indent`, leaving multi-line string continuation lines alone.
+fn reindent(
+    code: &str,
+    first_row: usize,
+    protected: &std::collections::HashSet<usize>,
+    indent: &str,
+) -> String {
+    let lines: Vec<&str> = code.lines().collect();
+    let common = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| !l.trim().is_empty() && !protected.contains(&(first_row + i)))
+        .map(|(_, l)| leading_ws(l).len())
+        .min()
+        .unwrap_or(0);
+    let out: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if protected.contains(&(first_row + i)) {
+                l.to_string()
+            } else if l.trim().is_empty() {
+                String::new()
+            } else {
+                format!("{indent}{}", &l[common.min(leading_ws(l).len())..])
+            }
+        })
+        .collect();
+    out.join("\n")
+}
+
+/// Top-level helper name of a statement, for de-duplication and reporting.
+fn helper_name(node: Node, source: &str) -> Option<String> {
+    let def = if node.kind() == "decorated_definition" {
+        node.child_by_field_name("definition")?
+    } else {
+        node
+    };
+    match def.kind() {
+        "function_definition" | "class_definition" => def
+            .child_by_field_name("name")
+            .map(|n| text(n, source).to_string()),
+        "expression_statement" => {
+            let first = named_children(def).into_iter().next()?;
+            if first.kind() == "assignment" {
+                first
+                    .child_by_field_name("left")
+                    .map(|n| text(n, source).to_string())
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Replaces `func`'s body in `source` with the body of the same-named function
+/// in `generated` (LLM code: imports, helpers, the function).
+///
+/// Keeps the user's decorators, signature and docstring exactly (the generated
+/// docstring is dropped), re-indents the new body to `func.body_indent`, adds
+/// the generated top-level imports the file lacks (after the last top-level
+/// import, else after the module docstring / `from __future__`), and inserts
+/// generated top-level helpers (defs, classes, assignments the file does not
+/// define yet) just before the target, at its indentation.
+/// Errors: [`AnalysisError::GeneratedCodeInvalid`] when `generated` does not
+/// parse, defines no function of that name, or gives it an empty body.
+pub fn splice(
+    source: &str,
+    func: &FunctionInfo,
+    generated: &str,
+) -> Result<Spliced, AnalysisError> {
+    let gen_tree = parse(generated);
+    if let Some(e) = {
+        let mut v = Vec::new();
+        collect_errors(gen_tree.root_node(), generated, &mut v);
+        v.into_iter().next()
+    } {
+        return Err(AnalysisError::GeneratedCodeInvalid(format!(
+            "it does not parse: line {}, column {}: {}",
+            e.line, e.column, e.message
+        )));
+    }
+    let mut defs = Vec::new();
+    collect_defs(gen_tree.root_node(), &mut defs);
+    let named = |d: &Node| {
+        d.child_by_field_name("name")
+            .is_some_and(|n| text(n, generated) == func.name)
+    };
+    // Prefer a top-level def, then any def of that name (e.g. inside a class).
+    let target = defs
+        .iter()
+        .find(|d| {
+            named(d)
+                && d.parent().is_some_and(|p| {
+                    p.kind() == "module"
+                        || (p.kind() == "decorated_definition"
+                            && p.parent().is_some_and(|g| g.kind() == "module"))
+                })
+        })
+        .or_else(|| defs.iter().find(|d| named(d)))
+        .copied()
+        .ok_or_else(|| {
+            AnalysisError::GeneratedCodeInvalid(format!(
+                "it does not define `def {}`; answer with the complete function",
+                func.name
+            ))
+        })?;
+    let gen_body = target
+        .child_by_field_name("body")
+        .ok_or_else(|| AnalysisError::GeneratedCodeInvalid("function has no body".into()))?;
+    let gen_stmts = statements(gen_body);
+    let gen_doc = gen_stmts.first().and_then(|s| docstring_node(*s));
+    let rest: Vec<Node> = gen_stmts
+        .iter()
+        .skip(usize::from(gen_doc.is_some()))
+        .copied()
+        .collect();
+    let (Some(first), Some(last)) = (rest.first(), rest.last()) else {
+        return Err(AnalysisError::GeneratedCodeInvalid(format!(
+            "`{}` has no statements besides its docstring",
+            func.name
+        )));
+    };
+    let mut protected = std::collections::HashSet::new();
+    string_continuation_rows(gen_body, &mut protected);
+    // Body text: from the line after the docstring (keeps comments above the
+    // first statement), or the first statement's line.
+    let from = match gen_doc {
+        Some(d) => {
+            let after = line_end(generated, d.end_byte());
+            if after < first.start_byte() {
+                after + 1
+            } else {
+                first.start_byte()
+            }
+        }
+        None => {
+            let ls = line_start(generated, first.start_byte());
+            if ls > target.start_byte() {
+                ls
+            } else {
+                first.start_byte()
+            }
+        }
+    };
+    let from = if line_start(generated, from) == from
+        || generated[line_start(generated, from)..from]
+            .trim()
+            .is_empty()
+    {
+        line_start(generated, from)
+    } else {
+        from
+    };
+    let from_row = generated[..from].matches('\n').count();
+    let body_text = &generated[from..line_end(generated, last.end_byte())];
+    let new_body = reindent(body_text, from_row, &protected, &func.body_indent);
+    let new_body = new_body.trim_start_matches('\n');
+
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    // (1) the body.
+    let body_edit = match &func.docstring_range {
+        Some(d) => {
+            let doc_end = line_end(source, d.end);
+            let end = line_end(source, func.body_range.end).max(doc_end);
+            (doc_end..end, format!("\n{new_body}"))
+        }
+        None => {
+            let bs = func.body_range.start;
+            let ls = line_start(source, bs);
+            if ls <= func.def_range.start || !source[ls..bs].trim().is_empty() {
+                // Body on the header line: `def f(x): ...`
+                let colon_end = func.def_range.start
+                    + source[func.def_range.start..]
+                        .find(&func.signature)
+                        .unwrap_or(0)
+                    + func.signature.len();
+                (
+                    colon_end..line_end(source, func.body_range.end),
+                    format!("\n{new_body}"),
+                )
+            } else {
+                (
+                    ls..line_end(source, func.body_range.end),
+                    new_body.to_string(),
+                )
+            }
+        }
+    };
+    edits.push(body_edit);
+
+    // (2) helpers.
+    let src_tree = parse(source);
+    let existing: Vec<String> = named_children(src_tree.root_node())
+        .into_iter()
+        .filter_map(|n| helper_name(n, source))
+        .collect();
+    let target_outer = match target.parent() {
+        Some(p) if p.kind() == "decorated_definition" => p,
+        _ => target,
+    };
+    let def_line_start = line_start(source, func.def_range.start);
+    let def_indent = leading_ws(&source[def_line_start..]).to_string();
+    let mut added_helpers = Vec::new();
+    let mut helper_texts = Vec::new();
+    for node in named_children(gen_tree.root_node()) {
+        if node.id() == target_outer.id()
+            || node.start_byte() <= target.start_byte() && target.end_byte() <= node.end_byte()
+        {
+            continue;
+        }
+        let Some(name) = helper_name(node, generated) else {
+            continue;
+        };
+        if existing.contains(&name) || name == func.name {
+            continue;
+        }
+        let mut prot = std::collections::HashSet::new();
+        string_continuation_rows(node, &mut prot);
+        let t = reindent(text(node, generated), node.start_position().row, &prot, "");
+        // First line of a node's text has no leading indentation; re-indent each line.
+        let t: String = t
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                if l.is_empty() || prot.contains(&(node.start_position().row + i)) {
+                    l.to_string()
+                } else {
+                    format!("{def_indent}{l}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        helper_texts.push(t);
+        added_helpers.push(name);
+    }
+    if !helper_texts.is_empty() {
+        let sep = if def_indent.is_empty() {
+            "\n\n\n"
+        } else {
+            "\n\n"
+        };
+        let mut block = helper_texts.join(sep);
+        block.push_str(sep);
+        edits.push((def_line_start..def_line_start, block));
+    }
+
+    // (3) imports.
+    let src_top = named_children(src_tree.root_node());
+    let have: Vec<String> = src_top
+        .iter()
+        .filter(|n| is_import(**n))
+        .map(|n| normalize_ws(text(*n, source)))
+        .collect();
+    let mut added_imports = Vec::new();
+    for node in named_children(gen_tree.root_node()) {
+        if is_import(node) {
+            let t = text(node, generated).to_string();
+            let norm = normalize_ws(&t);
+            if !have.contains(&norm)
+                && !added_imports
+                    .iter()
+                    .any(|a: &String| normalize_ws(a) == norm)
+            {
+                added_imports.push(t);
+            }
+        }
+    }
+    if !added_imports.is_empty() {
+        let joined = added_imports.join("\n");
+        let last_import = src_top.iter().filter(|n| is_import(**n)).last();
+        let edit = if let Some(li) = last_import {
+            let at = line_end(source, li.end_byte());
+            (at..at, format!("\n{joined}"))
+        } else {
+            let anchor = src_top
+                .first()
+                .filter(|n| docstring_node(**n).is_some())
+                .map(|n| n.end_byte());
+            match anchor {
+                Some(a) => {
+                    let at = line_end(source, a);
+                    (at..at, format!("\n\n{joined}"))
+                }
+                None => (0..0, format!("{joined}\n\n\n")),
+            }
+        };
+        edits.push(edit);
+    }
+
+    edits.sort_by(|a, b| b.0.start.cmp(&a.0.start));
+    let mut out = source.to_string();
+    for (range, t) in edits {
+        out.replace_range(range, &t);
+    }
+    Ok(Spliced {
+        source: out,
+        added_imports,
+        added_helpers,
+    })
+}
+
+/// Pulls Python code out of an LLM reply: the fenced block (```python, ```py,
+/// ```python3 or a bare ```) defining the most `def`s (the first on a tie); an
+/// unterminated fence runs to the end of the text. Without a fence, the whole text trimmed.
+pub fn extract_code_block(reply: &str) -> String {
+    let mut blocks: Vec<String> = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in reply.lines() {
+        let t = line.trim();
+        match current.as_mut() {
+            None => {
+                if let Some(tag) = t.strip_prefix("```") {
+                    let tag = tag.trim().to_ascii_lowercase();
+                    if matches!(tag.as_str(), "" | "python" | "py" | "python3") {
+                        current = Some(Vec::new());
+                    } else {
+                        current = Some(vec!["\u{0}skip"]);
+                    }
+                }
+            }
+            Some(lines) => {
+                if t.starts_with("```") {
+                    let done = current.take().unwrap_or_default();
+                    if done.first() != Some(&"\u{0}skip") {
+                        blocks.push(done.join("\n"));
+                    }
+                } else {
+                    lines.push(line);
+                }
+            }
+        }
+    }
+    if let Some(done) = current {
+        if done.first() != Some(&"\u{0}skip") {
+            blocks.push(done.join("\n"));
+        }
+    }
+    let count_defs = |b: &str| {
+        b.lines()
+            .filter(|l| {
+                let t = l.trim_start();
+                t.starts_with("def ") || t.starts_with("async def ")
+            })
+            .count()
+    };
+    let mut best: Option<(usize, &String)> = None;
+    for b in &blocks {
+        let n = count_defs(b);
+        if best.is_none_or(|(m, _)| n > m) {
+            best = Some((n, b));
+        }
+    }
+    match best {
+        Some((_, b)) => b.trim_matches('\n').to_string(),
+        None => reply.trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#""""Module doc."""
+import os
+from typing import List
+
+
+@functools.cache
+@other(1)
+async def fetch(url: str, *args, timeout: float = 1.0, **kwargs) -> List[str]:
+    """Fetch it.
+
+        Indented line.
+    """
+    return []
+
+
+class Box:
+    def size(self, /, k, *, scale=2):
+        """Size."""
+        ...
+
+    def stub2(self):
+        pass
+
+
+def outer(x):
+    def inner(y):
+        raise NotImplementedError("later")
+    return inner
+
+
+def size(n):
+    raise NotImplementedError
+"#;
+
+    #[test]
+    fn lists_and_describes_functions() {
+        let all = list_functions(FILE);
+        let names: Vec<&str> = all.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["fetch", "size", "stub2", "outer", "inner", "size"]);
+        let f = &all[0];
+        assert!(f.is_async);
+        assert_eq!(f.decorators, ["@functools.cache", "@other(1)"]);
+        assert_eq!(
+            f.signature,
+            "async def fetch(url: str, *args, timeout: float = 1.0, **kwargs) -> List[str]:"
+        );
+        assert_eq!(f.params, ["url", "*args", "timeout", "**kwargs"]);
+        assert_eq!(f.docstring.as_deref(), Some("Fetch it.\n\nIndented line."));
+        assert_eq!(&FILE[f.docstring_range.clone().unwrap()][..6], "\"\"\"Fet");
+        assert!(FILE[f.def_range.clone()].starts_with("@functools.cache"));
+        assert!(FILE[f.def_range.clone()].ends_with("return []"));
+        assert_eq!(f.body_indent, "    ");
+        assert_eq!(f.start_line, 5);
+        assert_eq!(f.end_line, 12);
+        assert!(!f.is_stub);
+        assert_eq!(all[1].class_name.as_deref(), Some("Box"));
+        assert_eq!(all[1].params, ["self", "k", "scale"]);
+        assert!(all[1].is_stub && all[2].is_stub && all[4].is_stub && all[5].is_stub);
+        assert_eq!(all[2].body_indent, "        ");
+        assert_eq!(all[4].class_name, None);
+        assert!(!all[3].is_stub);
+    }
+
+    #[test]
+    fn find_by_name_class_and_line() {
+        let f = find_function(FILE, "size").unwrap();
+        assert_eq!(f.class_name, None, "module-level wins");
+        let m = find_function(FILE, "Box.size").unwrap();
+        assert_eq!(m.class_name.as_deref(), Some("Box"));
+        let err = find_function(FILE, "nope").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "no function `nope` in the file; it defines: fetch, Box.size, Box.stub2, outer, inner, size"
+        );
+        assert_eq!(find_function_at_line(FILE, 26).unwrap().name, "inner");
+        assert_eq!(find_function_at_line(FILE, 27).unwrap().name, "outer");
+        assert_eq!(find_function_at_line(FILE, 5).unwrap().name, "fetch");
+        let e = find_function_at_line(FILE, 1).unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_elsewhere_do_not_hide_functions() {
+        let src = "def ok(a):\n    return a + 1\n\n\ndef broken(:\n    return (\n\nx = = 3\n";
+        let errs = syntax_errors(src);
+        assert!(!errs.is_empty());
+        assert!(errs.iter().all(|e| e.line >= 5), "{errs:?}");
+        let f = find_function(src, "ok").unwrap();
+        assert_eq!(f.params, ["a"]);
+        assert!(syntax_errors("def f():\n    return 1\n").is_empty());
+    }
+
+    #[test]
+    fn cleandoc_semantics() {
+        assert_eq!(
+            cleandoc("  First.\n\n      a\n        b\n    "),
+            "First.\n\na\n  b"
+        );
+        assert_eq!(cleandoc("\n    Only.\n"), "Only.");
+    }
+
+    #[test]
+    fn stub_kinds() {
+        for body in [
+            "...",
+            "pass",
+            "raise NotImplementedError",
+            "raise NotImplementedError('x')",
+            "# todo\n    pass",
+        ] {
+            let src = format!("def f():\n    \"\"\"Doc.\"\"\"\n    {body}\n");
+            assert!(find_function(&src, "f").unwrap().is_stub, "{body}");
+        }
+        assert!(
+            find_function("def f():\n    \"\"\"Only doc.\"\"\"\n", "f")
+                .unwrap()
+                .is_stub
+        );
+        assert!(
+            !find_function("def f():\n    return 1\n", "f")
+                .unwrap()
+                .is_stub
+        );
+        assert!(
+            !find_function("def f():\n    raise ValueError\n", "f")
+                .unwrap()
+                .is_stub
+        );
+    }
+
+    #[test]
+    fn function_source_and_imports() {
+        let src = "import os\n\nclass A:\n    @staticmethod\n    def m(x):\n        return x\nfrom a import (b,\n  c)\n";
+        assert_eq!(
+            function_source(src, "m").unwrap(),
+            "    @staticmethod\n    def m(x):\n        return x"
+        );
+        assert_eq!(
+            module_imports(src),
+            ["import os", "from a import (b,\n  c)"]
+        );
+        assert_eq!(function_source(src, "zz"), None);
+    }
+
+    #[test]
+    fn splice_replaces_body_keeps_docstring_adds_imports_and_helpers() {
+        let src = "\"\"\"Mod é.\"\"\"\nimport os\n\n\ndef add(a, b):\n    \"\"\"Add – café 🎉.\n\n    >>> add(1, 2)\n    3\n    \"\"\"\n    ...\n\n\ndef other():\n    return 1\n";
+        let func = find_function(src, "add").unwrap();
+        let generated = "import math\nimport os\nfrom typing import List\n\nLIMIT = 10\n\ndef _helper(x):\n    return x\n\ndef add(a, b):\n    \"\"\"Different doc.\"\"\"\n    # sum them\n    return _helper(a) + b\n\nif __name__ == '__main__':\n    print(add(1, 2))\n";
+        let out = splice(src, &func, generated).unwrap();
+        assert_eq!(
+            out.added_imports,
+            ["import math", "from typing import List"]
+        );
+        assert_eq!(out.added_helpers, ["LIMIT", "_helper"]);
+        assert_eq!(
+            out.source,
+            "\"\"\"Mod é.\"\"\"\nimport os\nimport math\nfrom typing import List\n\n\nLIMIT = 10\n\n\ndef _helper(x):\n    return x\n\n\ndef add(a, b):\n    \"\"\"Add – café 🎉.\n\n    >>> add(1, 2)\n    3\n    \"\"\"\n    # sum them\n    return _helper(a) + b\n\n\ndef other():\n    return 1\n"
+        );
+        assert!(syntax_errors(&out.source).is_empty());
+    }
+
+    #[test]
+    fn splice_method_with_nested_def_and_multiline_string() {
+        let src = "class K:\n    def run(self, n):\n        pass\n\n    def other(self):\n        return 2\n";
+        let func = find_function(src, "K.run").unwrap();
+        let generated = "def run(self, n):\n    text = \"\"\"line one\n  keep this indent\nend\"\"\"\n    def inner(k):\n        return k * 2\n    return inner(n), text\n";
+        let out = splice(src, &func, generated).unwrap();
+        assert_eq!(
+            out.source,
+            "class K:\n    def run(self, n):\n        text = \"\"\"line one\n  keep this indent\nend\"\"\"\n        def inner(k):\n            return k * 2\n        return inner(n), text\n\n    def other(self):\n        return 2\n"
+        );
+    }
+
+    #[test]
+    fn splice_without_docstring_and_one_line_stub() {
+        let src = "def f(x): ...\n";
+        let func = find_function(src, "f").unwrap();
+        let out = splice(src, &func, "def f(y):\n    '''doc'''\n    return x\n").unwrap();
+        assert_eq!(out.source, "def f(x):\n    return x\n");
+        let src = "def f(x):\n    raise NotImplementedError\n";
+        let func = find_function(src, "f").unwrap();
+        let out = splice(src, &func, "def f(x):\n        return x  # deep\n").unwrap();
+        assert_eq!(out.source, "def f(x):\n    return x  # deep\n");
+        // No imports in the file: imports go at the top.
+        let out = splice(
+            src,
+            &func,
+            "import re\ndef f(x):\n    return re.escape(x)\n",
+        )
+        .unwrap();
+        assert_eq!(
+            out.source,
+            "import re\n\n\ndef f(x):\n    return re.escape(x)\n"
+        );
+    }
+
+    #[test]
+    fn splice_rejects_bad_generated_code() {
+        let src = "def f(x):\n    pass\n";
+        let func = find_function(src, "f").unwrap();
+        let e = splice(src, &func, "def g(x):\n    return 1\n").unwrap_err();
+        assert!(e.to_string().contains("does not define `def f`"), "{e}");
+        let e = splice(src, &func, "def f(x):\n    return (\n").unwrap_err();
+        assert!(e.to_string().contains("does not parse"), "{e}");
+        let e = splice(src, &func, "def f(x):\n    \"\"\"Only doc.\"\"\"\n").unwrap_err();
+        assert!(matches!(e, AnalysisError::GeneratedCodeInvalid(_)));
+    }
+
+    #[test]
+    fn code_block_extraction() {
+        let reply = "Here:\n```python\nx = 1\n```\nand the full one:\n```py\nimport os\n\ndef a():\n    pass\n\ndef b():\n    pass\n```\nDone.";
+        assert_eq!(
+            extract_code_block(reply),
+            "import os\n\ndef a():\n    pass\n\ndef b():\n    pass"
+        );
+        assert_eq!(
+            extract_code_block("  def f():\n    pass  \n"),
+            "def f():\n    pass"
+        );
+        assert_eq!(
+            extract_code_block("```python\ndef f():\n    return 1\n"),
+            "def f():\n    return 1"
+        );
+        assert_eq!(
+            extract_code_block("```text\nnope\n```\n```\ndef g(): pass\n```"),
+            "def g(): pass"
+        );
+    }
+}
