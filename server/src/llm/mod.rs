@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-// TMP #[cfg(feature = "local")]
-// TMP pub mod local;
+#[cfg(feature = "local")]
+pub mod local;
 // TMP pub mod openai;
 pub mod router;
 pub mod scripted;
