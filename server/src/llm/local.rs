@@ -59,11 +59,18 @@ impl Default for LocalOptions {
 /// Default generation thread count: 1 on machines with up to 2 cores, otherwise
 /// half the cores (at most 8).
 ///
-/// Measured on a 2-core machine with Qwen2.5-Coder-0.5B Q4_K_M, greedy,
-/// 128 generated tokens (see the report in `FACTS.md`): THREAD_NUMBERS.
-/// Generation is memory-bound and llama.cpp's threads spin-wait on each other,
-/// so one busy neighbour (the sandbox running tests, a compiler) makes the
-/// second thread a large loss while the gain when idle is small.
+/// Measured on a 2-core machine with Qwen2.5-Coder-0.5B Q4_K_M, greedy, 128
+/// generated tokens, two runs each:
+///
+/// | threads | idle machine | while `yes > /dev/null` runs |
+/// |---------|--------------|------------------------------|
+/// | 1       | 27-29 tok/s  | 25-28 tok/s                  |
+/// | 2       | 38-45 tok/s  | 7.6-10.5 tok/s               |
+///
+/// llama.cpp's threads wait on each other every token, so one busy neighbour
+/// (the sandbox running tests, a compiler, the editor) makes the second thread
+/// a 3x loss while its gain on an idle machine is 1.5x. A fresh 4096-token
+/// context costs 28-58 ms per request, small next to generation.
 pub fn default_threads() -> i32 {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
