@@ -1,1 +1,358 @@
-//! (to be written)
+//! LLM access: chat messages, sampling parameters, completions and the
+//! [`Provider`] trait, plus the providers and the per-role [`router::Router`].
+//!
+//! Owns: how a chat request reaches a model (in-process llama.cpp in `local`,
+//! any OpenAI-compatible HTTP endpoint in `openai`, a scripted stand-in for
+//! unit tests in `scripted`) and which provider serves which role (`router`).
+//! Must not know: prompts, roles' meaning, the pipeline, the store, LSP or the
+//! CLI. Callers build [`CompletionRequest`]s; this module only executes them.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+#[cfg(feature = "local")]
+pub mod local;
+// TMP pub mod openai;
+pub mod router;
+pub mod scripted;
+
+pub use router::Router;
+pub use scripted::ScriptedProvider;
+
+/// Who speaks a chat message. Serialised lowercase (`system`, `user`,
+/// `assistant`), as OpenAI-compatible APIs and GGUF chat templates expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    /// Instructions that frame the conversation.
+    System,
+    /// The caller's turn.
+    User,
+    /// The model's turn (earlier replies, or a prefilled answer).
+    Assistant,
+}
+
+impl ChatRole {
+    /// `system`, `user` or `assistant`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatRole::System => "system",
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+        }
+    }
+}
+
+/// One chat message: a role and its text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who speaks.
+    pub role: ChatRole,
+    /// The text, verbatim (no template tokens).
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A system message.
+    pub fn system(s: impl Into<String>) -> Self {
+        ChatMessage {
+            role: ChatRole::System,
+            content: s.into(),
+        }
+    }
+    /// A user message.
+    pub fn user(s: impl Into<String>) -> Self {
+        ChatMessage {
+            role: ChatRole::User,
+            content: s.into(),
+        }
+    }
+    /// An assistant message.
+    pub fn assistant(s: impl Into<String>) -> Self {
+        ChatMessage {
+            role: ChatRole::Assistant,
+            content: s.into(),
+        }
+    }
+}
+
+/// One chat completion request, provider-independent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    /// The conversation, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// Sampling temperature; `0.0` means greedy (deterministic).
+    pub temperature: f32,
+    /// Upper bound on generated tokens; reaching it ends with [`FinishReason::Length`].
+    pub max_tokens: u32,
+    /// Stop sequences; generation ends before the first one (it is not included in the text).
+    pub stop: Vec<String>,
+    /// A JSON Schema the reply must follow. The local provider enforces it with a
+    /// grammar; remote ones use `response_format` where supported. Callers must
+    /// still parse the reply defensively.
+    pub json_schema: Option<serde_json::Value>,
+    /// Sampling seed (used when `temperature > 0`, and passed to remote APIs).
+    pub seed: u32,
+}
+
+impl CompletionRequest {
+    /// A greedy request for `messages` with `max_tokens` 512, no stops, no schema, seed 0.
+    pub fn new(messages: Vec<ChatMessage>) -> Self {
+        CompletionRequest {
+            messages,
+            temperature: 0.0,
+            max_tokens: 512,
+            stop: Vec::new(),
+            json_schema: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model ended its turn (end-of-generation token, or the API's `stop`).
+    Stop,
+    /// `max_tokens` was reached; the text is probably truncated.
+    Length,
+    /// One of the request's stop sequences appeared (it is trimmed from the text).
+    StopSequence,
+    /// The request was cancelled (providers return [`LlmError::Cancelled`] instead
+    /// where nothing useful was produced).
+    Cancelled,
+}
+
+impl FinishReason {
+    /// `stop`, `length`, `stop_sequence` or `cancelled`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::StopSequence => "stop_sequence",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A finished completion with its accounting.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The generated text (stop sequence trimmed).
+    pub text: String,
+    /// Tokens in the rendered prompt (exact for `local`; as reported by remote APIs, 0 if absent).
+    pub prompt_tokens: u32,
+    /// Tokens generated (exact for `local`; as reported by remote APIs, 0 if absent).
+    pub completion_tokens: u32,
+    /// Wall-clock time of the call in milliseconds, retries included.
+    pub latency_ms: u64,
+    /// The provider's name (`local`, `openai`, `scripted`, or a configured name).
+    pub provider: String,
+    /// The model's name as configured.
+    pub model: String,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+}
+
+/// A source of chat completions. Implementations must be cheap to share
+/// (`Arc<dyn Provider>`) and must honour `cancel` promptly.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// Short provider name, e.g. `local` or `openai` (shown in logs, the store and `describe`).
+    fn name(&self) -> &str;
+    /// Model name, e.g. `qwen2.5-coder-1.5b` or `gpt-4o-mini`.
+    fn model(&self) -> &str;
+    /// Runs one completion.
+    ///
+    /// Errors: see [`LlmError`]; a cancelled `cancel` yields [`LlmError::Cancelled`].
+    async fn complete(
+        &self,
+        req: &CompletionRequest,
+        cancel: &CancellationToken,
+    ) -> Result<Completion, LlmError>;
+}
+
+/// Everything that can go wrong talking to a model. Messages name the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// The local GGUF file does not exist.
+    #[error("model file {} not found: {fix}", .path.display())]
+    ModelMissing {
+        /// The path that was looked up.
+        path: PathBuf,
+        /// What to do about it.
+        fix: String,
+    },
+    /// The local GGUF file exists but llama.cpp could not load it (corrupt, truncated, unsupported).
+    #[error("cannot load model {}: {message}; re-install it with `docsmith model install` or check the file", .path.display())]
+    ModelLoad {
+        /// The file.
+        path: PathBuf,
+        /// llama.cpp's reason.
+        message: String,
+    },
+    /// The endpoint could not be reached (connection refused, DNS, timeout).
+    #[error("cannot reach {url}: {message}; is the server running?")]
+    Unreachable {
+        /// The URL that was called.
+        url: String,
+        /// The transport error.
+        message: String,
+    },
+    /// 401 or 403.
+    #[error("401/403 from {url}: {}", key_fix(.key_env))]
+    Unauthorized {
+        /// The URL that was called.
+        url: String,
+        /// The environment variable that should hold the key, if configured.
+        key_env: Option<String>,
+    },
+    /// 429 after all retries.
+    #[error("rate limited by {url} (429) after retries; wait, lower concurrency, or configure a fallback provider")]
+    RateLimited {
+        /// The URL that was called.
+        url: String,
+    },
+    /// Any other non-success HTTP status.
+    #[error("HTTP {status} from the LLM endpoint: {body_excerpt}")]
+    Http {
+        /// The status code.
+        status: u16,
+        /// The first few hundred bytes of the body.
+        body_excerpt: String,
+    },
+    /// The reply could not be understood (malformed JSON, no choices, ...).
+    #[error("unexpected reply from the model: {0}")]
+    BadResponse(String),
+    /// The prompt does not fit the context window together with `max_tokens`.
+    #[error("prompt of {prompt_tokens} tokens does not fit the context of {n_ctx} tokens (with room for max_tokens); raise n_ctx or shorten the prompt")]
+    ContextOverflow {
+        /// Tokens in the rendered prompt.
+        prompt_tokens: u32,
+        /// The context size.
+        n_ctx: u32,
+    },
+    /// The caller cancelled the request.
+    #[error("cancelled")]
+    Cancelled,
+    /// Invalid provider or router configuration.
+    #[error("LLM configuration error: {0}")]
+    Config(String),
+    /// Every provider in a route failed (only when there were at least two).
+    #[error("all providers failed: {}", .0.iter().map(|(p, e)| format!("{p}: {e}")).collect::<Vec<_>>().join("; "))]
+    AllFailed(Vec<(String, LlmError)>),
+}
+
+impl LlmError {
+    /// Whether another provider might succeed where this one failed: true for
+    /// `Unreachable`, `RateLimited`, `Http` 5xx, `ModelMissing`, `ModelLoad` and
+    /// `ContextOverflow`; false for cancellation, auth, bad requests, bad replies
+    /// and configuration errors.
+    pub fn is_retryable_elsewhere(&self) -> bool {
+        match self {
+            LlmError::Unreachable { .. }
+            | LlmError::RateLimited { .. }
+            | LlmError::ModelMissing { .. }
+            | LlmError::ModelLoad { .. }
+            | LlmError::ContextOverflow { .. } => true,
+            LlmError::Http { status, .. } => *status >= 500,
+            LlmError::Unauthorized { .. }
+            | LlmError::BadResponse(_)
+            | LlmError::Cancelled
+            | LlmError::Config(_)
+            | LlmError::AllFailed(_) => false,
+        }
+    }
+}
+
+/// The fix half of [`LlmError::Unauthorized`]'s message.
+fn key_fix(key_env: &Option<String>) -> String {
+    match key_env {
+        Some(k) => format!("set {k} to a valid API key"),
+        None => "configure `api_key_env` and set that variable to a valid API key".to_string(),
+    }
+}
+
+/// Number of whitespace-separated words in `s`: the token estimate used by
+/// providers that report no usage (the scripted one).
+pub(crate) fn word_count(s: &str) -> u32 {
+    s.split_whitespace().count() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_serialise_lowercase() {
+        let m = ChatMessage::system("hi");
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            serde_json::json!({"role":"system","content":"hi"})
+        );
+        assert_eq!(ChatMessage::assistant("x").role, ChatRole::Assistant);
+        assert_eq!(ChatMessage::user("x").role.as_str(), "user");
+    }
+
+    #[test]
+    fn retryable_elsewhere_classification() {
+        assert!(LlmError::Unreachable {
+            url: "u".into(),
+            message: "m".into()
+        }
+        .is_retryable_elsewhere());
+        assert!(LlmError::Http {
+            status: 503,
+            body_excerpt: String::new()
+        }
+        .is_retryable_elsewhere());
+        assert!(!LlmError::Http {
+            status: 400,
+            body_excerpt: String::new()
+        }
+        .is_retryable_elsewhere());
+        assert!(!LlmError::Cancelled.is_retryable_elsewhere());
+        assert!(!LlmError::Unauthorized {
+            url: "u".into(),
+            key_env: None
+        }
+        .is_retryable_elsewhere());
+        assert!(LlmError::ContextOverflow {
+            prompt_tokens: 9,
+            n_ctx: 4
+        }
+        .is_retryable_elsewhere());
+    }
+
+    #[test]
+    fn error_messages_name_cause_and_fix() {
+        let e = LlmError::ModelMissing {
+            path: "/m/x.gguf".into(),
+            fix: "run `docsmith model install`".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "model file /m/x.gguf not found: run `docsmith model install`"
+        );
+        let e = LlmError::Unauthorized {
+            url: "http://h/v1".into(),
+            key_env: Some("MY_KEY".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "401/403 from http://h/v1: set MY_KEY to a valid API key"
+        );
+        let e = LlmError::AllFailed(vec![
+            ("local:a".into(), LlmError::Cancelled),
+            ("openai:b".into(), LlmError::BadResponse("x".into())),
+        ]);
+        let s = e.to_string();
+        assert!(
+            s.contains("local:a: cancelled") && s.contains("openai:b: unexpected reply"),
+            "{s}"
+        );
+    }
+}

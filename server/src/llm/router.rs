@@ -1,0 +1,238 @@
+//! Routes each [`Role`] to an ordered list of providers and falls back along
+//! that list when a provider fails in a way another might not
+//! ([`LlmError::is_retryable_elsewhere`]).
+//!
+//! Owns: the role -> providers table and the fallback policy. Must not know
+//! how providers are configured (the lead's `config` builds them) nor what the
+//! roles ask for.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Completion, CompletionRequest, LlmError, Provider};
+use crate::types::Role;
+
+/// Every role's providers, first choice first.
+#[derive(Clone)]
+pub struct Router {
+    routes: HashMap<Role, Vec<Arc<dyn Provider>>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for role in Role::ALL {
+            m.entry(&role.as_str(), &self.describe(role));
+        }
+        m.finish()
+    }
+}
+
+impl Router {
+    /// A router from a role -> providers table.
+    ///
+    /// Errors: [`LlmError::Config`] naming the role when some role of
+    /// [`Role::ALL`] is missing or has an empty list.
+    pub fn new(routes: HashMap<Role, Vec<Arc<dyn Provider>>>) -> Result<Router, LlmError> {
+        for role in Role::ALL {
+            if routes.get(&role).is_none_or(|v| v.is_empty()) {
+                return Err(LlmError::Config(format!(
+                    "no provider configured for role `{role}`; give it at least one provider"
+                )));
+            }
+        }
+        Ok(Router { routes })
+    }
+
+    /// A router that sends every role to `p` (no fallback).
+    pub fn uniform(p: Arc<dyn Provider>) -> Router {
+        let routes = Role::ALL.iter().map(|r| (*r, vec![p.clone()])).collect();
+        Router { routes }
+    }
+
+    /// The providers for `role`, first choice first (never empty).
+    pub fn providers(&self, role: Role) -> &[Arc<dyn Provider>] {
+        self.routes.get(&role).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Completes `req` with `role`'s first provider, falling back to the next
+    /// one while the error is [`LlmError::is_retryable_elsewhere`].
+    ///
+    /// Returns the completion and the index (into [`Router::providers`]) of the
+    /// provider that produced it. A non-retryable error ends the chain. Errors:
+    /// when only one provider was tried its error is returned as itself; when
+    /// two or more failed, [`LlmError::AllFailed`] lists each (`name:model`,
+    /// error); cancellation is always [`LlmError::Cancelled`].
+    pub async fn complete(
+        &self,
+        role: Role,
+        req: &CompletionRequest,
+        cancel: &CancellationToken,
+    ) -> Result<(Completion, usize), LlmError> {
+        let providers = self.providers(role);
+        let mut failures: Vec<(String, LlmError)> = Vec::new();
+        for (i, p) in providers.iter().enumerate() {
+            if cancel.is_cancelled() {
+                return Err(LlmError::Cancelled);
+            }
+            match p.complete(req, cancel).await {
+                Ok(c) => {
+                    if !failures.is_empty() {
+                        tracing::info!(role = %role, provider = %label(p.as_ref()), "fallback provider succeeded");
+                    }
+                    return Ok((c, i));
+                }
+                Err(e) if e.is_retryable_elsewhere() && i + 1 < providers.len() => {
+                    tracing::warn!(role = %role, provider = %label(p.as_ref()), error = %e, "provider failed; trying the next one");
+                    failures.push((label(p.as_ref()), e));
+                }
+                Err(e) => {
+                    if failures.is_empty() || matches!(e, LlmError::Cancelled) {
+                        return Err(e);
+                    }
+                    failures.push((label(p.as_ref()), e));
+                    break;
+                }
+            }
+        }
+        match failures.len() {
+            0 => Err(LlmError::Config(format!(
+                "no provider configured for role `{role}`"
+            ))),
+            1 => Err(failures.pop().expect("one failure").1),
+            _ => Err(LlmError::AllFailed(failures)),
+        }
+    }
+
+    /// `role`'s chain as text, e.g. `local:qwen2.5-coder-1.5b -> openai:gpt-4o-mini`.
+    pub fn describe(&self, role: Role) -> String {
+        self.providers(role)
+            .iter()
+            .map(|p| label(p.as_ref()))
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    }
+}
+
+/// `name:model` of a provider.
+fn label(p: &dyn Provider) -> String {
+    format!("{}:{}", p.name(), p.model())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::{ChatMessage, ScriptedProvider};
+
+    fn unreachable() -> LlmError {
+        LlmError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+            message: "refused".into(),
+        }
+    }
+
+    fn req() -> CompletionRequest {
+        CompletionRequest::new(vec![ChatMessage::user("hi")])
+    }
+
+    fn routes(chain: Vec<Arc<dyn Provider>>) -> HashMap<Role, Vec<Arc<dyn Provider>>> {
+        Role::ALL.iter().map(|r| (*r, chain.clone())).collect()
+    }
+
+    #[tokio::test]
+    async fn falls_back_on_unreachable() {
+        let a = Arc::new(ScriptedProvider::new(|_| Err(unreachable())));
+        let b = Arc::new(ScriptedProvider::from_replies(vec!["ok".into()]));
+        let r = Router::new(routes(vec![a.clone(), b.clone()])).unwrap();
+        let (c, i) = r
+            .complete(Role::Developer, &req(), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!((c.text.as_str(), i), ("ok", 1));
+        assert_eq!((a.requests().len(), b.requests().len()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn no_fallback_on_cancelled() {
+        let a = Arc::new(ScriptedProvider::new(|_| Err(LlmError::Cancelled)));
+        let b = Arc::new(ScriptedProvider::from_replies(vec!["ok".into()]));
+        let r = Router::new(routes(vec![a.clone(), b.clone()])).unwrap();
+        let err = r
+            .complete(Role::Planner, &req(), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LlmError::Cancelled), "{err}");
+        assert_eq!(b.requests().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn all_failed_lists_both_and_single_error_is_itself() {
+        let a = Arc::new(ScriptedProvider::new(|_| Err(unreachable())));
+        let b = Arc::new(ScriptedProvider::new(|_| {
+            Err(LlmError::Http {
+                status: 503,
+                body_excerpt: "busy".into(),
+            })
+        }));
+        let r = Router::new(routes(vec![a.clone(), b])).unwrap();
+        let err = r
+            .complete(Role::Critic, &req(), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        match &err {
+            LlmError::AllFailed(v) => assert_eq!(v.len(), 2),
+            other => panic!("expected AllFailed, got {other}"),
+        }
+        let s = err.to_string();
+        assert!(
+            s.contains("scripted:script: cannot reach") && s.contains("HTTP 503"),
+            "{s}"
+        );
+
+        let single = Router::uniform(a);
+        let err = single
+            .complete(Role::Critic, &req(), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LlmError::Unreachable { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn non_retryable_error_stops_the_chain() {
+        let a = Arc::new(ScriptedProvider::new(|_| Err(unreachable())));
+        let b = Arc::new(ScriptedProvider::new(|_| {
+            Err(LlmError::BadResponse("junk".into()))
+        }));
+        let c = Arc::new(ScriptedProvider::from_replies(vec!["never".into()]));
+        let r = Router::new(routes(vec![a, b, c.clone()])).unwrap();
+        let err = r
+            .complete(Role::Critic, &req(), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, LlmError::AllFailed(v) if v.len() == 2),
+            "{err}"
+        );
+        assert_eq!(c.requests().len(), 0, "a bad reply must not fall through");
+    }
+
+    #[test]
+    fn new_requires_every_role_and_describe_joins_chain() {
+        let p: Arc<dyn Provider> = Arc::new(ScriptedProvider::from_replies(vec![]));
+        let mut m = routes(vec![p.clone(), p.clone()]);
+        let r = Router::new(m.clone()).unwrap();
+        assert_eq!(
+            r.describe(Role::Planner),
+            "scripted:script -> scripted:script"
+        );
+        m.insert(Role::TestDesigner, vec![]);
+        let err = Router::new(m).unwrap_err();
+        assert!(err.to_string().contains("test_designer"), "{err}");
+        assert_eq!(
+            Router::uniform(p).describe(Role::Developer),
+            "scripted:script"
+        );
+    }
+}
