@@ -96,6 +96,7 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
 
 /// A loaded model and the chat template it carries.
 struct Loaded {
+    path: PathBuf,
     model: LlamaModel,
     template: LlamaChatTemplate,
 }
@@ -175,7 +176,11 @@ fn ensure_loaded(
         }
     };
     tracing::info!(path = %path.display(), ms = start.elapsed().as_millis() as u64, "loaded local model");
-    let loaded = Arc::new(Loaded { model, template });
+    let loaded = Arc::new(Loaded {
+        path: path.clone(),
+        model,
+        template,
+    });
     *state = Some(loaded.clone());
     Ok(loaded)
 }
@@ -325,7 +330,7 @@ fn generate(
     let mut ctx = model
         .new_context(backend, params)
         .map_err(|e| LlmError::ModelLoad {
-            path: PathBuf::from(model_label(loaded)),
+            path: loaded.path.clone(),
             message: format!("cannot create a context of {} tokens: {e}", opts.n_ctx),
         })?;
     tracing::debug!(
@@ -396,11 +401,6 @@ fn generate(
         completion_tokens,
         finish_reason,
     })
-}
-
-/// A name for the loaded model in error messages.
-fn model_label(loaded: &Loaded) -> String {
-    format!("model of {} parameters", loaded.model.n_params())
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "local")]
 pub mod local;
-// TMP pub mod openai;
+pub mod openai;
 pub mod router;
 pub mod scripted;
 
