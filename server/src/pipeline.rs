@@ -546,8 +546,8 @@ impl TaskRun {
                     role,
                     provider: c.provider.clone(),
                     model: c.model.clone(),
-                    prompt_tokens: c.prompt_tokens as u64,
-                    completion_tokens: c.completion_tokens as u64,
+                    prompt_tokens: c.prompt_tokens,
+                    completion_tokens: c.completion_tokens,
                     latency_ms: c.latency_ms,
                     ok: true,
                     error: None,
@@ -555,8 +555,8 @@ impl TaskRun {
                 self.emit(Event::LlmCall {
                     task: self.task.0,
                     role,
-                    prompt_tokens: c.prompt_tokens as u64,
-                    completion_tokens: c.completion_tokens as u64,
+                    prompt_tokens: c.prompt_tokens,
+                    completion_tokens: c.completion_tokens,
                     latency_ms: c.latency_ms,
                 });
                 Ok(c)
