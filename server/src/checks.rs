@@ -297,23 +297,20 @@ fn style_rules(stub: &FunctionInfo, code: &str, report: &mut CheckReport) {
                 ));
             }
         }
-        "default_parameter" | "typed_default_parameter" => {
+        "default_parameter" | "typed_default_parameter"
             if n.child_by_field_name("value")
-                .is_some_and(|v| is_mutable_default(v, code))
-            {
-                let name = n
-                    .child_by_field_name("name")
-                    .map_or("", |x| &code[x.byte_range()]);
-                report.findings.push(finding(
-                    "mutable-default",
-                    Severity::Warning,
-                    format!(
-                        "parameter `{name}` has a mutable default shared between calls; use None"
-                    ),
-                    row(n),
-                    TS,
-                ));
-            }
+                .is_some_and(|v| is_mutable_default(v, code)) =>
+        {
+            let name = n
+                .child_by_field_name("name")
+                .map_or("", |x| &code[x.byte_range()]);
+            report.findings.push(finding(
+                "mutable-default",
+                Severity::Warning,
+                format!("parameter `{name}` has a mutable default shared between calls; use None"),
+                row(n),
+                TS,
+            ));
         }
         "global_statement" => report.findings.push(finding(
             "global",
