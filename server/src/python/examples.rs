@@ -211,7 +211,7 @@ pub(crate) fn is_expression(s: &str) -> bool {
 /// Whether expression `s` uses no bare names: only literals, attribute chains and
 /// calls (`float('inf')`), so it means the same inside any module.
 fn no_free_names(s: &str) -> bool {
-    fn walk(n: Node, s: &str) -> bool {
+    fn walk(n: Node) -> bool {
         if n.kind() == "identifier" {
             let Some(p) = n.parent() else { return false };
             let ok = match p.kind() {
@@ -228,10 +228,10 @@ fn no_free_names(s: &str) -> bool {
         }
         let mut c = n.walk();
         let kids: Vec<Node> = n.children(&mut c).collect();
-        kids.into_iter().all(|k| walk(k, s))
+        kids.into_iter().all(walk)
     }
     let tree = parse(s);
-    walk(tree.root_node(), s)
+    walk(tree.root_node())
 }
 
 /// Index just past the bracket matching the one at `start`, honouring quotes.
@@ -361,7 +361,6 @@ fn parse_assignments(s: &str) -> (Vec<(String, String)>, &str) {
             break;
         }
         let v = after[1..].trim_start();
-        let b = v.as_bytes();
         let stops = top_level_positions(v, |c, i| {
             c == b','
                 || ((c == b' ' || c == b'\t') && {
@@ -369,7 +368,6 @@ fn parse_assignments(s: &str) -> (Vec<(String, String)>, &str) {
                     next.chars().next().is_some_and(|n| n.is_alphabetic())
                 })
         });
-        let _ = b;
         let end = stops.first().copied().unwrap_or(v.len());
         let value = v[..end].trim().trim_end_matches('.');
         if !is_expression(value) || !no_free_names(value) {

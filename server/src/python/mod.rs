@@ -743,7 +743,7 @@ pub fn splice(
     }
     if !added_imports.is_empty() {
         let joined = added_imports.join("\n");
-        let last_import = src_top.iter().filter(|n| is_import(**n)).last();
+        let last_import = src_top.iter().rev().find(|n| is_import(**n));
         let edit = if let Some(li) = last_import {
             let at = line_end(source, li.end_byte());
             (at..at, format!("\n{joined}"))
@@ -763,7 +763,7 @@ pub fn splice(
         edits.push(edit);
     }
 
-    edits.sort_by(|a, b| b.0.start.cmp(&a.0.start));
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0.start));
     let mut out = source.to_string();
     for (range, t) in edits {
         out.replace_range(range, &t);
