@@ -122,7 +122,7 @@ pub struct Sandbox {
     python: PathBuf,
     /// `Some` when runs go through bwrap.
     bwrap: Option<PathBuf>,
-    /// Running as root: drop to uid/gid 65534 in the child.
+    /// Running as root: each run drops to its own uid/gid (see `process::next_run_uid`).
     drop_privileges: bool,
     note: Option<String>,
 }
@@ -228,7 +228,8 @@ impl Sandbox {
         tests: &[TestCase],
         cancel: &CancellationToken,
     ) -> Result<TestRun, SandboxError> {
-        let host_dir = self.prepare_work_dir(work_dir)?;
+        let uid = self.run_uid();
+        let host_dir = self.prepare_work_dir(work_dir, uid)?;
         let inside = self.inside_dir(&host_dir);
         let job = serde_json::json!({
             "mode": "tests",
@@ -237,13 +238,13 @@ impl Sandbox {
             "per_test_timeout_ms": self.cfg.per_test_timeout_ms,
             "tests": tests,
         });
-        self.write_file(&host_dir.join(CANDIDATE_FILE), code.as_bytes())?;
-        self.write_file(&host_dir.join(JOB_FILE), job.to_string().as_bytes())?;
-        self.write_file(&host_dir.join(HARNESS_FILE), HARNESS.as_bytes())?;
+        self.write_file(&host_dir.join(CANDIDATE_FILE), code.as_bytes(), uid)?;
+        self.write_file(&host_dir.join(JOB_FILE), job.to_string().as_bytes(), uid)?;
+        self.write_file(&host_dir.join(HARNESS_FILE), HARNESS.as_bytes(), uid)?;
 
         let nonce = nonce()?;
         let mut collector = Collector::new(&nonce);
-        let spec = self.spec(&host_dir, &inside, nonce.clone());
+        let spec = self.spec(&host_dir, &inside, nonce.clone(), uid);
         let finished = process::supervise(spec, cancel, |line| collector.line(line)).await?;
         let killed = match finished.end {
             End::Cancelled => return Err(SandboxError::Cancelled),
@@ -298,13 +299,14 @@ impl Sandbox {
         script: &str,
         cancel: &CancellationToken,
     ) -> Result<ScriptOutcome, SandboxError> {
-        let host_dir = self.prepare_work_dir(work_dir)?;
+        let uid = self.run_uid();
+        let host_dir = self.prepare_work_dir(work_dir, uid)?;
         let inside = self.inside_dir(&host_dir);
         let job = serde_json::json!({ "mode": "script", "script_path": inside.join(SCRIPT_FILE) });
-        self.write_file(&host_dir.join(SCRIPT_FILE), script.as_bytes())?;
-        self.write_file(&host_dir.join(JOB_FILE), job.to_string().as_bytes())?;
-        self.write_file(&host_dir.join(HARNESS_FILE), HARNESS.as_bytes())?;
-        let spec = self.spec(&host_dir, &inside, nonce()?);
+        self.write_file(&host_dir.join(SCRIPT_FILE), script.as_bytes(), uid)?;
+        self.write_file(&host_dir.join(JOB_FILE), job.to_string().as_bytes(), uid)?;
+        self.write_file(&host_dir.join(HARNESS_FILE), HARNESS.as_bytes(), uid)?;
+        let spec = self.spec(&host_dir, &inside, nonce()?, uid);
         let finished = process::supervise(spec, cancel, |_| {}).await?;
         let (exit_code, killed) = match finished.end {
             End::Cancelled => return Err(SandboxError::Cancelled),
@@ -322,24 +324,29 @@ impl Sandbox {
 
     /// Canonicalises the work dir and, when dropping privileges, hands it to
     /// the sandbox user (after checking that user can reach it).
-    fn prepare_work_dir(&self, work_dir: &Path) -> Result<PathBuf, SandboxError> {
+    /// The uid of one run: a fresh one from the pool when running as root.
+    fn run_uid(&self) -> Option<u32> {
+        self.drop_privileges.then(process::next_run_uid)
+    }
+
+    fn prepare_work_dir(&self, work_dir: &Path, uid: Option<u32>) -> Result<PathBuf, SandboxError> {
         std::fs::create_dir_all(work_dir)?;
         let dir = work_dir.canonicalize()?;
-        if self.drop_privileges {
+        if let Some(uid) = uid {
             if self.bwrap.is_none() && !world_searchable_parents(&dir) {
                 return Err(SandboxError::WorkDirUnreachable { path: dir });
             }
-            std::os::unix::fs::chown(&dir, Some(process::SANDBOX_UID), Some(process::SANDBOX_GID))?;
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid))?;
         }
         Ok(dir)
     }
 
-    fn write_file(&self, path: &Path, data: &[u8]) -> Result<(), SandboxError> {
+    fn write_file(&self, path: &Path, data: &[u8], uid: Option<u32>) -> Result<(), SandboxError> {
         // Replace rather than truncate: a previous run may have left a link.
         let _ = std::fs::remove_file(path);
         std::fs::write(path, data)?;
-        if self.drop_privileges {
-            std::os::unix::fs::chown(path, Some(process::SANDBOX_UID), Some(process::SANDBOX_GID))?;
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(path, Some(uid), Some(uid))?;
         }
         Ok(())
     }
@@ -353,7 +360,7 @@ impl Sandbox {
     }
 
     /// The process spec of one harness run in `host_dir` (seen as `inside`).
-    fn spec(&self, host_dir: &Path, inside: &Path, nonce: String) -> Spec {
+    fn spec(&self, host_dir: &Path, inside: &Path, nonce: String, uid: Option<u32>) -> Spec {
         let mut python_args: Vec<std::ffi::OsString> = vec![
             self.python.clone().into(),
             "-B".into(),
@@ -366,6 +373,7 @@ impl Sandbox {
             inside,
             &mut python_args,
             format!("{nonce}\n").into_bytes(),
+            uid,
         )
     }
 
@@ -376,6 +384,7 @@ impl Sandbox {
         inside: &Path,
         argv: &mut Vec<std::ffi::OsString>,
         stdin: Vec<u8>,
+        uid: Option<u32>,
     ) -> Spec {
         let env = vec![
             (
@@ -417,13 +426,15 @@ impl Sandbox {
                 args.push(inside.into());
                 args.push("--".into());
                 args.append(argv);
-                // RLIMIT_NPROC is set by the harness inside the user namespace,
-                // where it counts only this run's processes.
-                (bwrap.clone(), args, None)
+                // The harness also sets RLIMIT_NPROC inside the user namespace,
+                // where it counts only this run's processes. With a per-run uid
+                // the outer limit can bind too (+2: the two bwrap processes).
+                let nproc = uid.map(|_| self.cfg.max_processes + 2);
+                (bwrap.clone(), args, nproc)
             }
             None => {
                 let program = PathBuf::from(argv.remove(0));
-                let nproc = if self.drop_privileges {
+                let nproc = if uid.is_some() {
                     self.cfg.max_processes
                 } else {
                     // Not root: the limit counts all of this user's processes.
@@ -443,7 +454,7 @@ impl Sandbox {
                 file_size_bytes: self.cfg.file_size_bytes,
                 nproc,
             },
-            drop_privileges: self.drop_privileges,
+            run_as: uid,
             stdin,
             wall: Duration::from_millis(self.cfg.wall_timeout_ms),
         }
@@ -456,13 +467,10 @@ impl Sandbox {
             .new_work_dir()
             .map_err(|e| format!("cannot create a temp dir: {e}"))?;
         let host_dir = dir.path().canonicalize().map_err(|e| e.to_string())?;
-        if self.drop_privileges {
-            std::os::unix::fs::chown(
-                &host_dir,
-                Some(process::SANDBOX_UID),
-                Some(process::SANDBOX_GID),
-            )
-            .map_err(|e| format!("cannot chown the probe dir: {e}"))?;
+        let uid = self.run_uid();
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(&host_dir, Some(uid), Some(uid))
+                .map_err(|e| format!("cannot chown the probe dir: {e}"))?;
         }
         let inside = self.inside_dir(&host_dir);
         let mut argv = vec![
@@ -472,17 +480,17 @@ impl Sandbox {
             "-c".into(),
             "import sys; print(sys.executable)".into(),
         ];
-        let mut spec = self.wrap(&host_dir, &inside, &mut argv, Vec::new());
+        let mut spec = self.wrap(&host_dir, &inside, &mut argv, Vec::new(), uid);
         spec.wall = Duration::from_secs(20);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let cancel = CancellationToken::new();
         let mut lines = Vec::new();
-        // A separate thread: `new` may be called from inside a runtime.
+        // A separate thread with its own runtime: `new` may be called from
+        // inside a runtime, where blocking on (or dropping) another one panics.
         let result = std::thread::scope(|s| {
             s.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let cancel = CancellationToken::new();
                 rt.block_on(process::supervise(spec, &cancel, |l| {
                     lines.push(l.to_string())
                 }))
@@ -697,4 +705,586 @@ fn count_own_processes() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::TestOrigin;
+
+    /// rlimits-only runs share RLIMIT_NPROC of uid 65534: run them one at a time.
+    static RLIMITS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    fn tc(id: &str, call: &str, expected: &str) -> TestCase {
+        TestCase {
+            id: id.into(),
+            origin: TestOrigin::Docstring,
+            call: call.into(),
+            expected: expected.into(),
+            raises: None,
+            note: String::new(),
+        }
+    }
+
+    fn raises(id: &str, call: &str, exc: &str) -> TestCase {
+        TestCase {
+            raises: Some(exc.into()),
+            ..tc(id, call, "")
+        }
+    }
+
+    fn cfg(mode: SandboxMode) -> SandboxConfig {
+        SandboxConfig {
+            mode,
+            per_test_timeout_ms: 1000,
+            wall_timeout_ms: 8000,
+            ..Default::default()
+        }
+    }
+
+    fn bwrap_sandbox() -> Sandbox {
+        let sb = Sandbox::new(cfg(SandboxMode::Bwrap)).expect("bwrap sandbox");
+        assert_eq!(sb.isolation(), Isolation::Bwrap);
+        assert_eq!(sb.isolation_note(), None);
+        sb
+    }
+
+    async fn run_cases(
+        sb: &Sandbox,
+        code: &str,
+        tests: &[TestCase],
+    ) -> (TestRun, tempfile::TempDir) {
+        let dir = sb.new_work_dir().unwrap();
+        let run = sb
+            .run_tests(dir.path(), code, "f", tests, &CancellationToken::new())
+            .await
+            .expect("run_tests");
+        assert_eq!(run.results.len(), tests.len());
+        (run, dir)
+    }
+
+    fn get<'a>(run: &'a TestRun, id: &str) -> &'a TestResult {
+        run.results.iter().find(|r| r.test_id == id).unwrap()
+    }
+
+    #[tokio::test]
+    async fn correct_candidate_passes_and_wrong_value_is_explained() {
+        let sb = bwrap_sandbox();
+        let code = "def add(a, b):\n    return a + b\n\ndef bad(a, b):\n    return a + b + 1\n";
+        let tests = [
+            tc("ex1", "add(2, 3)", "5"),
+            tc("ex2", "x = 4\nadd(x, [1][0])", "5"),
+            tc("ex3", "bad(2, 3)", "5"),
+        ];
+        let (run, _d) = run_cases(&sb, code, &tests).await;
+        assert!(get(&run, "ex1").passed, "{run:?}");
+        assert!(get(&run, "ex2").passed, "{run:?}");
+        let r = get(&run, "ex3");
+        assert!(!r.passed);
+        assert_eq!(r.error_type.as_deref(), Some("AssertionError"));
+        assert_eq!(r.message.as_deref(), Some("expected 5, got 6"));
+        assert_eq!(r.actual.as_deref(), Some("6"));
+        assert_eq!(run.isolation, Isolation::Bwrap);
+        assert_eq!(run.killed, None);
+        assert_eq!(run.passed(), 2);
+    }
+
+    #[tokio::test]
+    async fn exceptions_raises_floats_and_printed_output() {
+        let sb = bwrap_sandbox();
+        let code = r#"
+def div(a, b):
+    return helper(a, b)
+
+def helper(a, b):
+    return a / b
+
+def check(x):
+    if x < 0:
+        raise ValueError("negative")
+    return x
+
+def floats():
+    return [0.1 + 0.2, {"a": 1 / 3, "b": (2.0000000001,)}]
+
+def show(xs):
+    print("items:", len(xs))
+    for x in xs:
+        print(" ", x)
+"#;
+        let tests = [
+            tc("exc", "div(1, 0)", "0"),
+            raises("r_ok", "check(-1)", "ValueError"),
+            raises("r_base", "check(-1)", "Exception"),
+            raises("r_none", "check(1)", "ValueError"),
+            raises("r_other", "div(1, 0)", "ValueError"),
+            tc("fl", "floats()", "[0.3, {'a': 0.333333333, 'b': (2.0,)}]"),
+            tc(
+                "fl_bad",
+                "floats()",
+                "[0.31, {'a': 0.333333333, 'b': (2.0,)}]",
+            ),
+            tc("out", "show([1, 2])", "items: 2\n  1\n  2"),
+            tc("out_bad", "show([1])", "items: 2\n  1"),
+        ];
+        let (run, _d) = run_cases(&sb, code, &tests).await;
+        let e = get(&run, "exc");
+        assert_eq!(e.error_type.as_deref(), Some("ZeroDivisionError"));
+        assert_eq!(e.message.as_deref(), Some("division by zero"));
+        let tb = e.traceback.as_deref().unwrap();
+        assert!(
+            tb.contains("candidate.py") && tb.contains("in helper"),
+            "{tb}"
+        );
+        assert!(
+            !tb.contains("_docsmith_harness"),
+            "harness frames leaked: {tb}"
+        );
+        assert!(get(&run, "r_ok").passed);
+        assert!(get(&run, "r_base").passed, "base class in the MRO matches");
+        let r = get(&run, "r_none");
+        assert!(!r.passed);
+        assert_eq!(
+            r.message.as_deref(),
+            Some("expected ValueError to be raised, got 1")
+        );
+        let r = get(&run, "r_other");
+        assert!(!r.passed);
+        assert_eq!(r.error_type.as_deref(), Some("ZeroDivisionError"));
+        assert!(get(&run, "fl").passed, "{:?}", get(&run, "fl"));
+        assert!(!get(&run, "fl_bad").passed);
+        assert!(get(&run, "out").passed, "{:?}", get(&run, "out"));
+        let r = get(&run, "out_bad");
+        assert!(!r.passed);
+        assert!(
+            r.message.as_deref().unwrap().starts_with("expected output"),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn syntax_error_is_a_load_error_and_every_test_fails() {
+        let sb = bwrap_sandbox();
+        let (run, _d) = run_cases(
+            &sb,
+            "def f(:\n    return 1\n",
+            &[tc("a", "f()", "1"), tc("b", "f()", "1")],
+        )
+        .await;
+        let err = run.load_error.as_deref().expect("load_error");
+        assert!(err.starts_with("SyntaxError"), "{err}");
+        assert!(run
+            .results
+            .iter()
+            .all(|r| !r.passed && r.error_type.as_deref() == Some("LoadError")));
+        // A top-level exception is a load error too, with its traceback.
+        let (run, _d) = run_cases(
+            &sb,
+            "import os\nraise RuntimeError('boom')\n",
+            &[tc("a", "f()", "1")],
+        )
+        .await;
+        let err = run.load_error.as_deref().unwrap();
+        assert!(
+            err.starts_with("RuntimeError: boom") && err.contains("candidate.py"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn infinite_loop_times_out_and_later_tests_still_run() {
+        let sb = Sandbox::new(SandboxConfig {
+            per_test_timeout_ms: 300,
+            ..cfg(SandboxMode::Bwrap)
+        })
+        .unwrap();
+        let code = "def spin():\n    while True:\n        pass\n\ndef ok():\n    return 1\n";
+        let started = Instant::now();
+        let (run, _d) = run_cases(
+            &sb,
+            code,
+            &[tc("loop", "spin()", "1"), tc("ok", "ok()", "1")],
+        )
+        .await;
+        let r = get(&run, "loop");
+        assert_eq!(r.error_type.as_deref(), Some("Timeout"), "{r:?}");
+        assert!(r.duration_ms >= 250 && r.duration_ms < 1500, "{r:?}");
+        assert!(get(&run, "ok").passed);
+        assert_eq!(run.killed, None);
+        assert!(started.elapsed() < Duration::from_secs(4));
+    }
+
+    #[tokio::test]
+    async fn a_loop_that_swallows_the_alarm_is_killed_by_the_wall_timeout() {
+        let sb = Sandbox::new(SandboxConfig {
+            per_test_timeout_ms: 200,
+            wall_timeout_ms: 1500,
+            ..cfg(SandboxMode::Bwrap)
+        })
+        .unwrap();
+        let code = r#"
+import signal
+def stubborn():
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    while True:
+        try:
+            while True:
+                pass
+        except BaseException:
+            pass
+
+def ok():
+    return 1
+"#;
+        let started = Instant::now();
+        let tests = [
+            tc("first", "ok()", "1"),
+            tc("stuck", "stubborn()", "1"),
+            tc("later", "ok()", "1"),
+        ];
+        let (run, _d) = run_cases(&sb, code, &tests).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(run.killed, Some(KillReason::WallTimeout));
+        assert!(
+            get(&run, "first").passed,
+            "finished results are kept: {run:?}"
+        );
+        assert_eq!(get(&run, "stuck").error_type.as_deref(), Some("Timeout"));
+        assert_eq!(get(&run, "later").error_type.as_deref(), Some("NotRun"));
+        assert!(run.wall_ms >= 1400 && run.wall_ms < 3500, "{}", run.wall_ms);
+    }
+
+    const FORK_COUNT: &str = r#"
+import os, time
+def forks():
+    n = 0
+    pids = []
+    try:
+        for _ in range(200):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(5)
+                os._exit(0)
+            pids.append(pid)
+            n += 1
+    except OSError:
+        return ("limited", n)
+    finally:
+        for p in pids:
+            os.kill(p, 9)
+    return ("unlimited", n)
+
+def bomb():
+    while True:
+        try:
+            os.fork()
+        except OSError:
+            pass
+"#;
+
+    fn assert_fork_limited(run: &TestRun, max: u64) {
+        let r = get(run, "count");
+        let actual = r.actual.as_deref().unwrap_or_default();
+        assert!(actual.starts_with("('limited', "), "{r:?}");
+        let n: u64 = actual
+            .trim_start_matches("('limited', ")
+            .trim_end_matches(')')
+            .parse()
+            .unwrap();
+        assert!(n < max, "forked {n} children with a limit of {max}");
+    }
+
+    #[tokio::test]
+    async fn fork_bomb_is_contained_under_bwrap() {
+        let sb = Sandbox::new(SandboxConfig {
+            max_processes: 16,
+            wall_timeout_ms: 2500,
+            ..cfg(SandboxMode::Bwrap)
+        })
+        .unwrap();
+        let tests = [tc("count", "forks()", "0"), tc("bomb", "bomb()", "0")];
+        let started = Instant::now();
+        let (run, _d) = run_cases(&sb, FORK_COUNT, &tests).await;
+        assert_fork_limited(&run, 16);
+        assert_eq!(get(&run, "bomb").error_type.as_deref(), Some("Timeout"));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The machine is unharmed: a new run works at once.
+        let (again, _d) = run_cases(&sb, "def f():\n    return 1\n", &[tc("a", "f()", "1")]).await;
+        assert!(again.all_passed());
+    }
+
+    #[tokio::test]
+    async fn rlimits_only_mode_runs_and_limits_processes() {
+        let _guard = RLIMITS_LOCK.lock().await;
+        let sb = Sandbox::new(SandboxConfig {
+            max_processes: 16,
+            wall_timeout_ms: 2500,
+            ..cfg(SandboxMode::RlimitsOnly)
+        })
+        .unwrap();
+        assert_eq!(sb.isolation(), Isolation::RlimitsOnly);
+        assert!(sb
+            .isolation_note()
+            .unwrap()
+            .contains("isolation is reduced"));
+        let code = format!("{FORK_COUNT}\ndef add(a, b):\n    return a + b\n");
+        let tests = [
+            tc("ok", "add(1, 2)", "3"),
+            tc("count", "forks()", "0"),
+            tc("bomb", "bomb()", "0"),
+        ];
+        let (run, _d) = run_cases(&sb, &code, &tests).await;
+        assert_eq!(run.isolation, Isolation::RlimitsOnly);
+        assert!(get(&run, "ok").passed, "{run:?}");
+        assert_fork_limited(&run, 16);
+        assert_eq!(
+            get(&run, "bomb").error_type.as_deref(),
+            Some("Timeout"),
+            "{run:?}"
+        );
+        assert!(run.wall_ms < 4000, "{run:?}");
+        let (again, _d) = run_cases(&sb, "def f():\n    return 1\n", &[tc("a", "f()", "1")]).await;
+        assert!(again.all_passed(), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn memory_hog_gets_memory_error() {
+        let sb = Sandbox::new(SandboxConfig {
+            address_space_bytes: 256 << 20,
+            per_test_timeout_ms: 4000,
+            ..cfg(SandboxMode::Bwrap)
+        })
+        .unwrap();
+        let code = "def hog():\n    return len(bytearray(2 * 1024 ** 3))\n\ndef grow():\n    xs = []\n    while True:\n        xs.append(bytearray(10 ** 6))\n";
+        let (run, _d) =
+            run_cases(&sb, code, &[tc("a", "hog()", "0"), tc("b", "grow()", "0")]).await;
+        assert_eq!(
+            get(&run, "a").error_type.as_deref(),
+            Some("MemoryError"),
+            "{run:?}"
+        );
+        assert_eq!(
+            get(&run, "b").error_type.as_deref(),
+            Some("MemoryError"),
+            "{run:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn network_and_writes_outside_the_work_dir_fail_under_bwrap() {
+        let sb = bwrap_sandbox();
+        let leak = format!("/tmp/docsmith-leak-{}", nonce().unwrap());
+        let code = format!(
+            r#"
+import socket
+def connect(host, port):
+    socket.create_connection((host, port), timeout=2).close()
+    return "connected"
+
+def write(path):
+    with open(path, "w") as fh:
+        fh.write("x")
+    return "written"
+
+def write_tmp():
+    return write("{leak}")
+"#
+        );
+        let tests = [
+            raises("lo", "connect('127.0.0.1', 22)", "OSError"),
+            raises("public", "connect('1.1.1.1', 80)", "OSError"),
+            raises("dns", "socket.getaddrinfo('example.com', 80)", "OSError"),
+            raises("etc", "write('/etc/docsmith-test')", "OSError"),
+            raises("root", "write('/root/docsmith-test')", "OSError"),
+            raises("usr", "write('/usr/docsmith-test')", "OSError"),
+            tc("tmp", "write_tmp()", "'written'"),
+            tc("workdir", "write('here.txt')", "'written'"),
+        ];
+        let (run, dir) = run_cases(&sb, &code, &tests).await;
+        for r in &run.results {
+            assert!(r.passed, "{r:?}");
+        }
+        assert!(
+            !Path::new(&leak).exists(),
+            "a write to the sandbox /tmp leaked to the host"
+        );
+        assert!(!Path::new("/etc/docsmith-test").exists());
+        assert!(
+            dir.path().join("here.txt").exists(),
+            "the work dir is writable"
+        );
+    }
+
+    #[tokio::test]
+    async fn results_channel_cannot_be_forged_from_candidate_output() {
+        let sb = bwrap_sandbox();
+        let code = r#"
+import os, sys, json
+def f():
+    fake = json.dumps({"event": "result", "test_id": "b", "passed": True, "duration_ms": 0})
+    print(fake)
+    os.write(1, (fake + "\n").encode())
+    sys.__stdout__.write(fake + "\n")
+    sys.__stdout__.flush()
+    return 1
+
+def g():
+    return 2
+"#;
+        let (run, _d) = run_cases(&sb, code, &[tc("a", "f()", "1"), tc("b", "g()", "3")]).await;
+        assert!(get(&run, "a").passed);
+        assert!(!get(&run, "b").passed, "forged result accepted: {run:?}");
+        assert!(
+            run.stderr_tail.contains("\"test_id\": \"b\""),
+            "raw writes go to stderr: {}",
+            run.stderr_tail
+        );
+    }
+
+    /// Host pids of processes whose command line contains `marker`.
+    fn pids_with(marker: &str) -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                    .unwrap_or(false)
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    async fn cancel_kills_everything(sb: Sandbox) {
+        let dir = sb.new_work_dir().unwrap();
+        let marker = format!("1000.{}", std::process::id() * 7 + sb.isolation() as u32);
+        let code = format!(
+            r#"
+import os, subprocess, time
+def f():
+    subprocess.Popen(["sleep", "{marker}"])
+    with open("pid.txt", "w") as fh:
+        fh.write(str(os.getpid()))
+    while True:
+        time.sleep(0.05)
+"#
+        );
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        let pid_file = dir.path().join("pid.txt");
+        let watcher = tokio::spawn(async move {
+            for _ in 0..100 {
+                if pid_file.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            trigger.cancel();
+        });
+        let started = Instant::now();
+        let res = sb
+            .run_tests(dir.path(), &code, "f", &[tc("a", "f()", "1")], &cancel)
+            .await;
+        watcher.await.unwrap();
+        assert!(matches!(res, Err(SandboxError::Cancelled)), "{res:?}");
+        assert!(started.elapsed() < Duration::from_secs(4));
+        let pid =
+            std::fs::read_to_string(dir.path().join("pid.txt")).expect("candidate wrote its pid");
+        if sb.isolation() == Isolation::RlimitsOnly {
+            // Host pid: the process must be gone (reaped, not a zombie).
+            assert!(
+                !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+                "candidate {pid} survived"
+            );
+        }
+        // The grandchild too (under bwrap the pid is namespaced, so look for it by its argument).
+        let mut left = pids_with(&marker);
+        for _ in 0..20 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            left = pids_with(&marker);
+        }
+        assert!(left.is_empty(), "processes survived the cancel: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_process_group_under_bwrap() {
+        cancel_kills_everything(bwrap_sandbox()).await;
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_process_group_with_rlimits_only() {
+        let _guard = RLIMITS_LOCK.lock().await;
+        cancel_kills_everything(Sandbox::new(cfg(SandboxMode::RlimitsOnly)).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn run_script_reports_exit_code_output_and_timeout() {
+        let sb = Sandbox::new(SandboxConfig {
+            wall_timeout_ms: 1500,
+            ..cfg(SandboxMode::Bwrap)
+        })
+        .unwrap();
+        let dir = sb.new_work_dir().unwrap();
+        let cancel = CancellationToken::new();
+        let out = sb
+            .run_script(
+                dir.path(),
+                "import sys\nprint('hello')\nprint('oops', file=sys.stderr)\nsys.exit(3)\n",
+                &cancel,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.exit_code, Some(3));
+        assert_eq!(out.stdout_tail.trim(), "hello");
+        assert!(out.stderr_tail.contains("oops"));
+        assert_eq!(out.killed, None);
+        let out = sb
+            .run_script(dir.path(), "while True:\n    pass\n", &cancel)
+            .await
+            .unwrap();
+        assert_eq!(out.killed, Some(KillReason::WallTimeout));
+        assert!(out.wall_ms < 3000);
+    }
+
+    #[test]
+    fn missing_python_and_config_defaults() {
+        let err = Sandbox::new(SandboxConfig {
+            python: "/nonexistent/python3".into(),
+            ..cfg(SandboxMode::RlimitsOnly)
+        })
+        .unwrap_err();
+        assert!(matches!(err, SandboxError::PythonMissing { .. }), "{err}");
+        let c: SandboxConfig = toml::from_str("mode = \"rlimits_only\"\ncpu_seconds = 3").unwrap();
+        assert_eq!(c.mode, SandboxMode::RlimitsOnly);
+        assert_eq!(c.cpu_seconds, 3);
+        assert_eq!(c.wall_timeout_ms, 30_000);
+        assert_eq!(c.address_space_bytes, 1 << 30);
+    }
+
+    /// Not an assertion: prints the median wall time of a 10-test run per mode
+    /// (`cargo test -p docsmith --lib sandbox::tests::timing -- --nocapture`).
+    #[tokio::test]
+    async fn timing_of_a_ten_test_run() {
+        let _guard = RLIMITS_LOCK.lock().await;
+        let code = "def f(x):\n    return x * 2\n";
+        let tests: Vec<TestCase> = (0..10)
+            .map(|i| tc(&format!("t{i}"), &format!("f({i})"), &format!("{}", i * 2)))
+            .collect();
+        for mode in [SandboxMode::Bwrap, SandboxMode::RlimitsOnly] {
+            let sb = Sandbox::new(cfg(mode)).unwrap();
+            let mut times = Vec::new();
+            for _ in 0..7 {
+                let (run, _d) = run_cases(&sb, code, &tests).await;
+                assert!(run.all_passed(), "{run:?}");
+                times.push(run.wall_ms);
+            }
+            times.sort();
+            eprintln!(
+                "sandbox timing: mode {mode:?}: median {} ms over 7 runs of 10 tests ({times:?})",
+                times[3]
+            );
+        }
+    }
 }

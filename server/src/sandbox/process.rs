@@ -12,11 +12,54 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// The uid and gid the sandboxed process runs as when the server runs as root
-/// (`nobody`): RLIMIT_NPROC does not bind root, and root can write anywhere.
-pub(crate) const SANDBOX_UID: u32 = 65534;
-/// See [`SANDBOX_UID`].
-pub(crate) const SANDBOX_GID: u32 = 65534;
+/// First uid of the pool that sandboxed runs use when the server runs as root
+/// (RLIMIT_NPROC does not bind root, and root can write anywhere).
+const RUN_UID_BASE: u32 = 0x7000_0000;
+/// Size of the uid pool.
+const RUN_UID_POOL: u32 = 1 << 16;
+
+/// A fresh uid (used as gid too) for one run: its own RLIMIT_NPROC budget, not
+/// shared with other runs, zombies waiting for init or other users' processes,
+/// and a uid whose every process can be swept after the run ([`sweep_uid`]).
+/// Chosen round-robin from a pool starting at a per-process random offset.
+pub(crate) fn next_run_uid() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = *START.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        t ^ std::process::id().wrapping_mul(2_654_435_761)
+    });
+    RUN_UID_BASE + (start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % RUN_UID_POOL)
+}
+
+/// Kills every process owned by `uid` (one of our per-run uids): a forked
+/// child drops to `uid` and calls `kill(-1, SIGKILL)`, which reaches exactly
+/// the processes of that uid, including ones that left the process group
+/// (`setsid`) or were reparented to init.
+pub(crate) fn sweep_uid(uid: u32) {
+    // SAFETY: after fork the child only calls async-signal-safe functions and _exit.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            if libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(uid) == 0
+                && libc::setuid(uid) == 0
+            {
+                libc::kill(-1, libc::SIGKILL);
+            }
+            libc::_exit(0);
+        }
+        if pid > 0 {
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+    }
+}
 
 /// Resource limits applied with `setrlimit` in the child before `exec`.
 #[derive(Debug, Clone, Copy)]
@@ -36,8 +79,8 @@ pub(crate) struct Spec {
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     pub limits: Limits,
-    /// Drop to [`SANDBOX_UID`]/[`SANDBOX_GID`] after setting the limits.
-    pub drop_privileges: bool,
+    /// Run as this uid and gid (set after the limits); swept after the run.
+    pub run_as: Option<u32>,
     pub stdin: Vec<u8>,
     pub wall: Duration,
 }
@@ -90,12 +133,12 @@ pub(crate) async fn supervise(
         .process_group(0)
         .kill_on_drop(true);
     let limits = spec.limits;
-    let drop_privileges = spec.drop_privileges;
+    let run_as = spec.run_as;
     // SAFETY: the closure only calls async-signal-safe libc functions
     // (setrlimit, setgroups, setgid, setuid, prctl) and allocates nothing.
     unsafe {
         cmd.as_std_mut()
-            .pre_exec(move || child_setup(limits, drop_privileges));
+            .pre_exec(move || child_setup(limits, run_as));
     }
     let started = Instant::now();
     let mut child = cmd.spawn()?;
@@ -145,6 +188,9 @@ pub(crate) async fn supervise(
         // Reap the leader; SIGKILL was sent to the whole group above.
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     }
+    if let Some(uid) = run_as {
+        sweep_uid(uid);
+    }
     // Keep what was written before the kill: drain briefly (an escaped
     // grandchild could hold a pipe open forever, hence the bound).
     let drain_until = tokio::time::Instant::now() + DRAIN;
@@ -186,7 +232,7 @@ pub(crate) fn kill_group(pgid: libc::pid_t) {
     }
 }
 
-fn child_setup(limits: Limits, drop_privileges: bool) -> std::io::Result<()> {
+fn child_setup(limits: Limits, run_as: Option<u32>) -> std::io::Result<()> {
     fn set(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
         let lim = libc::rlimit {
             rlim_cur: value as libc::rlim_t,
@@ -205,12 +251,12 @@ fn child_setup(limits: Limits, drop_privileges: bool) -> std::io::Result<()> {
     if let Some(n) = limits.nproc {
         set(libc::RLIMIT_NPROC, n)?;
     }
-    if drop_privileges {
+    if let Some(uid) = run_as {
         // SAFETY: plain syscalls; order matters (groups and gid before uid).
         unsafe {
             if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(SANDBOX_GID) != 0
-                || libc::setuid(SANDBOX_UID) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
             {
                 return Err(std::io::Error::last_os_error());
             }
