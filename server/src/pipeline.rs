@@ -661,7 +661,7 @@ impl TaskRun {
             if call.is_empty() || (expected.is_empty() && raises.is_none()) || !call.contains(&self.stub.name) {
                 continue;
             }
-            if !python::syntax_errors(&call).is_empty() || !python::syntax_errors(&expected).is_empty() {
+            if !python::syntax_errors(&call).is_empty() || (raises.is_none() && !python::is_literal(&expected)) {
                 continue;
             }
             let key = normalize(&call);
@@ -761,13 +761,23 @@ impl TaskRun {
                     findings: &prev.findings,
                     critique: &self.critique,
                     feedback: self.feedback.as_deref(),
+                    attempt: self.round_attempts.max(2),
                 };
                 roles::code_request(&self.view, &guide, &self.plan, Some(&rw))
             }
             None => roles::code_request(&self.view, &guide, &self.plan, None),
         };
         let name = self.stub.name.clone();
-        let parsed = self.call_parsed(Role::Developer, req, |t| roles::parse_code(t, &name), cancel).await?;
+        let mut parsed = self.call_parsed(Role::Developer, req.clone(), |t| roles::parse_code(t, &name), cancel).await?;
+        // The same code again teaches nothing: ask once more, hotter.
+        let repeats = |code: &str| self.attempts.iter().any(|a| normalize(&a.generated) == normalize(code));
+        if parsed.as_ref().is_ok_and(|c| repeats(c)) {
+            self.note(format!("attempt {} repeated earlier code; sampling again at a higher temperature", self.round_attempts));
+            let mut hot = req;
+            hot.temperature = 0.9;
+            hot.seed = hot.seed.wrapping_add(1000);
+            parsed = self.call_parsed(Role::Developer, hot, |t| roles::parse_code(t, &name), cancel).await?;
+        }
         self.feedback_unaddressed = false;
         let next = match parsed {
             Ok(code) => {
@@ -1131,9 +1141,34 @@ fn is_identifier_path(s: &str) -> bool {
     !s.is_empty() && s.split('.').all(|p| p.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_') && p.chars().all(|c| c.is_alphanumeric() || c == '_'))
 }
 
-/// Whitespace-insensitive key for comparing Python snippets.
+/// Whitespace-insensitive key for comparing Python snippets (`add(2,3)` and
+/// `add(2, 3)` are the same call, and so are `f("a")` and `f('a')`). Whitespace
+/// inside string literals is kept.
 fn normalize(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ").replace(" ,", ",").replace("( ", "(").replace(" )", ")")
+    let mut out = String::with_capacity(s.len());
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in s.chars() {
+        match quote {
+            Some(q) => {
+                out.push(if c == q && !escaped { '\'' } else { c });
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                out.push('\'');
+            }
+            None if c.is_whitespace() => {}
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 /// The failing active test cases of a run, paired with their results.

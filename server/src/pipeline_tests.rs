@@ -233,7 +233,7 @@ async fn docstring_examples_are_never_outvoted_by_a_generated_test() {
     let h = harness(s, Settings::default());
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
-    assert!(p.passing);
+    assert!(p.passing, "{:?} {:?}", p.reasons, p.tests);
     assert_eq!(p.dropped.len(), 1);
     assert!(p.dropped[0].1.contains("docstring example"));
 }

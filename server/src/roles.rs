@@ -14,7 +14,7 @@ use crate::types::{Finding, TestCase, TestResult};
 
 /// Completion-token caps per role (tokens). A 1.5B model at about 30 tokens/s
 /// (FACTS.md) writes 600 tokens in about 20 s; larger caps mostly buy rambling.
-pub const PLAN_MAX_TOKENS: u32 = 450;
+pub const PLAN_MAX_TOKENS: u32 = 350;
 /// See [`PLAN_MAX_TOKENS`].
 pub const TESTS_MAX_TOKENS: u32 = 700;
 /// See [`PLAN_MAX_TOKENS`].
@@ -177,16 +177,19 @@ fn request(messages: Vec<ChatMessage>, max_tokens: u32, schema: Option<Value>) -
 
 /// JSON schema of [`Plan`] (bounded arrays keep grammar-constrained output short).
 pub fn plan_schema() -> Value {
-    let strings = |n: u32| json!({"type": "array", "items": {"type": "string"}, "maxItems": n});
+    // Bounded strings and arrays: under grammar-constrained sampling a small model
+    // otherwise fills the token budget with one endless string (seen with 1.5B).
+    let text = |n: u32| json!({"type": "string", "maxLength": n});
+    let strings = |n: u32, len: u32| json!({"type": "array", "items": text(len), "maxItems": n});
     json!({
         "type": "object",
         "properties": {
-            "understanding": {"type": "string"},
-            "steps": strings(6),
-            "edge_cases": strings(5),
-            "assumptions": strings(4),
-            "question": {"type": "string"},
-            "options": strings(4)
+            "understanding": text(240),
+            "steps": strings(5, 120),
+            "edge_cases": strings(4, 100),
+            "assumptions": strings(3, 120),
+            "question": text(160),
+            "options": strings(4, 60)
         },
         "required": ["understanding", "steps", "edge_cases", "assumptions", "question", "options"]
     })
@@ -231,10 +234,10 @@ pub fn tests_schema(max_tests: usize) -> Value {
                 "items": {
                     "type": "object",
                     "properties": {
-                        "call": {"type": "string"},
-                        "expected": {"type": "string"},
-                        "raises": {"type": "string"},
-                        "why": {"type": "string"}
+                        "call": {"type": "string", "maxLength": 200},
+                        "expected": {"type": "string", "maxLength": 200},
+                        "raises": {"type": "string", "maxLength": 40},
+                        "why": {"type": "string", "maxLength": 80}
                     },
                     "required": ["call", "expected", "why"]
                 }
@@ -292,6 +295,19 @@ pub struct RewriteContext<'a> {
     pub critique: &'a str,
     /// The user's feedback, when this round was started by it.
     pub feedback: Option<&'a str>,
+    /// 1-based number of the attempt being written (2 for the first rewrite).
+    pub attempt: u32,
+}
+
+/// Sampling temperature of a developer attempt: greedy for the first, then rising
+/// (0.3, 0.45, ... at most 0.8). Greedy rewrites of a near-identical prompt tend to
+/// repeat the same wrong code; a little randomness buys a different attempt.
+pub fn rewrite_temperature(attempt: u32) -> f32 {
+    if attempt <= 1 {
+        0.0
+    } else {
+        (0.3 + 0.15 * (attempt - 2) as f32).min(0.8)
+    }
 }
 
 /// Developer prompt: the whole function in one ```python block; on a rewrite, the
@@ -320,11 +336,16 @@ pub fn code_request(stub: &StubView, guidelines: &str, plan: &Plan, rewrite: Opt
         "Reply with the complete function `{}` (same signature, imports it needs above it) in one ```python block, no explanations, no usage examples.",
         stub.name
     ));
-    request(
+    let mut req = request(
         vec![system(guidelines, "You are an expert Python developer. You write correct, simple, standard-library-only code."), ChatMessage::user(user)],
         CODE_MAX_TOKENS,
         None,
-    )
+    );
+    if let Some(rw) = rewrite {
+        req.temperature = rewrite_temperature(rw.attempt);
+        req.seed = rw.attempt;
+    }
+    req
 }
 
 /// Bullet lines describing failing test cases: call, expected, and what happened.
@@ -374,7 +395,7 @@ fn truncate(s: &str, max: usize) -> String {
 pub fn critique_schema() -> Value {
     json!({
         "type": "object",
-        "properties": {"root_cause": {"type": "string"}, "instructions": {"type": "string"}},
+        "properties": {"root_cause": {"type": "string", "maxLength": 300}, "instructions": {"type": "string", "maxLength": 400}},
         "required": ["root_cause", "instructions"]
     })
 }
@@ -416,9 +437,9 @@ pub fn verdicts_schema() -> Value {
                 "items": {
                     "type": "object",
                     "properties": {
-                        "id": {"type": "string"},
+                        "id": {"type": "string", "maxLength": 20},
                         "test_is_wrong": {"type": "boolean"},
-                        "reason": {"type": "string"}
+                        "reason": {"type": "string", "maxLength": 160}
                     },
                     "required": ["id", "test_is_wrong", "reason"]
                 }
@@ -601,6 +622,7 @@ mod tests {
             findings: &[],
             critique: "off by one",
             feedback: Some("use plain addition"),
+            attempt: 2,
         };
         let req = code_request(&stub(), "GUIDE", &Plan::default(), Some(&rw));
         let user = &req.messages[1].content;

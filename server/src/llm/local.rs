@@ -82,6 +82,13 @@ pub fn default_threads() -> i32 {
     }
 }
 
+/// Prompt-processing threads by default: every core. Prompt evaluation is one
+/// large batch per 512 tokens, so the per-token thread synchronisation that makes
+/// a second generation thread fragile on a busy 2-core machine costs little here.
+pub fn default_threads_batch() -> i32 {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8) as i32
+}
+
 /// The process-wide llama.cpp backend. Logs go to `tracing` (never stdout).
 fn backend() -> Result<&'static LlamaBackend, LlmError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
@@ -252,27 +259,70 @@ fn render_prompt(loaded: &Loaded, req: &CompletionRequest) -> Result<String, Llm
         .map_err(|e| LlmError::Config(format!("cannot apply the model's chat template: {e}")))
 }
 
-/// Builds the sampler chain: optional grammar, then greedy or temperature + dist.
-fn build_sampler(model: &LlamaModel, req: &CompletionRequest) -> LlamaSampler {
-    let mut chain = Vec::new();
-    if let Some(schema) = &req.json_schema {
-        let grammar = llama_cpp_2::json_schema_to_grammar(&schema.to_string())
-            .map_err(|e| e.to_string())
-            .and_then(|g| LlamaSampler::grammar(model, &g, "root").map_err(|e| e.to_string()));
-        match grammar {
-            Ok(g) => chain.push(g),
-            Err(e) => {
-                tracing::warn!(error = %e, "JSON schema grammar rejected; sampling unconstrained")
-            }
+/// The JSON-schema grammar sampler for a request, when it has a schema and
+/// llama.cpp accepts the grammar (otherwise sampling is unconstrained, with a warning).
+fn build_grammar(model: &LlamaModel, req: &CompletionRequest) -> Option<LlamaSampler> {
+    let schema = req.json_schema.as_ref()?;
+    let grammar = llama_cpp_2::json_schema_to_grammar(&schema.to_string())
+        .map_err(|e| e.to_string())
+        .and_then(|g| LlamaSampler::grammar(model, &g, "root").map_err(|e| e.to_string()));
+    match grammar {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(error = %e, "JSON schema grammar rejected; sampling unconstrained");
+            None
         }
     }
+}
+
+/// Greedy, or temperature + dist(seed).
+fn build_sampler(req: &CompletionRequest) -> LlamaSampler {
     if req.temperature <= 0.0 {
-        chain.push(LlamaSampler::greedy());
+        LlamaSampler::greedy()
     } else {
-        chain.push(LlamaSampler::temp(req.temperature));
-        chain.push(LlamaSampler::dist(req.seed));
+        LlamaSampler::chain_simple([LlamaSampler::temp(req.temperature), LlamaSampler::dist(req.seed)])
     }
-    LlamaSampler::chain_simple(chain)
+}
+
+/// Samples the next token at batch index `idx`. With a grammar, the unconstrained
+/// choice is tried first and checked against the grammar alone (one token); only
+/// when the grammar rejects it is the grammar applied to the whole vocabulary
+/// (about 150k tokens for Qwen2.5) and the choice made again. This is the
+/// resampling shortcut llama.cpp's own `common_sampler_sample` uses; most tokens
+/// take the fast path, so grammar-constrained output costs little more than free text.
+fn sample_next(ctx: &llama_cpp_2::context::LlamaContext<'_>, idx: i32, base: &mut LlamaSampler, grammar: Option<&mut LlamaSampler>, eos: LlamaToken) -> LlamaToken {
+    use llama_cpp_2::token::data::LlamaTokenData;
+    use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+    let Some(g) = grammar else {
+        return base.sample(ctx, idx);
+    };
+    let mut all = ctx.token_data_array_ith(idx);
+    let mut probe = all.clone();
+    base.apply(&mut probe);
+    let first = probe.selected_token();
+    let tok = match first {
+        Some(t) => {
+            let mut single = LlamaTokenDataArray::new(vec![LlamaTokenData::new(t, 1.0, 0.0)], false);
+            g.apply(&mut single);
+            if single.data.first().is_some_and(|d| d.logit().is_finite()) {
+                Some(t)
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let tok = match tok {
+        Some(t) => t,
+        None => {
+            g.apply(&mut all);
+            base.apply(&mut all);
+            all.selected_token().unwrap_or(eos)
+        }
+    };
+    g.accept(tok);
+    base.accept(tok);
+    tok
 }
 
 /// The byte offset of the earliest stop sequence occurring in `text` at or after
@@ -324,7 +374,7 @@ fn generate(
         .with_n_batch(N_BATCH)
         .with_n_ubatch(N_BATCH)
         .with_n_threads(threads)
-        .with_n_threads_batch(opts.threads_batch.unwrap_or(threads).max(1));
+        .with_n_threads_batch(opts.threads_batch.unwrap_or_else(default_threads_batch).max(1));
     let t_ctx = Instant::now();
     let backend = backend()?;
     let mut ctx = model
@@ -360,7 +410,8 @@ fn generate(
         ctx.decode(&mut batch).map_err(decode_err)?;
     }
 
-    let mut sampler = build_sampler(model, req);
+    let mut sampler = build_sampler(req);
+    let mut grammar = build_grammar(model, req);
     let mut bytes: Vec<u8> = Vec::new();
     let mut completion_tokens: u32 = 0;
     let finish_reason;
@@ -372,7 +423,7 @@ fn generate(
             finish_reason = FinishReason::Length;
             break;
         }
-        let tok = sampler.sample(&ctx, batch.n_tokens() - 1);
+        let tok = sample_next(&ctx, batch.n_tokens() - 1, &mut sampler, grammar.as_mut(), vocab.eos());
         completion_tokens += 1;
         if vocab.is_eog(tok) {
             finish_reason = FinishReason::Stop;
