@@ -21,7 +21,12 @@ fn dev_set() -> PathBuf {
 
 /// The `prompt` of one dev task (never its `test` field).
 fn dev_prompt(task_id: &str) -> String {
-    let text = std::fs::read_to_string(dev_set()).unwrap_or_else(|e| panic!("{}: {e} (../shared must sit beside the repo)", dev_set().display()));
+    let text = std::fs::read_to_string(dev_set()).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (../shared must sit beside the repo)",
+            dev_set().display()
+        )
+    });
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         if v["task_id"] == task_id {
@@ -55,20 +60,37 @@ fn generate_with_the_real_model_passes_the_stubs_own_doctests() {
     let (ws, file) = workspace_with("close.py", &prompt);
     let started = std::time::Instant::now();
     let out = docsmith()
-        .args(["generate", file.to_str().unwrap(), "--function", "has_close_elements", "--yes", "--apply", "--json"])
+        .args([
+            "generate",
+            file.to_str().unwrap(),
+            "--function",
+            "has_close_elements",
+            "--yes",
+            "--apply",
+            "--json",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("docsmith took {:.1} s\nstderr:\n{stderr}\nstdout:\n{stdout}", started.elapsed().as_secs_f64());
+    eprintln!(
+        "docsmith took {:.1} s\nstderr:\n{stderr}\nstdout:\n{stdout}",
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!(out.status.code(), Some(0), "generate failed");
     let new = std::fs::read_to_string(&file).unwrap();
     assert_ne!(new, prompt, "the file was not written");
     // The user's signature and docstring are kept verbatim.
     let docstring_start = prompt.find("def has_close_elements").unwrap();
-    assert!(new.contains(prompt[docstring_start..].trim_end()), "signature or docstring changed:\n{new}");
+    assert!(
+        new.contains(prompt[docstring_start..].trim_end()),
+        "signature or docstring changed:\n{new}"
+    );
     // The stub's own examples, run by Python's doctest, outside docsmith.
-    let doctest = Command::new("python3").args(["-m", "doctest", "-v", file.to_str().unwrap()]).output().unwrap();
+    let doctest = Command::new("python3")
+        .args(["-m", "doctest", "-v", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&doctest.stdout);
     assert!(doctest.status.success(), "doctest failed:\n{report}\n{new}");
     assert!(report.contains("2 passed and 0 failed"), "{report}");
@@ -76,20 +98,42 @@ fn generate_with_the_real_model_passes_the_stubs_own_doctests() {
     let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(v["status"], "accepted");
     assert!(v["proposal"]["llm_calls"].as_u64().unwrap() >= 2);
-    let hist = docsmith().args(["history", "--workspace", ws.path().to_str().unwrap()]).output().unwrap();
+    let hist = docsmith()
+        .args(["history", "--workspace", ws.path().to_str().unwrap()])
+        .output()
+        .unwrap();
     let hist = String::from_utf8_lossy(&hist.stdout);
-    assert!(hist.contains("has_close_elements") && hist.contains("accepted"), "{hist}");
+    assert!(
+        hist.contains("has_close_elements") && hist.contains("accepted"),
+        "{hist}"
+    );
     assert!(ws.path().join(".docsmith/docsmith.db").exists());
 }
 
 #[test]
 fn a_missing_function_is_named_and_nothing_is_written() {
     let (_ws, file) = workspace_with("m.py", "def present(x):\n    \"\"\"Doc.\"\"\"\n    pass\n");
-    let out = docsmith().args(["generate", file.to_str().unwrap(), "--function", "absent", "--yes", "--apply"]).output().unwrap();
+    let out = docsmith()
+        .args([
+            "generate",
+            file.to_str().unwrap(),
+            "--function",
+            "absent",
+            "--yes",
+            "--apply",
+        ])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("absent") && stderr.contains("present"), "{stderr}");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "def present(x):\n    \"\"\"Doc.\"\"\"\n    pass\n");
+    assert!(
+        stderr.contains("absent") && stderr.contains("present"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "def present(x):\n    \"\"\"Doc.\"\"\"\n    pass\n"
+    );
 }
 
 #[test]
@@ -98,15 +142,34 @@ fn a_missing_model_fails_the_task_with_the_fix_and_writes_nothing() {
     let (ws, file) = workspace_with("d.py", text);
     let out = docsmith()
         .env("DOCSMITH_MODEL_PATH", "/nonexistent/model.gguf")
-        .args(["generate", file.to_str().unwrap(), "--function", "double", "--yes", "--apply"])
+        .args([
+            "generate",
+            file.to_str().unwrap(),
+            "--function",
+            "double",
+            "--yes",
+            "--apply",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains("/nonexistent/model.gguf"), "the message names the path: {stderr}");
-    assert!(stderr.contains("docsmith model install"), "the message gives the fix: {stderr}");
+    assert!(
+        stderr.contains("/nonexistent/model.gguf"),
+        "the message names the path: {stderr}"
+    );
+    assert!(
+        stderr.contains("docsmith model install"),
+        "the message gives the fix: {stderr}"
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
-    let hist = docsmith().args(["history", "--workspace", ws.path().to_str().unwrap()]).output().unwrap();
+    let hist = docsmith()
+        .args(["history", "--workspace", ws.path().to_str().unwrap()])
+        .output()
+        .unwrap();
     let hist = String::from_utf8_lossy(&hist.stdout);
-    assert!(hist.contains("failed"), "the task is recorded as failed: {hist}");
+    assert!(
+        hist.contains("failed"),
+        "the task is recorded as failed: {hist}"
+    );
 }

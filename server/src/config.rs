@@ -66,11 +66,18 @@ pub const FILE_NAME: &str = "docsmith.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("environment variable {var}={value:?}: {message}")]
-    Env { var: String, value: String, message: String },
+    Env {
+        var: String,
+        value: String,
+        message: String,
+    },
     #[error("configuration: {0}")]
     Invalid(String),
 }
@@ -95,7 +102,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         let mut providers = BTreeMap::new();
-        providers.insert("local".to_string(), ProviderConfig::Local(LocalConfig::default()));
+        providers.insert(
+            "local".to_string(),
+            ProviderConfig::Local(LocalConfig::default()),
+        );
         Config {
             max_refinements: 3,
             max_clarifications: 2,
@@ -163,7 +173,13 @@ pub struct LocalConfig {
 
 impl Default for LocalConfig {
     fn default() -> Self {
-        LocalConfig { model: crate::models::DEFAULT_MODEL.to_string(), path: None, threads: None, threads_batch: None, n_ctx: 4096 }
+        LocalConfig {
+            model: crate::models::DEFAULT_MODEL.to_string(),
+            path: None,
+            threads: None,
+            threads_batch: None,
+            n_ctx: 4096,
+        }
     }
 }
 
@@ -211,7 +227,10 @@ impl Config {
     pub fn load(workspace_root: &Path) -> Result<Config, ConfigError> {
         let path = workspace_root.join(FILE_NAME);
         let mut cfg = if path.exists() {
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
             Config::from_toml_str(&text, &path.display().to_string())?
         } else {
             Config::default()
@@ -224,24 +243,44 @@ impl Config {
     /// Parses TOML text; `origin` names it in errors. The `local` provider is kept
     /// unless the file defines its own.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })?;
-        cfg.providers.entry("local".into()).or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.providers
+            .entry("local".into())
+            .or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
         Ok(cfg)
     }
 
     /// Parses a JSON value of the same shape (LSP `initializationOptions` / `workspace/configuration`).
     pub fn from_json(value: serde_json::Value) -> Result<Config, ConfigError> {
-        let mut cfg: Config = serde_json::from_value(value).map_err(|e| ConfigError::Parse { path: "settings".into(), message: e.to_string() })?;
-        cfg.providers.entry("local".into()).or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
+        let mut cfg: Config = serde_json::from_value(value).map_err(|e| ConfigError::Parse {
+            path: "settings".into(),
+            message: e.to_string(),
+        })?;
+        cfg.providers
+            .entry("local".into())
+            .or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
         Ok(cfg)
     }
 
     /// Applies `DOCSMITH_*` (and the seed's) environment variables read through `env`
     /// (so tests need not touch the process environment).
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let get = |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (n.to_string(), v.trim().to_string())));
+        let get = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                env(n)
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| (n.to_string(), v.trim().to_string()))
+            })
+        };
         fn num<T: std::str::FromStr>(var: String, value: String) -> Result<T, ConfigError> {
-            value.parse().map_err(|_| ConfigError::Env { var, value, message: "expected a whole number".into() })
+            value.parse().map_err(|_| ConfigError::Env {
+                var,
+                value,
+                message: "expected a whole number".into(),
+            })
         }
         if let Some((k, v)) = get(&["DOCSMITH_MAX_REFINEMENTS", "MAX_REFINEMENTS"]) {
             self.max_refinements = num(k, v)?;
@@ -254,11 +293,22 @@ impl Config {
         }
         if let Some((k, v)) = get(&["DOCSMITH_SANDBOX_MODE"]) {
             self.sandbox.mode = serde_json::from_value(serde_json::Value::String(v.clone()))
-                .map_err(|_| ConfigError::Env { var: k, value: v, message: "expected auto, bwrap or rlimits_only".into() })?;
+                .map_err(|_| ConfigError::Env {
+                    var: k,
+                    value: v,
+                    message: "expected auto, bwrap or rlimits_only".into(),
+                })?;
         }
-        let local_keys = (get(&["DOCSMITH_MODEL_PATH"]), get(&["DOCSMITH_MODEL"]), get(&["DOCSMITH_THREADS"]));
+        let local_keys = (
+            get(&["DOCSMITH_MODEL_PATH"]),
+            get(&["DOCSMITH_MODEL"]),
+            get(&["DOCSMITH_THREADS"]),
+        );
         if local_keys.0.is_some() || local_keys.1.is_some() || local_keys.2.is_some() {
-            let entry = self.providers.entry("local".into()).or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
+            let entry = self
+                .providers
+                .entry("local".into())
+                .or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
             let ProviderConfig::Local(local) = entry else {
                 return Err(ConfigError::Invalid("DOCSMITH_MODEL_PATH/DOCSMITH_MODEL/DOCSMITH_THREADS set, but provider `local` is not of kind \"local\"".into()));
             };
@@ -272,14 +322,24 @@ impl Config {
                 local.threads = Some(num(k, v)?);
             }
         }
-        let openai = (get(&["DOCSMITH_OPENAI_BASE_URL"]), get(&["DOCSMITH_OPENAI_MODEL"]), get(&["DOCSMITH_OPENAI_API_KEY_ENV"]));
+        let openai = (
+            get(&["DOCSMITH_OPENAI_BASE_URL"]),
+            get(&["DOCSMITH_OPENAI_MODEL"]),
+            get(&["DOCSMITH_OPENAI_API_KEY_ENV"]),
+        );
         if openai.0.is_some() || openai.1.is_some() || openai.2.is_some() {
             let existing = match self.providers.get("openai") {
                 Some(ProviderConfig::Openai(o)) => Some(o.clone()),
                 _ => None,
             };
-            let base_url = openai.0.map(|x| x.1).or(existing.as_ref().map(|o| o.base_url.clone()));
-            let model = openai.1.map(|x| x.1).or(existing.as_ref().map(|o| o.model.clone()));
+            let base_url = openai
+                .0
+                .map(|x| x.1)
+                .or(existing.as_ref().map(|o| o.base_url.clone()));
+            let model = openai
+                .1
+                .map(|x| x.1)
+                .or(existing.as_ref().map(|o| o.model.clone()));
             let (Some(base_url), Some(model)) = (base_url, model) else {
                 return Err(ConfigError::Invalid("DOCSMITH_OPENAI_BASE_URL and DOCSMITH_OPENAI_MODEL must both be set to define the `openai` provider".into()));
             };
@@ -288,8 +348,13 @@ impl Config {
                 ProviderConfig::Openai(OpenAiConfig {
                     base_url,
                     model,
-                    api_key_env: openai.2.map(|x| x.1).or(existing.as_ref().and_then(|o| o.api_key_env.clone())),
-                    timeout_ms: existing.as_ref().map_or(default_timeout_ms(), |o| o.timeout_ms),
+                    api_key_env: openai
+                        .2
+                        .map(|x| x.1)
+                        .or(existing.as_ref().and_then(|o| o.api_key_env.clone())),
+                    timeout_ms: existing
+                        .as_ref()
+                        .map_or(default_timeout_ms(), |o| o.timeout_ms),
                     supports_json_schema: existing.as_ref().is_none_or(|o| o.supports_json_schema),
                 }),
             );
@@ -307,7 +372,13 @@ impl Config {
             if provider.is_none() && model.is_none() {
                 continue;
             }
-            let route = self.roles.entry(role.as_str().to_string()).or_insert_with(|| RoleRoute { provider: "local".into(), ..Default::default() });
+            let route = self
+                .roles
+                .entry(role.as_str().to_string())
+                .or_insert_with(|| RoleRoute {
+                    provider: "local".into(),
+                    ..Default::default()
+                });
             if let Some((_, p)) = provider {
                 route.provider = p;
             }
@@ -323,7 +394,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, route) in &self.roles {
             if Role::parse(name).is_none() {
-                return Err(ConfigError::Invalid(format!("[roles.{name}]: unknown role; use planner, test_designer, developer or critic")));
+                return Err(ConfigError::Invalid(format!(
+                    "[roles.{name}]: unknown role; use planner, test_designer, developer or critic"
+                )));
             }
             for p in std::iter::once(&route.provider).chain(route.fallback.iter()) {
                 if !self.providers.contains_key(p) {
@@ -338,20 +411,32 @@ impl Config {
         for (name, p) in &self.providers {
             if let ProviderConfig::Openai(o) = p {
                 if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) {
-                    return Err(ConfigError::Invalid(format!("[providers.{name}] base_url `{}` must start with http:// or https://", o.base_url)));
+                    return Err(ConfigError::Invalid(format!(
+                        "[providers.{name}] base_url `{}` must start with http:// or https://",
+                        o.base_url
+                    )));
                 }
                 if o.model.trim().is_empty() {
-                    return Err(ConfigError::Invalid(format!("[providers.{name}] model is empty")));
+                    return Err(ConfigError::Invalid(format!(
+                        "[providers.{name}] model is empty"
+                    )));
                 }
             }
             if let ProviderConfig::Local(l) = p {
                 if l.n_ctx < 1024 {
-                    return Err(ConfigError::Invalid(format!("[providers.{name}] n_ctx = {} is too small; use at least 2048", l.n_ctx)));
+                    return Err(ConfigError::Invalid(format!(
+                        "[providers.{name}] n_ctx = {} is too small; use at least 2048",
+                        l.n_ctx
+                    )));
                 }
             }
         }
-        if self.sandbox.per_test_timeout_ms == 0 || self.sandbox.wall_timeout_ms < self.sandbox.per_test_timeout_ms {
-            return Err(ConfigError::Invalid("[sandbox] per_test_timeout_ms must be > 0 and ≤ wall_timeout_ms".into()));
+        if self.sandbox.per_test_timeout_ms == 0
+            || self.sandbox.wall_timeout_ms < self.sandbox.per_test_timeout_ms
+        {
+            return Err(ConfigError::Invalid(
+                "[sandbox] per_test_timeout_ms must be > 0 and ≤ wall_timeout_ms".into(),
+            ));
         }
         Ok(())
     }
@@ -377,7 +462,11 @@ impl Config {
             .iter()
             .find(|(k, _)| Role::parse(k) == Some(role))
             .map(|(_, r)| r.clone())
-            .unwrap_or_else(|| RoleRoute { provider: "local".into(), model: None, fallback: Vec::new() })
+            .unwrap_or_else(|| RoleRoute {
+                provider: "local".into(),
+                model: None,
+                fallback: Vec::new(),
+            })
     }
 }
 
@@ -389,14 +478,20 @@ pub fn build_router(cfg: &Config) -> Result<Router, LlmError> {
     for role in Role::ALL {
         let route = cfg.route(role);
         let mut chain = Vec::new();
-        for (i, name) in std::iter::once(&route.provider).chain(route.fallback.iter()).enumerate() {
+        for (i, name) in std::iter::once(&route.provider)
+            .chain(route.fallback.iter())
+            .enumerate()
+        {
             let model = if i == 0 { route.model.clone() } else { None };
             let key = (name.clone(), model.clone());
             if let Some(p) = built.get(&key) {
                 chain.push(p.clone());
                 continue;
             }
-            let pc = cfg.providers.get(name).ok_or_else(|| LlmError::Config(format!("provider `{name}` is not defined")))?;
+            let pc = cfg
+                .providers
+                .get(name)
+                .ok_or_else(|| LlmError::Config(format!("provider `{name}` is not defined")))?;
             let p = build_provider(name, pc, model.as_deref())?;
             built.insert(key, p.clone());
             chain.push(p);
@@ -406,7 +501,11 @@ pub fn build_router(cfg: &Config) -> Result<Router, LlmError> {
     Router::new(routes)
 }
 
-fn build_provider(name: &str, pc: &ProviderConfig, model: Option<&str>) -> Result<Arc<dyn Provider>, LlmError> {
+fn build_provider(
+    name: &str,
+    pc: &ProviderConfig,
+    model: Option<&str>,
+) -> Result<Arc<dyn Provider>, LlmError> {
     match pc {
         ProviderConfig::Local(l) => build_local(l, model),
         ProviderConfig::Openai(o) => {
@@ -429,10 +528,20 @@ fn build_local(l: &LocalConfig, model: Option<&str>) -> Result<Arc<dyn Provider>
     use crate::llm::local::{LocalOptions, LocalProvider};
     let (path, name) = match (model, &l.path) {
         (Some(m), _) => (crate::models::resolve(m), m.to_string()),
-        (None, Some(p)) => (p.clone(), p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "gguf".into())),
+        (None, Some(p)) => (
+            p.clone(),
+            p.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "gguf".into()),
+        ),
         (None, None) => (crate::models::resolve(&l.model), l.model.clone()),
     };
-    let opts = LocalOptions { n_ctx: l.n_ctx, threads: l.threads, threads_batch: l.threads_batch, ..LocalOptions::default() };
+    let opts = LocalOptions {
+        n_ctx: l.n_ctx,
+        threads: l.threads,
+        threads_batch: l.threads_batch,
+        ..LocalOptions::default()
+    };
     Ok(Arc::new(LocalProvider::new(path, name, opts)))
 }
 
@@ -446,7 +555,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -470,7 +582,13 @@ mod tests {
         let c = Config::from_toml_str("[providers.local]\nkind = \"local\"\npath = \"/m/x.gguf\"\nthreads = 1\nn_ctx = 8192\n", "t").unwrap();
         assert_eq!(
             c.providers["local"],
-            ProviderConfig::Local(LocalConfig { model: "qwen2.5-coder-1.5b".into(), path: Some("/m/x.gguf".into()), threads: Some(1), threads_batch: None, n_ctx: 8192 })
+            ProviderConfig::Local(LocalConfig {
+                model: "qwen2.5-coder-1.5b".into(),
+                path: Some("/m/x.gguf".into()),
+                threads: Some(1),
+                threads_batch: None,
+                n_ctx: 8192
+            })
         );
     }
 
@@ -499,16 +617,23 @@ fallback = ["local"]
             }
             other => panic!("{other:?}"),
         }
-        assert!(c.providers.contains_key("local"), "local stays available as a fallback");
+        assert!(
+            c.providers.contains_key("local"),
+            "local stays available as a fallback"
+        );
     }
 
     #[test]
     fn typos_fail_with_the_key_named() {
-        let e = Config::from_toml_str("max_refinement = 3\n", "docsmith.toml").unwrap_err().to_string();
+        let e = Config::from_toml_str("max_refinement = 3\n", "docsmith.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_refinement"), "{e}");
         let e = Config::from_toml_str("[providers.x]\nkind = \"openai\"\nbase_url = \"http://h\"\nmodel = \"m\"\napi_key = \"sk-secret\"\n", "t").unwrap_err().to_string();
         assert!(e.contains("api_key"), "{e}");
-        let e = Config::from_toml_str("[providers.x]\nkind = \"anthropic\"\n", "t").unwrap_err().to_string();
+        let e = Config::from_toml_str("[providers.x]\nkind = \"anthropic\"\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("anthropic"), "{e}");
         let c = Config::from_toml_str("[roles.developer]\nprovider = \"nope\"\n", "t").unwrap();
         let e = c.validate().unwrap_err().to_string();
@@ -542,16 +667,28 @@ fallback = ["local"]
             other => panic!("{other:?}"),
         }
         assert_eq!(c.route(Role::Developer).provider, "openai");
-        assert_eq!(c.route(Role::Planner).model.as_deref(), Some("qwen2.5-coder-0.5b"));
+        assert_eq!(
+            c.route(Role::Planner).model.as_deref(),
+            Some("qwen2.5-coder-0.5b")
+        );
         assert_eq!(c.route(Role::Critic).provider, "local");
         let mut bad = Config::default();
-        let e = bad.apply_env(env(&[("DOCSMITH_MAX_REFINEMENTS", "many")])).unwrap_err().to_string();
-        assert!(e.contains("DOCSMITH_MAX_REFINEMENTS") && e.contains("many"), "{e}");
+        let e = bad
+            .apply_env(env(&[("DOCSMITH_MAX_REFINEMENTS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("DOCSMITH_MAX_REFINEMENTS") && e.contains("many"),
+            "{e}"
+        );
     }
 
     #[test]
     fn json_settings_parse_like_toml() {
-        let c = Config::from_json(serde_json::json!({"max_refinements": 2, "sandbox": {"mode": "rlimits_only"}})).unwrap();
+        let c = Config::from_json(
+            serde_json::json!({"max_refinements": 2, "sandbox": {"mode": "rlimits_only"}}),
+        )
+        .unwrap();
         assert_eq!(c.max_refinements, 2);
         assert_eq!(c.sandbox.mode, SandboxMode::RlimitsOnly);
         assert_eq!(c.sandbox_config().mode, SandboxMode::RlimitsOnly);
@@ -564,7 +701,10 @@ fallback = ["local"]
         let c = Config::from_toml_str(text, "t").unwrap();
         let r = build_router(&c).unwrap();
         let dev = r.describe(Role::Developer);
-        assert!(dev.contains("remote") && dev.contains("qwen2.5-coder-1.5b"), "{dev}");
+        assert!(
+            dev.contains("remote") && dev.contains("qwen2.5-coder-1.5b"),
+            "{dev}"
+        );
         assert!(r.describe(Role::Planner).contains("qwen2.5-coder-1.5b"));
     }
 }

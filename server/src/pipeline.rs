@@ -29,7 +29,8 @@ use crate::rag::Guidelines;
 use crate::roles::{self, Clarification, ParseError, Plan, RewriteContext, StubView};
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::store::{
-    AttemptId, AttemptSummary, LlmCallRecord, NewTask, Store, StoreError, TaskId, TaskKind, TaskStatus,
+    AttemptId, AttemptSummary, LlmCallRecord, NewTask, Store, StoreError, TaskId, TaskKind,
+    TaskStatus,
 };
 use crate::types::{Finding, Role, Severity, TestCase, TestOrigin, TestResult, TestRun};
 
@@ -142,13 +143,33 @@ pub struct TaskSpec {
 pub enum Event {
     /// A stage began. `message` is what an editor shows (`writing code (attempt 2/4)`),
     /// `percent` an estimate of progress, 0-100.
-    Stage { task: i64, stage: Stage, message: String, percent: u32 },
+    Stage {
+        task: i64,
+        stage: Stage,
+        message: String,
+        percent: u32,
+    },
     /// A test run finished.
-    Tests { task: i64, attempt: u32, passed: usize, total: usize },
+    Tests {
+        task: i64,
+        attempt: u32,
+        passed: usize,
+        total: usize,
+    },
     /// A generated test was dropped because it contradicts the docstring.
-    TestDropped { task: i64, test_id: String, reason: String },
+    TestDropped {
+        task: i64,
+        test_id: String,
+        reason: String,
+    },
     /// An LLM call finished.
-    LlmCall { task: i64, role: Role, prompt_tokens: u32, completion_tokens: u32, latency_ms: u64 },
+    LlmCall {
+        task: i64,
+        role: Role,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        latency_ms: u64,
+    },
     /// Something the user should know (skipped checker, reduced isolation, unparsable output).
     Note { task: i64, message: String },
 }
@@ -209,7 +230,11 @@ pub struct Proposal {
 impl Proposal {
     /// `(passed, total)` over the proposal's active tests.
     pub fn test_counts(&self) -> (usize, usize) {
-        let passed = self.tests.iter().filter(|t| t.result.as_ref().is_some_and(|r| r.passed)).count();
+        let passed = self
+            .tests
+            .iter()
+            .filter(|t| t.result.as_ref().is_some_and(|r| r.passed))
+            .count();
         (passed, self.tests.len())
     }
 }
@@ -265,7 +290,9 @@ pub enum PipelineError {
     Cancelled,
     #[error("`{0}` is a method; docsmith generates module-level functions only (move it out of the class, or wait for method support)")]
     MethodUnsupported(String),
-    #[error("`{0}` has no docstring: write one describing what the function does (examples help most)")]
+    #[error(
+        "`{0}` has no docstring: write one describing what the function does (examples help most)"
+    )]
     NoDocstring(String),
     #[error("reply {reply} does not answer the current pause ({stage})")]
     InvalidReply { reply: String, stage: &'static str },
@@ -337,7 +364,11 @@ impl TaskRun {
     ///
     /// Errors: the function is not in the file ([`AnalysisError`], lists what is),
     /// it is a method, it has no docstring (for generation), or the store fails.
-    pub fn start(spec: TaskSpec, deps: Deps, events: Option<UnboundedSender<Event>>) -> Result<TaskRun, PipelineError> {
+    pub fn start(
+        spec: TaskSpec,
+        deps: Deps,
+        events: Option<UnboundedSender<Event>>,
+    ) -> Result<TaskRun, PipelineError> {
         let stub = match &spec.target {
             Target::Name(n) => python::find_function(&spec.source, n)?,
             Target::Line(l) => python::find_function_at_line(&spec.source, *l)?,
@@ -355,7 +386,11 @@ impl TaskRun {
         } else {
             format!("{}\n\n\n{}", imports.join("\n"), fn_src)
         };
-        let view = StubView { name: stub.name.clone(), source: fn_src, imports };
+        let view = StubView {
+            name: stub.name.clone(),
+            source: fn_src,
+            imports,
+        };
         let task = deps.store.create_task(&NewTask {
             workspace: spec.workspace.display().to_string(),
             file: spec.file.display().to_string(),
@@ -372,7 +407,9 @@ impl TaskRun {
         if let Some(fb) = &feedback {
             deps.store.add_feedback(task, None, fb)?;
         }
-        let work = tempfile::Builder::new().prefix("docsmith-task-").tempdir()?;
+        let work = tempfile::Builder::new()
+            .prefix("docsmith-task-")
+            .tempdir()?;
         Ok(TaskRun {
             feedback_unaddressed: feedback.is_some(),
             feedback,
@@ -431,8 +468,15 @@ impl TaskRun {
         match self.advance_inner(cancel).await {
             Ok(p) => Ok(p),
             Err(e) => {
-                let status = if matches!(e, PipelineError::Cancelled) { TaskStatus::Cancelled } else { TaskStatus::Failed };
-                let _ = self.deps.store.set_task_status(self.task, status, Some(&e.to_string()));
+                let status = if matches!(e, PipelineError::Cancelled) {
+                    TaskStatus::Cancelled
+                } else {
+                    TaskStatus::Failed
+                };
+                let _ = self
+                    .deps
+                    .store
+                    .set_task_status(self.task, status, Some(&e.to_string()));
                 self.stage = Stage::Done;
                 Err(e)
             }
@@ -444,23 +488,47 @@ impl TaskRun {
     pub fn reply(&mut self, reply: Reply) -> Result<(), PipelineError> {
         match (self.stage, reply) {
             (Stage::Clarify, Reply::Answer(a)) => {
-                let q = self.pending_question.take().expect("a question is pending in Clarify");
-                self.deps.store.add_clarification(self.task, &q.text, &q.options, &a, false)?;
-                self.answered.push(Clarification { question: q.text, answer: a });
+                let q = self
+                    .pending_question
+                    .take()
+                    .expect("a question is pending in Clarify");
+                self.deps
+                    .store
+                    .add_clarification(self.task, &q.text, &q.options, &a, false)?;
+                self.answered.push(Clarification {
+                    question: q.text,
+                    answer: a,
+                });
                 self.stage = Stage::Plan;
             }
             (Stage::Clarify, Reply::Assume) => {
-                let q = self.pending_question.take().expect("a question is pending in Clarify");
+                let q = self
+                    .pending_question
+                    .take()
+                    .expect("a question is pending in Clarify");
                 let assumed = self.plan.assumptions.join("; ");
-                self.deps.store.add_clarification(self.task, &q.text, &q.options, &assumed, true)?;
-                self.notes.push(format!("question not answered, assumed: {}", if assumed.is_empty() { "nothing stated" } else { &assumed }));
+                self.deps
+                    .store
+                    .add_clarification(self.task, &q.text, &q.options, &assumed, true)?;
+                self.notes.push(format!(
+                    "question not answered, assumed: {}",
+                    if assumed.is_empty() {
+                        "nothing stated"
+                    } else {
+                        &assumed
+                    }
+                ));
                 self.stage = Stage::DesignTests;
             }
             (Stage::Review, Reply::Accept) => self.stage = Stage::Package,
             (Stage::Review, Reply::Reject(fb)) => {
                 let last = self.attempts.last().map(|a| a.id);
                 self.deps.store.add_feedback(self.task, last, &fb)?;
-                self.deps.store.set_task_status(self.task, TaskStatus::Running, Some("refining with feedback"))?;
+                self.deps.store.set_task_status(
+                    self.task,
+                    TaskStatus::Running,
+                    Some("refining with feedback"),
+                )?;
                 self.feedback = Some(fb);
                 self.feedback_unaddressed = true;
                 self.round_attempts = 0;
@@ -468,11 +536,18 @@ impl TaskRun {
                 self.stage = Stage::Critique;
             }
             (Stage::Review, Reply::Discard) => {
-                self.deps.store.set_task_status(self.task, TaskStatus::Discarded, Some("discarded by the user"))?;
+                self.deps.store.set_task_status(
+                    self.task,
+                    TaskStatus::Discarded,
+                    Some("discarded by the user"),
+                )?;
                 self.stage = Stage::Done;
             }
             (stage, r) => {
-                return Err(PipelineError::InvalidReply { reply: format!("{r:?}"), stage: stage.as_str() });
+                return Err(PipelineError::InvalidReply {
+                    reply: format!("{r:?}"),
+                    stage: stage.as_str(),
+                });
             }
         }
         Ok(())
@@ -486,8 +561,13 @@ impl TaskRun {
             self.stage = match self.stage {
                 Stage::Plan => self.step_plan(cancel).await?,
                 Stage::Clarify => {
-                    let q = self.pending_question.clone().expect("a question is pending in Clarify");
-                    self.deps.store.set_task_status(self.task, TaskStatus::AwaitingAnswer, None)?;
+                    let q = self
+                        .pending_question
+                        .clone()
+                        .expect("a question is pending in Clarify");
+                    self.deps
+                        .store
+                        .set_task_status(self.task, TaskStatus::AwaitingAnswer, None)?;
                     return Ok(Pause::Question(q));
                 }
                 Stage::DesignTests => self.step_design_tests(cancel).await?,
@@ -514,7 +594,10 @@ impl TaskRun {
 
     fn note(&mut self, message: String) {
         tracing::info!(task = self.task.0, "{message}");
-        self.emit(Event::Note { task: self.task.0, message: message.clone() });
+        self.emit(Event::Note {
+            task: self.task.0,
+            message: message.clone(),
+        });
         self.notes.push(message);
     }
 
@@ -528,11 +611,21 @@ impl TaskRun {
             _ => 20 + (75 * k.saturating_sub(1) + 75 * stage_fraction(stage) / 100) / max,
         };
         tracing::debug!(task = self.task.0, stage = stage.as_str(), "{message}");
-        self.emit(Event::Stage { task: self.task.0, stage, message, percent: percent.min(99) });
+        self.emit(Event::Stage {
+            task: self.task.0,
+            stage,
+            message,
+            percent: percent.min(99),
+        });
     }
 
     /// One LLM call through the router, recorded in the store whatever happens.
-    async fn call(&mut self, role: Role, req: &CompletionRequest, cancel: &CancellationToken) -> Result<Completion, PipelineError> {
+    async fn call(
+        &mut self,
+        role: Role,
+        req: &CompletionRequest,
+        cancel: &CancellationToken,
+    ) -> Result<Completion, PipelineError> {
         let attempt = self.attempts.last().map(|a| a.id);
         let res = self.deps.router.complete(role, req, cancel).await;
         match res {
@@ -607,14 +700,22 @@ impl TaskRun {
         let may_ask = s.interactive && self.questions_asked < s.max_clarifications;
         let guide = self.deps.guidelines.for_role(Role::Planner, false);
         let req = roles::plan_request(&self.view, &guide, &self.answered, may_ask);
-        match self.call_parsed(Role::Planner, req, roles::parse_plan, cancel).await? {
+        match self
+            .call_parsed(Role::Planner, req, roles::parse_plan, cancel)
+            .await?
+        {
             Ok(plan) => self.plan = plan,
             Err(e) => {
-                self.note(format!("planner output unusable ({e}); going on from the docstring alone"));
+                self.note(format!(
+                    "planner output unusable ({e}); going on from the docstring alone"
+                ));
                 self.plan = Plan::default();
             }
         }
-        self.deps.store.set_task_plan(self.task, &serde_json::to_string(&self.plan).unwrap_or_default())?;
+        self.deps.store.set_task_plan(
+            self.task,
+            &serde_json::to_string(&self.plan).unwrap_or_default(),
+        )?;
         if !self.plan.question.is_empty() {
             if may_ask {
                 self.questions_asked += 1;
@@ -627,7 +728,13 @@ impl TaskRun {
                 return Ok(Stage::Clarify);
             }
             let assumed = self.plan.assumptions.join("; ");
-            self.deps.store.add_clarification(self.task, &self.plan.question, &self.plan.options, &assumed, true)?;
+            self.deps.store.add_clarification(
+                self.task,
+                &self.plan.question,
+                &self.plan.options,
+                &assumed,
+                true,
+            )?;
             let q = self.plan.question.clone();
             self.note(format!("planner asked \"{q}\"; not asked (non-interactive or budget spent), assumptions taken"));
             self.plan.question.clear();
@@ -635,7 +742,10 @@ impl TaskRun {
         Ok(Stage::DesignTests)
     }
 
-    async fn step_design_tests(&mut self, cancel: &CancellationToken) -> Result<Stage, PipelineError> {
+    async fn step_design_tests(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Result<Stage, PipelineError> {
         self.enter(Stage::DesignTests, "designing tests".into());
         let examples = python::extract_examples(&self.stub);
         let max = self.deps.settings.max_generated_tests;
@@ -649,19 +759,30 @@ impl TaskRun {
             }
         }
         let mut tests = examples;
-        let doc_calls: BTreeMap<String, String> =
-            tests.iter().map(|t| (normalize(&t.call), normalize(&t.expected))).collect();
+        let doc_calls: BTreeMap<String, String> = tests
+            .iter()
+            .map(|t| (normalize(&t.call), normalize(&t.expected)))
+            .collect();
         let mut seen: HashSet<String> = doc_calls.keys().cloned().collect();
         let mut contradictions = Vec::new();
         let mut n = 0;
         for g in generated.into_iter().take(max) {
             let call = g.call.trim().to_string();
             let raises = Some(g.raises.trim().to_string()).filter(|r| is_identifier_path(r));
-            let expected = if raises.is_some() { String::new() } else { g.expected.trim().to_string() };
-            if call.is_empty() || (expected.is_empty() && raises.is_none()) || !call.contains(&self.stub.name) {
+            let expected = if raises.is_some() {
+                String::new()
+            } else {
+                g.expected.trim().to_string()
+            };
+            if call.is_empty()
+                || (expected.is_empty() && raises.is_none())
+                || !call.contains(&self.stub.name)
+            {
                 continue;
             }
-            if !python::syntax_errors(&call).is_empty() || (raises.is_none() && !python::is_literal(&expected)) {
+            if !python::syntax_errors(&call).is_empty()
+                || (raises.is_none() && !python::is_literal(&expected))
+            {
                 continue;
             }
             let key = normalize(&call);
@@ -687,15 +808,28 @@ impl TaskRun {
         self.deps.store.add_test_cases(self.task, &tests)?;
         self.deps.store.add_test_cases(self.task, &contradictions)?;
         for c in contradictions {
-            let reason = format!("same call as a docstring example but expects {} instead", c.expected);
+            let reason = format!(
+                "same call as a docstring example but expects {} instead",
+                c.expected
+            );
             self.drop_test(&c.id, &reason, 0)?;
         }
-        let doc = tests.iter().filter(|t| t.origin == TestOrigin::Docstring).count();
+        let doc = tests
+            .iter()
+            .filter(|t| t.origin == TestOrigin::Docstring)
+            .count();
         if doc == 0 {
             self.note("the docstring has no examples: only generated tests check the code (add `>>>` examples for trustworthy results)".into());
         }
         self.tests = tests;
-        self.enter(Stage::DesignTests, format!("designed tests ({} from the docstring, {} generated)", doc, self.tests.len() - doc));
+        self.enter(
+            Stage::DesignTests,
+            format!(
+                "designed tests ({} from the docstring, {} generated)",
+                doc,
+                self.tests.len() - doc
+            ),
+        );
         if self.feedback_unaddressed {
             // Refining an existing function: its current code is attempt 0, the baseline the critic reads.
             let code = self.view.source.clone();
@@ -706,10 +840,16 @@ impl TaskRun {
     }
 
     fn drop_test(&mut self, id: &str, reason: &str, attempt_n: u32) -> Result<(), PipelineError> {
-        self.deps.store.drop_test_case(self.task, id, reason, attempt_n)?;
+        self.deps
+            .store
+            .drop_test_case(self.task, id, reason, attempt_n)?;
         self.tests.retain(|t| t.id != id);
         self.dropped.push((id.to_string(), reason.to_string()));
-        self.emit(Event::TestDropped { task: self.task.0, test_id: id.to_string(), reason: reason.to_string() });
+        self.emit(Event::TestDropped {
+            task: self.task.0,
+            test_id: id.to_string(),
+            reason: reason.to_string(),
+        });
         Ok(())
     }
 
@@ -731,7 +871,9 @@ impl TaskRun {
         };
         let spliced = python::find_function(&self.stub_module, &self.stub.name)
             .and_then(|f| python::splice(&self.stub_module, &f, &generated))
-            .and_then(|s| python::splice(&self.spec.source, &self.stub, &generated).map(|full| (s, full)));
+            .and_then(|s| {
+                python::splice(&self.spec.source, &self.stub, &generated).map(|full| (s, full))
+            });
         match spliced {
             Ok((standalone, full)) => {
                 attempt.standalone = standalone.source;
@@ -743,10 +885,20 @@ impl TaskRun {
         Ok(())
     }
 
-    async fn step_write_code(&mut self, cancel: &CancellationToken) -> Result<Stage, PipelineError> {
+    async fn step_write_code(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Result<Stage, PipelineError> {
         self.round_attempts += 1;
         let n = self.attempts.iter().map(|a| a.n).max().map_or(1, |m| m + 1);
-        self.enter(Stage::WriteCode, format!("writing code (attempt {}/{})", self.round_attempts, self.max_attempts()));
+        self.enter(
+            Stage::WriteCode,
+            format!(
+                "writing code (attempt {}/{})",
+                self.round_attempts,
+                self.max_attempts()
+            ),
+        );
         let t0 = Instant::now();
         let rewriting = self.attempts.last().is_some();
         let guide = self.deps.guidelines.for_role(Role::Developer, rewriting);
@@ -754,7 +906,11 @@ impl TaskRun {
             Some(prev) => {
                 let run = prev.run.as_ref();
                 let failures = failures_of(&self.tests, run);
-                let code = if prev.generated.is_empty() { &self.view.source } else { &prev.generated };
+                let code = if prev.generated.is_empty() {
+                    &self.view.source
+                } else {
+                    &prev.generated
+                };
                 let rw = RewriteContext {
                     previous_code: code,
                     failures,
@@ -768,15 +924,36 @@ impl TaskRun {
             None => roles::code_request(&self.view, &guide, &self.plan, None),
         };
         let name = self.stub.name.clone();
-        let mut parsed = self.call_parsed(Role::Developer, req.clone(), |t| roles::parse_code(t, &name), cancel).await?;
+        let mut parsed = self
+            .call_parsed(
+                Role::Developer,
+                req.clone(),
+                |t| roles::parse_code(t, &name),
+                cancel,
+            )
+            .await?;
         // The same code again teaches nothing: ask once more, hotter.
-        let repeats = |code: &str| self.attempts.iter().any(|a| normalize(&a.generated) == normalize(code));
+        let repeats = |code: &str| {
+            self.attempts
+                .iter()
+                .any(|a| normalize(&a.generated) == normalize(code))
+        };
         if parsed.as_ref().is_ok_and(|c| repeats(c)) {
-            self.note(format!("attempt {} repeated earlier code; sampling again at a higher temperature", self.round_attempts));
+            self.note(format!(
+                "attempt {} repeated earlier code; sampling again at a higher temperature",
+                self.round_attempts
+            ));
             let mut hot = req;
             hot.temperature = 0.9;
             hot.seed = hot.seed.wrapping_add(1000);
-            parsed = self.call_parsed(Role::Developer, hot, |t| roles::parse_code(t, &name), cancel).await?;
+            parsed = self
+                .call_parsed(
+                    Role::Developer,
+                    hot,
+                    |t| roles::parse_code(t, &name),
+                    cancel,
+                )
+                .await?;
         }
         self.feedback_unaddressed = false;
         let next = match parsed {
@@ -797,7 +974,8 @@ impl TaskRun {
             }
         };
         if let Some(a) = self.attempts.last_mut() {
-            a.stage_times.insert("write_code".into(), t0.elapsed().as_millis() as u64);
+            a.stage_times
+                .insert("write_code".into(), t0.elapsed().as_millis() as u64);
         }
         Ok(next)
     }
@@ -807,15 +985,20 @@ impl TaskRun {
         self.enter(Stage::RunTests, format!("running tests ({total})"));
         let t0 = Instant::now();
         let a = self.attempts.last().expect("RunTests follows an attempt");
-        let module = if python::syntax_errors(&self.spec.source).is_empty() && !a.full_source.is_empty() {
-            a.full_source.clone()
-        } else {
-            a.standalone.clone()
-        };
+        let module =
+            if python::syntax_errors(&self.spec.source).is_empty() && !a.full_source.is_empty() {
+                a.full_source.clone()
+            } else {
+                a.standalone.clone()
+            };
         let n = a.n;
         let dir = self.work.path().join(format!("attempt-{n}"));
         std::fs::create_dir_all(&dir)?;
-        let run = self.deps.sandbox.run_tests(&dir, &module, &self.stub.name, &self.tests, cancel).await;
+        let run = self
+            .deps
+            .sandbox
+            .run_tests(&dir, &module, &self.stub.name, &self.tests, cancel)
+            .await;
         let run = match run {
             Ok(r) => r,
             Err(SandboxError::Cancelled) => return Err(PipelineError::Cancelled),
@@ -826,17 +1009,25 @@ impl TaskRun {
         }
         let attempt_id = a.id;
         self.deps.store.add_test_run(attempt_id, &run)?;
-        self.emit(Event::Tests { task: self.task.0, attempt: n, passed: run.passed(), total: run.results.len() });
+        self.emit(Event::Tests {
+            task: self.task.0,
+            attempt: n,
+            passed: run.passed(),
+            total: run.results.len(),
+        });
         let active: Vec<String> = self.tests.iter().map(|t| t.id.clone()).collect();
         {
             let a = self.attempts.last_mut().expect("attempt");
             a.run = Some(run.clone());
             a.active = active;
-            a.stage_times.insert("run_tests".into(), t0.elapsed().as_millis() as u64);
+            a.stage_times
+                .insert("run_tests".into(), t0.elapsed().as_millis() as u64);
         }
         // Test trust: only when every docstring example passes may generated tests be judged.
         let failures = failures_of(&self.tests, Some(&run));
-        let doc_failing = failures.iter().any(|(c, _)| c.origin == TestOrigin::Docstring);
+        let doc_failing = failures
+            .iter()
+            .any(|(c, _)| c.origin == TestOrigin::Docstring);
         let suspects: Vec<(TestCase, TestResult)> = failures
             .iter()
             .filter(|(c, _)| c.origin == TestOrigin::Generated && !self.judged.contains(&c.id))
@@ -855,24 +1046,38 @@ impl TaskRun {
         }
     }
 
-    async fn judge_suspects(&mut self, suspects: &[(TestCase, TestResult)], n: u32, cancel: &CancellationToken) -> Result<(), PipelineError> {
-        self.enter(Stage::RunTests, format!("judging {} suspect generated test(s)", suspects.len()));
+    async fn judge_suspects(
+        &mut self,
+        suspects: &[(TestCase, TestResult)],
+        n: u32,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        self.enter(
+            Stage::RunTests,
+            format!("judging {} suspect generated test(s)", suspects.len()),
+        );
         let guide = self.deps.guidelines.for_role(Role::Critic, false);
         let pairs: Vec<(&TestCase, &TestResult)> = suspects.iter().map(|(c, r)| (c, r)).collect();
         let req = roles::judge_tests_request(&self.view, &guide, &pairs);
         for (c, _) in suspects {
             self.judged.insert(c.id.clone());
         }
-        match self.call_parsed(Role::Critic, req, roles::parse_verdicts, cancel).await? {
+        match self
+            .call_parsed(Role::Critic, req, roles::parse_verdicts, cancel)
+            .await?
+        {
             Ok(verdicts) => {
                 for v in verdicts.into_iter().filter(|v| v.test_is_wrong) {
                     if suspects.iter().any(|(c, _)| c.id == v.id) {
-                        let reason = format!("contradicts the docstring (critic): {}", v.reason.trim());
+                        let reason =
+                            format!("contradicts the docstring (critic): {}", v.reason.trim());
                         self.drop_test(&v.id, &reason, n)?;
                     }
                 }
             }
-            Err(e) => self.note(format!("critic's verdicts on suspect tests unusable ({e}); keeping the tests")),
+            Err(e) => self.note(format!(
+                "critic's verdicts on suspect tests unusable ({e}); keeping the tests"
+            )),
         }
         Ok(())
     }
@@ -883,7 +1088,11 @@ impl TaskRun {
         let a = self.attempts.last().expect("attempt");
         let report = crate::checks::validate(&self.stub, &a.standalone, &self.deps.settings.python);
         self.finish_checks(report, "validate", t0)?;
-        Ok(if self.last_has_errors() { Stage::Critique } else { Stage::SecurityCheck })
+        Ok(if self.last_has_errors() {
+            Stage::Critique
+        } else {
+            Stage::SecurityCheck
+        })
     }
 
     fn step_security(&mut self) -> Result<Stage, PipelineError> {
@@ -899,9 +1108,16 @@ impl TaskRun {
         }
     }
 
-    fn finish_checks(&mut self, report: crate::types::CheckReport, phase: &str, t0: Instant) -> Result<(), PipelineError> {
+    fn finish_checks(
+        &mut self,
+        report: crate::types::CheckReport,
+        phase: &str,
+        t0: Instant,
+    ) -> Result<(), PipelineError> {
         let a = self.attempts.last().expect("attempt");
-        self.deps.store.add_findings(a.id, phase, &report.findings)?;
+        self.deps
+            .store
+            .add_findings(a.id, phase, &report.findings)?;
         for n in report.notes {
             if !self.notes.contains(&n) {
                 self.note(n);
@@ -909,23 +1125,37 @@ impl TaskRun {
         }
         let a = self.attempts.last_mut().expect("attempt");
         a.findings.extend(report.findings);
-        a.stage_times.insert(phase.to_string(), t0.elapsed().as_millis() as u64);
+        a.stage_times
+            .insert(phase.to_string(), t0.elapsed().as_millis() as u64);
         Ok(())
     }
 
     fn last_has_errors(&self) -> bool {
-        self.attempts.last().is_some_and(|a| a.findings.iter().any(|f| f.severity == Severity::Error))
+        self.attempts
+            .last()
+            .is_some_and(|a| a.findings.iter().any(|f| f.severity == Severity::Error))
     }
 
     async fn step_critique(&mut self, cancel: &CancellationToken) -> Result<Stage, PipelineError> {
         self.close_last_attempt("needs work")?;
         if !self.feedback_unaddressed && self.round_attempts >= self.max_attempts() {
-            self.note(format!("refinement budget spent ({} attempts): offering the best attempt", self.round_attempts));
+            self.note(format!(
+                "refinement budget spent ({} attempts): offering the best attempt",
+                self.round_attempts
+            ));
             return Ok(Stage::Review);
         }
         self.enter(Stage::Critique, "critique".into());
-        let a = self.attempts.last().expect("Critique follows an attempt").clone();
-        let feedback = if self.feedback_unaddressed { self.feedback.clone() } else { None };
+        let a = self
+            .attempts
+            .last()
+            .expect("Critique follows an attempt")
+            .clone();
+        let feedback = if self.feedback_unaddressed {
+            self.feedback.clone()
+        } else {
+            None
+        };
         if let Some(f) = &a.failure {
             // Nothing ran: the developer's reply itself was unusable; that is the critique.
             self.critique = format!("The previous reply was unusable: {f}. Reply with one ```python block defining the function.");
@@ -933,8 +1163,17 @@ impl TaskRun {
             return Ok(Stage::WriteCode);
         }
         let failures = failures_of(&self.tests, a.run.as_ref());
-        let errors: Vec<Finding> = a.findings.iter().filter(|f| f.severity == Severity::Error).cloned().collect();
-        let code = if a.generated.is_empty() { self.view.source.clone() } else { a.generated.clone() };
+        let errors: Vec<Finding> = a
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .cloned()
+            .collect();
+        let code = if a.generated.is_empty() {
+            self.view.source.clone()
+        } else {
+            a.generated.clone()
+        };
         let guide = self.deps.guidelines.for_role(Role::Critic, true);
         let load_note;
         let mut failures = failures;
@@ -961,15 +1200,31 @@ impl TaskRun {
             };
             failures.insert(0, (&load_case, &load_result));
         }
-        let req = roles::critique_request(&self.view, &guide, &code, &failures, &errors, feedback.as_deref());
+        let req = roles::critique_request(
+            &self.view,
+            &guide,
+            &code,
+            &failures,
+            &errors,
+            feedback.as_deref(),
+        );
         let fallback = roles::describe_failures(&failures, 4);
-        match self.call_parsed(Role::Critic, req, roles::parse_critique, cancel).await? {
+        match self
+            .call_parsed(Role::Critic, req, roles::parse_critique, cancel)
+            .await?
+        {
             Ok(c) => {
                 self.critique = c.text();
-                self.deps.store.add_critique(a.id, &self.critique, Some(&serde_json::to_string(&c).unwrap_or_default()))?;
+                self.deps.store.add_critique(
+                    a.id,
+                    &self.critique,
+                    Some(&serde_json::to_string(&c).unwrap_or_default()),
+                )?;
             }
             Err(e) => {
-                self.note(format!("critic output unusable ({e}); passing the raw failures to the developer"));
+                self.note(format!(
+                    "critic output unusable ({e}); passing the raw failures to the developer"
+                ));
                 self.critique = fallback;
                 self.deps.store.add_critique(a.id, &self.critique, None)?;
             }
@@ -979,30 +1234,52 @@ impl TaskRun {
 
     /// Score for choosing the best attempt: docstring passes, generated passes, fewer error findings.
     fn score(&self, a: &Attempt) -> (usize, usize, i64, u32) {
-        let Some(run) = &a.run else { return (0, 0, i64::MIN, a.n) };
+        let Some(run) = &a.run else {
+            return (0, 0, i64::MIN, a.n);
+        };
         let active: HashSet<&str> = self.tests.iter().map(|t| t.id.as_str()).collect();
         let origin = |id: &str| self.tests.iter().find(|t| t.id == id).map(|t| t.origin);
         let mut doc = 0;
         let mut gen = 0;
-        for r in run.results.iter().filter(|r| r.passed && active.contains(r.test_id.as_str())) {
+        for r in run
+            .results
+            .iter()
+            .filter(|r| r.passed && active.contains(r.test_id.as_str()))
+        {
             match origin(&r.test_id) {
                 Some(TestOrigin::Docstring) => doc += 1,
                 Some(TestOrigin::Generated) => gen += 1,
                 None => {}
             }
         }
-        let errors = a.findings.iter().filter(|f| f.severity == Severity::Error).count() as i64;
+        let errors = a
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count() as i64;
         (doc, gen, -errors, a.n)
     }
 
     fn close_last_attempt(&mut self, verdict: &str) -> Result<(), PipelineError> {
-        let Some(a) = self.attempts.last() else { return Ok(()) };
-        let (passed, failed) = a.run.as_ref().map_or((0, 0), |r| (r.passed() as u32, (r.results.len() - r.passed()) as u32));
-        let errors = a.findings.iter().filter(|f| f.severity == Severity::Error).count() as u32;
+        let Some(a) = self.attempts.last() else {
+            return Ok(());
+        };
+        let (passed, failed) = a.run.as_ref().map_or((0, 0), |r| {
+            (r.passed() as u32, (r.results.len() - r.passed()) as u32)
+        });
+        let errors = a
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count() as u32;
         let stage_reached = if a.failure.is_some() {
             "write_code"
         } else if !a.findings.is_empty() || a.stage_times.contains_key("validate") {
-            if a.stage_times.contains_key("security") { "security_check" } else { "validate" }
+            if a.stage_times.contains_key("security") {
+                "security_check"
+            } else {
+                "validate"
+            }
         } else {
             "run_tests"
         };
@@ -1027,14 +1304,20 @@ impl TaskRun {
         if last_passing {
             self.close_last_attempt("passing")?;
         }
-        let usable = |a: &&Attempt| a.failure.is_none() && a.run.is_some() && !a.generated.is_empty();
+        let usable =
+            |a: &&Attempt| a.failure.is_none() && a.run.is_some() && !a.generated.is_empty();
         let round = &self.attempts[self.round_start.min(self.attempts.len())..];
         // Prefer this round's attempts (a rejected proposal should not come straight back).
         let best = round
             .iter()
             .filter(usable)
             .max_by_key(|a| self.score(a))
-            .or_else(|| self.attempts.iter().filter(usable).max_by_key(|a| self.score(a)))
+            .or_else(|| {
+                self.attempts
+                    .iter()
+                    .filter(usable)
+                    .max_by_key(|a| self.score(a))
+            })
             .cloned();
         let best = match best {
             Some(b) => b,
@@ -1047,9 +1330,18 @@ impl TaskRun {
             reasons.push(format!("the module fails to load: {le}"));
         }
         for (c, r) in failures_of(&self.tests, Some(&run)) {
-            reasons.push(format!("test {} `{}` fails: {}", c.id, c.call.replace('\n', "; "), r.message.clone().unwrap_or_default()));
+            reasons.push(format!(
+                "test {} `{}` fails: {}",
+                c.id,
+                c.call.replace('\n', "; "),
+                r.message.clone().unwrap_or_default()
+            ));
         }
-        for f in best.findings.iter().filter(|f| f.severity == Severity::Error) {
+        for f in best
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+        {
             reasons.push(format!("{} finding {}: {}", f.tool, f.rule, f.message));
         }
         if !passing && reasons.is_empty() {
@@ -1058,7 +1350,10 @@ impl TaskRun {
         let tests = self
             .tests
             .iter()
-            .map(|c| CaseOutcome { case: c.clone(), result: run.results.iter().find(|r| r.test_id == c.id).cloned() })
+            .map(|c| CaseOutcome {
+                case: c.clone(),
+                result: run.results.iter().find(|r| r.test_id == c.id).cloned(),
+            })
             .collect();
         let diff = unified_diff(&self.spec.source, &best.full_source, &self.spec.file);
         let mut proposal = Proposal {
@@ -1085,14 +1380,24 @@ impl TaskRun {
         if self.deps.settings.write_proposal_files {
             match write_proposal_files(&self.spec.workspace, &proposal) {
                 Ok(dir) => {
-                    self.deps.store.set_task_proposal_dir(self.task, &dir.display().to_string())?;
+                    self.deps
+                        .store
+                        .set_task_proposal_dir(self.task, &dir.display().to_string())?;
                     proposal.dir = Some(dir);
                 }
                 Err(e) => tracing::warn!("could not write the proposal files: {e}"),
             }
         }
-        let status_reason = if passing { None } else { Some(proposal.reasons.join("; ")) };
-        self.deps.store.set_task_status(self.task, TaskStatus::AwaitingReview, status_reason.as_deref())?;
+        let status_reason = if passing {
+            None
+        } else {
+            Some(proposal.reasons.join("; "))
+        };
+        self.deps.store.set_task_status(
+            self.task,
+            TaskStatus::AwaitingReview,
+            status_reason.as_deref(),
+        )?;
         let boxed = Box::new(proposal);
         self.proposal = Some(boxed.clone());
         Ok(boxed)
@@ -1111,7 +1416,9 @@ impl TaskRun {
         let p = self.proposal.as_ref().expect("Package follows Review");
         let wall = self.started.elapsed().as_millis() as u64;
         self.deps.store.set_task_final(self.task, &p.code, wall)?;
-        self.deps.store.set_task_status(self.task, TaskStatus::Accepted, None)?;
+        self.deps
+            .store
+            .set_task_status(self.task, TaskStatus::Accepted, None)?;
         Ok(Stage::Done)
     }
 
@@ -1119,9 +1426,17 @@ impl TaskRun {
         let detail = self.deps.store.task(self.task)?;
         let (status, reason) = match detail {
             Some(d) => (d.task.status, d.task.status_reason),
-            None => (TaskStatus::Failed, Some("task vanished from the store".into())),
+            None => (
+                TaskStatus::Failed,
+                Some("task vanished from the store".into()),
+            ),
         };
-        Ok(Outcome { task: self.task.0, status, reason, proposal: self.proposal.clone() })
+        Ok(Outcome {
+            task: self.task.0,
+            status,
+            reason,
+            proposal: self.proposal.clone(),
+        })
     }
 }
 
@@ -1138,7 +1453,13 @@ fn stage_fraction(stage: Stage) -> u32 {
 
 /// Whether `s` looks like an exception name (`ValueError`, `json.JSONDecodeError`).
 fn is_identifier_path(s: &str) -> bool {
-    !s.is_empty() && s.split('.').all(|p| p.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_') && p.chars().all(|c| c.is_alphanumeric() || c == '_'))
+    !s.is_empty()
+        && s.split('.').all(|p| {
+            p.chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_alphanumeric() || c == '_')
+        })
 }
 
 /// Whitespace-insensitive key for comparing Python snippets (`add(2,3)` and
@@ -1172,11 +1493,19 @@ fn normalize(s: &str) -> String {
 }
 
 /// The failing active test cases of a run, paired with their results.
-fn failures_of<'a>(tests: &'a [TestCase], run: Option<&'a TestRun>) -> Vec<(&'a TestCase, &'a TestResult)> {
+fn failures_of<'a>(
+    tests: &'a [TestCase],
+    run: Option<&'a TestRun>,
+) -> Vec<(&'a TestCase, &'a TestResult)> {
     let Some(run) = run else { return Vec::new() };
     tests
         .iter()
-        .filter_map(|c| run.results.iter().find(|r| r.test_id == c.id).map(|r| (c, r)))
+        .filter_map(|c| {
+            run.results
+                .iter()
+                .find(|r| r.test_id == c.id)
+                .map(|r| (c, r))
+        })
         .filter(|(_, r)| !r.passed)
         .collect()
 }
@@ -1193,12 +1522,23 @@ pub fn unified_diff(old: &str, new: &str, file: &Path) -> String {
 
 /// The test module written beside a proposal: one pytest function per test case.
 pub fn render_test_module(p: &Proposal, module: &str) -> String {
-    let mut s = format!("# Tests docsmith designed for `{}` (task {}).\n", p.function, p.task);
+    let mut s = format!(
+        "# Tests docsmith designed for `{}` (task {}).\n",
+        p.function, p.task
+    );
     s.push_str(&format!("from {module} import *  # noqa: F401,F403\n\n"));
     for t in &p.tests {
         let c = &t.case;
         s.push_str(&format!("\ndef test_{}():\n", c.id));
-        s.push_str(&format!("    # {} test{}\n", c.origin.as_str(), if c.note.is_empty() { String::new() } else { format!(": {}", c.note.lines().next().unwrap_or("")) }));
+        s.push_str(&format!(
+            "    # {} test{}\n",
+            c.origin.as_str(),
+            if c.note.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", c.note.lines().next().unwrap_or(""))
+            }
+        ));
         let lines: Vec<&str> = c.call.lines().collect();
         let (setup, last) = lines.split_at(lines.len().saturating_sub(1));
         for l in setup {
@@ -1207,7 +1547,9 @@ pub fn render_test_module(p: &Proposal, module: &str) -> String {
         let last = last.first().copied().unwrap_or("");
         match &c.raises {
             Some(exc) => {
-                s.push_str(&format!("    import pytest\n    with pytest.raises({exc}):\n        {last}\n"));
+                s.push_str(&format!(
+                    "    import pytest\n    with pytest.raises({exc}):\n        {last}\n"
+                ));
             }
             None => s.push_str(&format!("    assert {last} == {}\n", c.expected)),
         }
@@ -1242,7 +1584,14 @@ pub fn render_report(p: &Proposal) -> String {
     for t in &p.tests {
         let res = match &t.result {
             Some(r) if r.passed => "pass".to_string(),
-            Some(r) => format!("FAIL: {}", r.message.clone().unwrap_or_default().replace('|', "\\|").replace('\n', " ")),
+            Some(r) => format!(
+                "FAIL: {}",
+                r.message
+                    .clone()
+                    .unwrap_or_default()
+                    .replace('|', "\\|")
+                    .replace('\n', " ")
+            ),
             None => "not run".into(),
         };
         s.push_str(&format!(
@@ -1250,7 +1599,11 @@ pub fn render_report(p: &Proposal) -> String {
             t.case.id,
             t.case.origin.as_str(),
             t.case.call.replace('\n', "; ").replace('|', "\\|"),
-            t.case.raises.as_ref().map_or(t.case.expected.clone(), |e| format!("raises {e}")).replace('|', "\\|"),
+            t.case
+                .raises
+                .as_ref()
+                .map_or(t.case.expected.clone(), |e| format!("raises {e}"))
+                .replace('|', "\\|"),
             res
         ));
     }
@@ -1265,7 +1618,14 @@ pub fn render_report(p: &Proposal) -> String {
         s.push_str("none\n");
     }
     for f in &p.findings {
-        s.push_str(&format!("- {:?} {} ({}){}: {}\n", f.severity, f.rule, f.tool, f.line.map_or(String::new(), |l| format!(" line {l}")), f.message));
+        s.push_str(&format!(
+            "- {:?} {} ({}){}: {}\n",
+            f.severity,
+            f.rule,
+            f.tool,
+            f.line.map_or(String::new(), |l| format!(" line {l}")),
+            f.message
+        ));
     }
     if !p.notes.is_empty() {
         s.push_str("\n## Notes\n\n");
@@ -1280,10 +1640,16 @@ pub fn render_report(p: &Proposal) -> String {
 /// Writes `<workspace>/.docsmith/proposals/<task>/` with `<name>.py`, `test_<name>.py`,
 /// `proposal.diff` and `report.md`; returns the directory.
 pub fn write_proposal_files(workspace: &Path, p: &Proposal) -> std::io::Result<PathBuf> {
-    let dir = workspace.join(".docsmith").join("proposals").join(p.task.to_string());
+    let dir = workspace
+        .join(".docsmith")
+        .join("proposals")
+        .join(p.task.to_string());
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join(format!("{}.py", p.function)), &p.code)?;
-    std::fs::write(dir.join(format!("test_{}.py", p.function)), render_test_module(p, &p.function))?;
+    std::fs::write(
+        dir.join(format!("test_{}.py", p.function)),
+        render_test_module(p, &p.function),
+    )?;
     std::fs::write(dir.join("proposal.diff"), &p.diff)?;
     std::fs::write(dir.join("report.md"), render_report(p))?;
     Ok(dir)

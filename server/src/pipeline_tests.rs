@@ -24,7 +24,10 @@ fn plan(question: &str) -> String {
 }
 
 fn tests_json(pairs: &[(&str, &str)]) -> String {
-    let tests: Vec<_> = pairs.iter().map(|(c, e)| serde_json::json!({"call": c, "expected": e, "why": "edge"})).collect();
+    let tests: Vec<_> = pairs
+        .iter()
+        .map(|(c, e)| serde_json::json!({"call": c, "expected": e, "why": "edge"}))
+        .collect();
     serde_json::json!({ "tests": tests }).to_string()
 }
 
@@ -67,7 +70,9 @@ struct Harness {
 
 fn harness(script: Script, settings: Settings) -> Harness {
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let counters = Arc::new(Mutex::new(std::collections::HashMap::<&'static str, usize>::new()));
+    let counters = Arc::new(Mutex::new(
+        std::collections::HashMap::<&'static str, usize>::new(),
+    ));
     let log = calls.clone();
     let provider = ScriptedProvider::new(move |req: &CompletionRequest| {
         let role = role_of(req);
@@ -95,7 +100,12 @@ fn harness(script: Script, settings: Settings) -> Harness {
         settings,
     };
     let path = ws.path().to_path_buf();
-    Harness { deps, calls, _ws: ws, ws: path }
+    Harness {
+        deps,
+        calls,
+        _ws: ws,
+        ws: path,
+    }
 }
 
 fn spec(h: &Harness, feedback: Option<&str>, source: &str) -> TaskSpec {
@@ -105,7 +115,11 @@ fn spec(h: &Harness, feedback: Option<&str>, source: &str) -> TaskSpec {
         source: source.to_string(),
         target: Target::Name("add".into()),
         feedback: feedback.map(str::to_string),
-        kind: if feedback.is_some() { TaskKind::Refine } else { TaskKind::Generate },
+        kind: if feedback.is_some() {
+            TaskKind::Refine
+        } else {
+            TaskKind::Generate
+        },
     }
 }
 
@@ -120,7 +134,10 @@ fn script(developer: &[&str]) -> Script {
 }
 
 /// Runs to the review pause, collecting the stages entered.
-async fn to_review(run: &mut TaskRun, rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> (Box<Proposal>, Vec<Stage>) {
+async fn to_review(
+    run: &mut TaskRun,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> (Box<Proposal>, Vec<Stage>) {
     let cancel = CancellationToken::new();
     let pause = run.advance(&cancel).await.expect("advance");
     let mut stages = Vec::new();
@@ -137,9 +154,15 @@ async fn to_review(run: &mut TaskRun, rx: &mut tokio::sync::mpsc::UnboundedRecei
     }
 }
 
-fn start(h: &Harness, feedback: Option<&str>) -> (TaskRun, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+fn start(
+    h: &Harness,
+    feedback: Option<&str>,
+) -> (TaskRun, tokio::sync::mpsc::UnboundedReceiver<Event>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    (TaskRun::start(spec(h, feedback, STUB), h.deps.clone(), Some(tx)).unwrap(), rx)
+    (
+        TaskRun::start(spec(h, feedback, STUB), h.deps.clone(), Some(tx)).unwrap(),
+        rx,
+    )
 }
 
 #[tokio::test]
@@ -149,13 +172,27 @@ async fn happy_path_runs_every_stage_once_and_is_accepted() {
     let (p, stages) = to_review(&mut run, &mut rx).await;
     assert_eq!(
         stages,
-        vec![Stage::Plan, Stage::DesignTests, Stage::WriteCode, Stage::RunTests, Stage::Validate, Stage::SecurityCheck, Stage::Review]
+        vec![
+            Stage::Plan,
+            Stage::DesignTests,
+            Stage::WriteCode,
+            Stage::RunTests,
+            Stage::Validate,
+            Stage::SecurityCheck,
+            Stage::Review
+        ]
     );
     assert!(p.passing, "{:?}", p.reasons);
     assert_eq!(p.test_counts(), (3, 3));
     assert!(p.new_source.contains("    return a + b\n"));
-    assert!(p.new_source.contains("def other():"), "the rest of the file is kept");
-    assert!(p.new_source.contains("    >>> add(2, 3)\n"), "the user's docstring is kept");
+    assert!(
+        p.new_source.contains("def other():"),
+        "the rest of the file is kept"
+    );
+    assert!(
+        p.new_source.contains("    >>> add(2, 3)\n"),
+        "the user's docstring is kept"
+    );
     assert!(p.diff.contains("-    ...") && p.diff.contains("+    return a + b"));
     let dir = p.dir.clone().expect("proposal files written");
     for f in ["add.py", "test_add.py", "proposal.diff", "report.md"] {
@@ -168,7 +205,10 @@ async fn happy_path_runs_every_stage_once_and_is_accepted() {
     }
     let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
     assert_eq!(d.task.status, TaskStatus::Accepted);
-    assert_eq!(*h.calls.lock().unwrap(), vec!["planner", "tests", "developer"]);
+    assert_eq!(
+        *h.calls.lock().unwrap(),
+        vec!["planner", "tests", "developer"]
+    );
 }
 
 #[tokio::test]
@@ -180,19 +220,35 @@ async fn failing_tests_go_to_the_critic_and_a_rewrite_fixes_them() {
     assert_eq!(p.attempts, 2);
     assert_eq!(p.attempt, 2);
     assert!(stages.contains(&Stage::Critique));
-    assert_eq!(*h.calls.lock().unwrap(), vec!["planner", "tests", "developer", "critic", "developer"]);
+    assert_eq!(
+        *h.calls.lock().unwrap(),
+        vec!["planner", "tests", "developer", "critic", "developer"]
+    );
 }
 
 #[tokio::test]
 async fn a_spent_budget_still_offers_the_best_attempt_marked_failing() {
-    let settings = Settings { max_refinements: 2, ..Settings::default() };
+    let settings = Settings {
+        max_refinements: 2,
+        ..Settings::default()
+    };
     let h = harness(script(&[WRONG]), settings);
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(!p.passing);
     assert_eq!(p.attempts, 3, "1 + max_refinements attempts");
-    assert!(p.reasons.iter().any(|r| r.contains("add(2, 3)")), "{:?}", p.reasons);
-    let devs = h.calls.lock().unwrap().iter().filter(|r| **r == "developer").count();
+    assert!(
+        p.reasons.iter().any(|r| r.contains("add(2, 3)")),
+        "{:?}",
+        p.reasons
+    );
+    let devs = h
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| **r == "developer")
+        .count();
     assert_eq!(devs, 3);
 }
 
@@ -207,22 +263,48 @@ async fn a_generated_test_that_contradicts_the_docstring_is_dropped_and_recorded
     assert!(p.passing);
     assert_eq!(p.dropped.len(), 1);
     assert_eq!(p.dropped[0].0, "gen1");
-    assert_eq!(p.attempts, 1, "no rewrite was needed once the wrong test was dropped");
+    assert_eq!(
+        p.attempts, 1,
+        "no rewrite was needed once the wrong test was dropped"
+    );
     let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
-    assert!(d.test_cases.iter().any(|t| t.case.id == "gen1" && t.dropped.is_some()), "drop recorded in the store");
+    assert!(
+        d.test_cases
+            .iter()
+            .any(|t| t.case.id == "gen1" && t.dropped.is_some()),
+        "drop recorded in the store"
+    );
 }
 
 #[tokio::test]
 async fn a_generated_test_the_critic_upholds_sends_the_code_back() {
     let mut s = script(&[GOOD, GOOD]);
     s.tests = vec![tests_json(&[("add(10, 20)", "31")])];
-    s.judge = vec![serde_json::json!({"verdicts": [{"id": "gen1", "test_is_wrong": false, "reason": "ok"}]}).to_string()];
-    let h = harness(s, Settings { max_refinements: 1, ..Settings::default() });
+    s.judge = vec![
+        serde_json::json!({"verdicts": [{"id": "gen1", "test_is_wrong": false, "reason": "ok"}]})
+            .to_string(),
+    ];
+    let h = harness(
+        s,
+        Settings {
+            max_refinements: 1,
+            ..Settings::default()
+        },
+    );
     let (mut run, mut rx) = start(&h, None);
     let (p, stages) = to_review(&mut run, &mut rx).await;
     assert!(!p.passing, "the upheld test keeps failing");
     assert!(stages.contains(&Stage::Critique));
-    assert_eq!(h.calls.lock().unwrap().iter().filter(|r| **r == "judge").count(), 1, "each suspect is judged once");
+    assert_eq!(
+        h.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| **r == "judge")
+            .count(),
+        1,
+        "each suspect is judged once"
+    );
 }
 
 #[tokio::test]
@@ -245,7 +327,10 @@ async fn security_findings_go_to_the_critic() {
     let (p, stages) = to_review(&mut run, &mut rx).await;
     assert!(p.passing);
     assert_eq!(p.attempts, 2);
-    let i = stages.iter().position(|s| *s == Stage::SecurityCheck).unwrap();
+    let i = stages
+        .iter()
+        .position(|s| *s == Stage::SecurityCheck)
+        .unwrap();
     assert_eq!(stages[i + 1], Stage::Critique);
 }
 
@@ -253,7 +338,13 @@ async fn security_findings_go_to_the_critic() {
 async fn a_question_pauses_the_loop_and_the_answer_goes_back_to_the_planner() {
     let mut s = script(&[GOOD]);
     s.planner = vec![plan("ints or floats?"), plan("")];
-    let h = harness(s, Settings { interactive: true, ..Settings::default() });
+    let h = harness(
+        s,
+        Settings {
+            interactive: true,
+            ..Settings::default()
+        },
+    );
     let (mut run, _rx) = start(&h, None);
     let cancel = CancellationToken::new();
     match run.advance(&cancel).await.unwrap() {
@@ -263,23 +354,51 @@ async fn a_question_pauses_the_loop_and_the_answer_goes_back_to_the_planner() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(run.reply(Reply::Accept).is_err(), "an accept does not answer a question");
+    assert!(
+        run.reply(Reply::Accept).is_err(),
+        "an accept does not answer a question"
+    );
     run.reply(Reply::Answer("ints".into())).unwrap();
-    assert!(matches!(run.advance(&cancel).await.unwrap(), Pause::Review(_)));
-    assert_eq!(h.calls.lock().unwrap().iter().filter(|r| **r == "planner").count(), 2);
+    assert!(matches!(
+        run.advance(&cancel).await.unwrap(),
+        Pause::Review(_)
+    ));
+    assert_eq!(
+        h.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| **r == "planner")
+            .count(),
+        2
+    );
 }
 
 #[tokio::test]
 async fn the_clarification_budget_ends_questions_with_assumptions() {
     let mut s = script(&[GOOD]);
     s.planner = vec![plan("ints or floats?")];
-    let h = harness(s, Settings { interactive: true, max_clarifications: 1, ..Settings::default() });
+    let h = harness(
+        s,
+        Settings {
+            interactive: true,
+            max_clarifications: 1,
+            ..Settings::default()
+        },
+    );
     let (mut run, _rx) = start(&h, None);
     let cancel = CancellationToken::new();
-    assert!(matches!(run.advance(&cancel).await.unwrap(), Pause::Question(_)));
+    assert!(matches!(
+        run.advance(&cancel).await.unwrap(),
+        Pause::Question(_)
+    ));
     run.reply(Reply::Answer("ints".into())).unwrap();
     match run.advance(&cancel).await.unwrap() {
-        Pause::Review(p) => assert!(p.notes.iter().any(|n| n.contains("assumptions taken")), "{:?}", p.notes),
+        Pause::Review(p) => assert!(
+            p.notes.iter().any(|n| n.contains("assumptions taken")),
+            "{:?}",
+            p.notes
+        ),
         other => panic!("the second question must not be asked: {other:?}"),
     }
 }
@@ -305,7 +424,12 @@ async fn refine_with_feedback_starts_from_the_users_code() {
     let h = harness(script(&[GOOD]), Settings::default());
     let source = STUB.replace("    ...\n", "    return a - b\n");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut run = TaskRun::start(spec(&h, Some("it subtracts"), &source), h.deps.clone(), Some(tx)).unwrap();
+    let mut run = TaskRun::start(
+        spec(&h, Some("it subtracts"), &source),
+        h.deps.clone(),
+        Some(tx),
+    )
+    .unwrap();
     let (p, stages) = to_review(&mut run, &mut rx).await;
     assert!(p.passing);
     assert!(stages.contains(&Stage::Critique));
@@ -326,12 +450,21 @@ async fn discard_ends_the_task() {
 
 #[tokio::test]
 async fn unusable_developer_output_is_repaired_once_then_counts_as_a_failed_attempt() {
-    let h = harness(script(&["I cannot do that.", "still no code", GOOD]), Settings::default());
+    let h = harness(
+        script(&["I cannot do that.", "still no code", GOOD]),
+        Settings::default(),
+    );
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(p.passing);
     assert_eq!(p.attempts, 2);
-    let devs = h.calls.lock().unwrap().iter().filter(|r| **r == "developer").count();
+    let devs = h
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| **r == "developer")
+        .count();
     assert_eq!(devs, 3, "first reply, one repair, then the rewrite");
 }
 
@@ -345,14 +478,21 @@ async fn unparsable_planner_and_test_designer_output_degrades_to_the_docstring()
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(p.passing);
     assert_eq!(p.test_counts(), (2, 2), "the docstring's two examples only");
-    assert!(p.notes.iter().any(|n| n.contains("planner output unusable")));
+    assert!(p
+        .notes
+        .iter()
+        .any(|n| n.contains("planner output unusable")));
 }
 
 #[tokio::test]
 async fn a_dead_provider_fails_the_task_with_the_reason_recorded() {
-    let provider: Arc<dyn Provider> = Arc::new(ScriptedProvider::new(|_req: &CompletionRequest| {
-        Err(LlmError::Unreachable { url: "http://127.0.0.1:9".into(), message: "connection refused".into() })
-    }));
+    let provider: Arc<dyn Provider> =
+        Arc::new(ScriptedProvider::new(|_req: &CompletionRequest| {
+            Err(LlmError::Unreachable {
+                url: "http://127.0.0.1:9".into(),
+                message: "connection refused".into(),
+            })
+        }));
     let mut h = harness(Script::default(), Settings::default());
     h.deps.router = Arc::new(Router::uniform(provider));
     let (mut run, _rx) = start(&h, None);
@@ -360,7 +500,11 @@ async fn a_dead_provider_fails_the_task_with_the_reason_recorded() {
     assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
     let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
     assert_eq!(d.task.status, TaskStatus::Failed);
-    assert!(d.task.status_reason.unwrap_or_default().contains("127.0.0.1:9"));
+    assert!(d
+        .task
+        .status_reason
+        .unwrap_or_default()
+        .contains("127.0.0.1:9"));
 }
 
 #[tokio::test]
@@ -369,7 +513,10 @@ async fn cancel_stops_the_task_and_records_it() {
     let (mut run, _rx) = start(&h, None);
     let cancel = CancellationToken::new();
     cancel.cancel();
-    assert!(matches!(run.advance(&cancel).await, Err(PipelineError::Cancelled)));
+    assert!(matches!(
+        run.advance(&cancel).await,
+        Err(PipelineError::Cancelled)
+    ));
     let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
     assert_eq!(d.task.status, TaskStatus::Cancelled);
 }
@@ -379,7 +526,9 @@ async fn a_missing_function_lists_the_ones_there() {
     let h = harness(script(&[GOOD]), Settings::default());
     let mut sp = spec(&h, None, STUB);
     sp.target = Target::Name("nope".into());
-    let err = TaskRun::start(sp, h.deps.clone(), None).err().expect("must fail");
+    let err = TaskRun::start(sp, h.deps.clone(), None)
+        .err()
+        .expect("must fail");
     let msg = err.to_string();
     assert!(msg.contains("nope") && msg.contains("add"), "{msg}");
 }

@@ -116,7 +116,9 @@ pub struct Critique {
 impl Critique {
     /// Critique text as stored and shown (one paragraph).
     pub fn text(&self) -> String {
-        format!("{}\n{}", self.root_cause.trim(), self.instructions.trim()).trim().to_string()
+        format!("{}\n{}", self.root_cause.trim(), self.instructions.trim())
+            .trim()
+            .to_string()
     }
 }
 
@@ -164,7 +166,11 @@ fn system(guidelines: &str, role_line: &str) -> ChatMessage {
     }
 }
 
-fn request(messages: Vec<ChatMessage>, max_tokens: u32, schema: Option<Value>) -> CompletionRequest {
+fn request(
+    messages: Vec<ChatMessage>,
+    max_tokens: u32,
+    schema: Option<Value>,
+) -> CompletionRequest {
     CompletionRequest {
         messages,
         temperature: 0.0,
@@ -197,14 +203,22 @@ pub fn plan_schema() -> Value {
 
 /// Planner prompt: restate the task, list steps and edge cases, and ask a question
 /// only when the docstring allows two reasonable readings with different results.
-pub fn plan_request(stub: &StubView, guidelines: &str, answered: &[Clarification], may_ask: bool) -> CompletionRequest {
+pub fn plan_request(
+    stub: &StubView,
+    guidelines: &str,
+    answered: &[Clarification],
+    may_ask: bool,
+) -> CompletionRequest {
     let mut user = format!(
         "Plan the implementation of `{}`.\n\n{}\n",
         stub.name,
         stub_block(stub)
     );
     for c in answered {
-        user.push_str(&format!("\nQuestion asked: {}\nUser's answer: {}\n", c.question, c.answer));
+        user.push_str(&format!(
+            "\nQuestion asked: {}\nUser's answer: {}\n",
+            c.question, c.answer
+        ));
     }
     if may_ask {
         user.push_str(
@@ -213,11 +227,19 @@ pub fn plan_request(stub: &StubView, guidelines: &str, answered: &[Clarification
              `question` empty and list what you assume in `assumptions`.\n",
         );
     } else {
-        user.push_str("\nDo not ask questions: leave `question` empty and state assumptions instead.\n");
+        user.push_str(
+            "\nDo not ask questions: leave `question` empty and state assumptions instead.\n",
+        );
     }
     user.push_str("Reply with JSON only.");
     request(
-        vec![system(guidelines, "You are the planner of a careful Python developer team."), ChatMessage::user(user)],
+        vec![
+            system(
+                guidelines,
+                "You are the planner of a careful Python developer team.",
+            ),
+            ChatMessage::user(user),
+        ],
         PLAN_MAX_TOKENS,
         Some(plan_schema()),
     )
@@ -264,7 +286,11 @@ pub fn tests_request(
     if !examples.is_empty() {
         user.push_str("The docstring's own examples (already tests; do not repeat them):\n");
         for e in examples {
-            user.push_str(&format!("- {} == {}\n", e.call.replace('\n', "; "), e.expected));
+            user.push_str(&format!(
+                "- {} == {}\n",
+                e.call.replace('\n', "; "),
+                e.expected
+            ));
         }
         user.push('\n');
     }
@@ -276,7 +302,13 @@ pub fn tests_request(
         stub.name
     ));
     request(
-        vec![system(guidelines, "You are the test designer of a careful Python developer team."), ChatMessage::user(user)],
+        vec![
+            system(
+                guidelines,
+                "You are the test designer of a careful Python developer team.",
+            ),
+            ChatMessage::user(user),
+        ],
         TESTS_MAX_TOKENS,
         Some(tests_schema(max_tests)),
     )
@@ -312,14 +344,25 @@ pub fn rewrite_temperature(attempt: u32) -> f32 {
 
 /// Developer prompt: the whole function in one ```python block; on a rewrite, the
 /// previous code, what failed, and the critic's instructions.
-pub fn code_request(stub: &StubView, guidelines: &str, plan: &Plan, rewrite: Option<&RewriteContext<'_>>) -> CompletionRequest {
-    let mut user = format!("Implement this Python function:\n\n{}\n\n", stub_block(stub));
+pub fn code_request(
+    stub: &StubView,
+    guidelines: &str,
+    plan: &Plan,
+    rewrite: Option<&RewriteContext<'_>>,
+) -> CompletionRequest {
+    let mut user = format!(
+        "Implement this Python function:\n\n{}\n\n",
+        stub_block(stub)
+    );
     let brief = plan.brief();
     if !brief.is_empty() {
         user.push_str(&format!("Plan:\n{brief}\n"));
     }
     if let Some(rw) = rewrite {
-        user.push_str(&format!("Your previous version:\n```python\n{}\n```\n\n", rw.previous_code.trim_end()));
+        user.push_str(&format!(
+            "Your previous version:\n```python\n{}\n```\n\n",
+            rw.previous_code.trim_end()
+        ));
         if let Some(fb) = rw.feedback {
             user.push_str(&format!("The user reviewed it and asks: {fb}\n\n"));
         }
@@ -409,10 +452,17 @@ pub fn critique_request(
     findings: &[Finding],
     feedback: Option<&str>,
 ) -> CompletionRequest {
-    let mut user = format!("Specification:\n\n{}\n\nCandidate:\n```python\n{}\n```\n\n", stub_block(stub), code.trim_end());
+    let mut user = format!(
+        "Specification:\n\n{}\n\nCandidate:\n```python\n{}\n```\n\n",
+        stub_block(stub),
+        code.trim_end()
+    );
     user.push_str(&describe_failures(failures, 4));
     for f in findings.iter().take(5) {
-        user.push_str(&format!("- finding {} (line {:?}): {}\n", f.rule, f.line, f.message));
+        user.push_str(&format!(
+            "- finding {} (line {:?}): {}\n",
+            f.rule, f.line, f.message
+        ));
     }
     if let Some(fb) = feedback {
         user.push_str(&format!("\nThe user's feedback on this candidate: {fb}\n"));
@@ -421,7 +471,10 @@ pub fn critique_request(
         "\nFind the root cause (not the symptom) and say precisely what to change. Never suggest special-casing test inputs. Reply with JSON only.",
     );
     request(
-        vec![system(guidelines, "You are a senior Python reviewer."), ChatMessage::user(user)],
+        vec![
+            system(guidelines, "You are a senior Python reviewer."),
+            ChatMessage::user(user),
+        ],
         CRITIQUE_MAX_TOKENS,
         Some(critique_schema()),
     )
@@ -466,7 +519,13 @@ pub fn judge_tests_request(
             case.id,
             case.call.replace('\n', "; "),
             truncate(&case.expected, 200),
-            truncate(res.actual.as_deref().or(res.message.as_deref()).unwrap_or("an error"), 200)
+            truncate(
+                res.actual
+                    .as_deref()
+                    .or(res.message.as_deref())
+                    .unwrap_or("an error"),
+                200
+            )
         ));
     }
     user.push_str(
@@ -474,14 +533,21 @@ pub fn judge_tests_request(
          only if the test's expected value contradicts the docstring. Reply with JSON only.",
     );
     request(
-        vec![system(guidelines, "You are a strict reviewer of test cases."), ChatMessage::user(user)],
+        vec![
+            system(guidelines, "You are a strict reviewer of test cases."),
+            ChatMessage::user(user),
+        ],
         CRITIQUE_MAX_TOKENS,
         Some(verdicts_schema()),
     )
 }
 
 /// The message asking for a corrected reply after a parse failure (one repair retry).
-pub fn repair_messages(original: &CompletionRequest, reply: &str, error: &ParseError) -> CompletionRequest {
+pub fn repair_messages(
+    original: &CompletionRequest,
+    reply: &str,
+    error: &ParseError,
+) -> CompletionRequest {
     let mut req = original.clone();
     req.messages.push(ChatMessage::assistant(reply.to_string()));
     req.messages.push(ChatMessage::user(format!(
@@ -497,7 +563,9 @@ pub fn parse_json_object(text: &str) -> Result<Value, String> {
     if let Ok(v) = serde_json::from_str::<Value>(t) {
         return Ok(v);
     }
-    let start = t.find('{').ok_or_else(|| "no JSON object found".to_string())?;
+    let start = t
+        .find('{')
+        .ok_or_else(|| "no JSON object found".to_string())?;
     let mut depth = 0i32;
     let mut in_str = false;
     let mut esc = false;
@@ -529,7 +597,10 @@ pub fn parse_json_object(text: &str) -> Result<Value, String> {
 
 fn parse_as<T: for<'de> Deserialize<'de>>(text: &str, what: &'static str) -> Result<T, ParseError> {
     let v = parse_json_object(text).map_err(|detail| ParseError::Json { what, detail })?;
-    serde_json::from_value(v).map_err(|e| ParseError::Json { what, detail: e.to_string() })
+    serde_json::from_value(v).map_err(|e| ParseError::Json {
+        what,
+        detail: e.to_string(),
+    })
 }
 
 /// Parses the planner's reply. Options beyond 4 are cut; a question with no text is cleared.
@@ -563,7 +634,9 @@ pub fn parse_code(text: &str, name: &str) -> Result<String, ParseError> {
     if code.contains(&needle) {
         Ok(code)
     } else {
-        Err(ParseError::NoCode { name: name.to_string() })
+        Err(ParseError::NoCode {
+            name: name.to_string(),
+        })
     }
 }
 
@@ -581,7 +654,8 @@ mod tests {
 
     #[test]
     fn json_is_found_inside_prose_and_fences() {
-        let v = parse_json_object("Sure!\n```json\n{\"a\": \"}\", \"b\": {\"c\": 1}}\n```\nDone").unwrap();
+        let v = parse_json_object("Sure!\n```json\n{\"a\": \"}\", \"b\": {\"c\": 1}}\n```\nDone")
+            .unwrap();
         assert_eq!(v["a"], "}");
         assert_eq!(v["b"]["c"], 1);
         assert!(parse_json_object("no json here").is_err());
@@ -590,7 +664,10 @@ mod tests {
 
     #[test]
     fn plan_parsing_is_lenient_about_missing_fields_and_strict_about_types() {
-        let p = parse_plan(r#"{"understanding": "sum", "question": "  ", "options": ["", "x","a","b","c","d"]}"#).unwrap();
+        let p = parse_plan(
+            r#"{"understanding": "sum", "question": "  ", "options": ["", "x","a","b","c","d"]}"#,
+        )
+        .unwrap();
         assert_eq!(p.understanding, "sum");
         assert!(p.question.is_empty());
         assert_eq!(p.options, vec!["x", "a", "b", "c"]);
@@ -640,6 +717,9 @@ mod tests {
     #[test]
     fn code_must_define_the_function() {
         assert!(parse_code("```python\ndef add(a, b):\n    return a + b\n```", "add").is_ok());
-        assert!(matches!(parse_code("```python\ndef sub(a, b):\n    return a - b\n```", "add"), Err(ParseError::NoCode { .. })));
+        assert!(matches!(
+            parse_code("```python\ndef sub(a, b):\n    return a - b\n```", "add"),
+            Err(ParseError::NoCode { .. })
+        ));
     }
 }

@@ -23,7 +23,12 @@ pub enum Role {
 
 impl Role {
     /// All roles, in loop order.
-    pub const ALL: [Role; 4] = [Role::Planner, Role::TestDesigner, Role::Developer, Role::Critic];
+    pub const ALL: [Role; 4] = [
+        Role::Planner,
+        Role::TestDesigner,
+        Role::Developer,
+        Role::Critic,
+    ];
 
     /// The snake_case name used in config files, environment variables and the store.
     pub fn as_str(self) -> &'static str {
@@ -203,6 +208,8 @@ pub struct CheckReport {
 impl CheckReport {
     /// Findings of severity `Error`.
     pub fn errors(&self) -> impl Iterator<Item = &Finding> {
-        self.findings.iter().filter(|f| f.severity == Severity::Error)
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
     }
 }

@@ -86,7 +86,10 @@ pub fn default_threads() -> i32 {
 /// large batch per 512 tokens, so the per-token thread synchronisation that makes
 /// a second generation thread fragile on a busy 2-core machine costs little here.
 pub fn default_threads_batch() -> i32 {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8) as i32
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8) as i32
 }
 
 /// The process-wide llama.cpp backend. Logs go to `tracing` (never stdout).
@@ -280,7 +283,10 @@ fn build_sampler(req: &CompletionRequest) -> LlamaSampler {
     if req.temperature <= 0.0 {
         LlamaSampler::greedy()
     } else {
-        LlamaSampler::chain_simple([LlamaSampler::temp(req.temperature), LlamaSampler::dist(req.seed)])
+        LlamaSampler::chain_simple([
+            LlamaSampler::temp(req.temperature),
+            LlamaSampler::dist(req.seed),
+        ])
     }
 }
 
@@ -290,7 +296,13 @@ fn build_sampler(req: &CompletionRequest) -> LlamaSampler {
 /// (about 150k tokens for Qwen2.5) and the choice made again. This is the
 /// resampling shortcut llama.cpp's own `common_sampler_sample` uses; most tokens
 /// take the fast path, so grammar-constrained output costs little more than free text.
-fn sample_next(ctx: &llama_cpp_2::context::LlamaContext<'_>, idx: i32, base: &mut LlamaSampler, grammar: Option<&mut LlamaSampler>, eos: LlamaToken) -> LlamaToken {
+fn sample_next(
+    ctx: &llama_cpp_2::context::LlamaContext<'_>,
+    idx: i32,
+    base: &mut LlamaSampler,
+    grammar: Option<&mut LlamaSampler>,
+    eos: LlamaToken,
+) -> LlamaToken {
     use llama_cpp_2::token::data::LlamaTokenData;
     use llama_cpp_2::token::data_array::LlamaTokenDataArray;
     let Some(g) = grammar else {
@@ -302,7 +314,8 @@ fn sample_next(ctx: &llama_cpp_2::context::LlamaContext<'_>, idx: i32, base: &mu
     let first = probe.selected_token();
     let tok = match first {
         Some(t) => {
-            let mut single = LlamaTokenDataArray::new(vec![LlamaTokenData::new(t, 1.0, 0.0)], false);
+            let mut single =
+                LlamaTokenDataArray::new(vec![LlamaTokenData::new(t, 1.0, 0.0)], false);
             g.apply(&mut single);
             if single.data.first().is_some_and(|d| d.logit().is_finite()) {
                 Some(t)
@@ -374,7 +387,11 @@ fn generate(
         .with_n_batch(N_BATCH)
         .with_n_ubatch(N_BATCH)
         .with_n_threads(threads)
-        .with_n_threads_batch(opts.threads_batch.unwrap_or_else(default_threads_batch).max(1));
+        .with_n_threads_batch(
+            opts.threads_batch
+                .unwrap_or_else(default_threads_batch)
+                .max(1),
+        );
     let t_ctx = Instant::now();
     let backend = backend()?;
     let mut ctx = model
@@ -423,7 +440,13 @@ fn generate(
             finish_reason = FinishReason::Length;
             break;
         }
-        let tok = sample_next(&ctx, batch.n_tokens() - 1, &mut sampler, grammar.as_mut(), vocab.eos());
+        let tok = sample_next(
+            &ctx,
+            batch.n_tokens() - 1,
+            &mut sampler,
+            grammar.as_mut(),
+            vocab.eos(),
+        );
         completion_tokens += 1;
         if vocab.is_eog(tok) {
             finish_reason = FinishReason::Stop;

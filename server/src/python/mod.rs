@@ -439,27 +439,46 @@ pub fn is_literal(expr: &str) -> bool {
 fn literal_node(n: Node, src: &str) -> bool {
     match n.kind() {
         "integer" | "float" | "string" | "concatenated_string" | "true" | "false" | "none" => true,
-        "unary_operator" => {
-            n.child_by_field_name("argument").is_some_and(|a| literal_node(a, src))
-        }
+        "unary_operator" => n
+            .child_by_field_name("argument")
+            .is_some_and(|a| literal_node(a, src)),
         "binary_operator" => {
-            let op = n.child_by_field_name("operator").map(|o| &src[o.byte_range()]);
+            let op = n
+                .child_by_field_name("operator")
+                .map(|o| &src[o.byte_range()]);
             matches!(op, Some("+") | Some("-"))
-                && n.child_by_field_name("left").is_some_and(|a| literal_node(a, src))
-                && n.child_by_field_name("right").is_some_and(|a| literal_node(a, src))
+                && n.child_by_field_name("left")
+                    .is_some_and(|a| literal_node(a, src))
+                && n.child_by_field_name("right")
+                    .is_some_and(|a| literal_node(a, src))
         }
         "parenthesized_expression" | "list" | "tuple" | "set" | "dictionary" | "pair" => {
             let mut c = n.walk();
-            let kids: Vec<Node> = n.named_children(&mut c).filter(|k| k.kind() != "comment").collect();
+            let kids: Vec<Node> = n
+                .named_children(&mut c)
+                .filter(|k| k.kind() != "comment")
+                .collect();
             kids.into_iter().all(|k| literal_node(k, src))
         }
         "call" => {
-            let f = n.child_by_field_name("function").map(|f| &src[f.byte_range()]).unwrap_or("");
-            let args = n.child_by_field_name("arguments").map(|a| src[a.byte_range()].replace(' ', "")).unwrap_or_default();
+            let f = n
+                .child_by_field_name("function")
+                .map(|f| &src[f.byte_range()])
+                .unwrap_or("");
+            let args = n
+                .child_by_field_name("arguments")
+                .map(|a| src[a.byte_range()].replace(' ', ""))
+                .unwrap_or_default();
             matches!(
                 (f, args.as_str()),
-                ("float", "('inf')") | ("float", "(\"inf\")") | ("float", "('-inf')") | ("float", "(\"-inf\")")
-                    | ("float", "('nan')") | ("float", "(\"nan\")") | ("set", "()") | ("frozenset", "()")
+                ("float", "('inf')")
+                    | ("float", "(\"inf\")")
+                    | ("float", "('-inf')")
+                    | ("float", "(\"-inf\")")
+                    | ("float", "('nan')")
+                    | ("float", "(\"nan\")")
+                    | ("set", "()")
+                    | ("frozenset", "()")
             )
         }
         _ => false,
@@ -1117,12 +1136,33 @@ def size(n):
 
     #[test]
     fn literals_are_told_from_prose() {
-        for ok in ["5", "-3.5", "'abc'", "\"a\" 'b'", "True", "None", "[1, (2, 3), {'a': [None]}]", "{1, 2}", "()", "1+2j", "float('inf')", "set()"] {
+        for ok in [
+            "5",
+            "-3.5",
+            "'abc'",
+            "\"a\" 'b'",
+            "True",
+            "None",
+            "[1, (2, 3), {'a': [None]}]",
+            "{1, 2}",
+            "()",
+            "1+2j",
+            "float('inf')",
+            "set()",
+        ] {
             assert!(is_literal(ok), "{ok}");
         }
-        for bad in ["hello-world-123", "x", "f(1)", "[a, 1]", "1 if x else 2", "", "1; 2", "'unterminated"] {
+        for bad in [
+            "hello-world-123",
+            "x",
+            "f(1)",
+            "[a, 1]",
+            "1 if x else 2",
+            "",
+            "1; 2",
+            "'unterminated",
+        ] {
             assert!(!is_literal(bad), "{bad}");
         }
     }
-
 }
