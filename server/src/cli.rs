@@ -519,20 +519,8 @@ async fn render_events(mut rx: mpsc::UnboundedReceiver<Event>, tty: bool) {
 
 /// Prints the diff, the test summary and the findings of a proposal on stdout.
 pub fn print_proposal(p: &Proposal) {
-    let (passed, total) = p.test_counts();
     println!("{}", p.diff);
-    println!(
-        "docsmith: `{}` {} — {passed}/{total} tests passed, {} finding(s), attempt {} of {}, {:.1} s, {} LLM calls ({} prompt + {} completion tokens)",
-        p.function,
-        if p.passing { "PASSING" } else { "FAILING" },
-        p.findings.len(),
-        p.attempt,
-        p.attempts,
-        p.wall_ms as f64 / 1000.0,
-        p.llm_calls,
-        p.prompt_tokens,
-        p.completion_tokens
-    );
+    println!("docsmith: `{}` {}", p.function, p.summary());
     for t in &p.tests {
         let status = match &t.result {
             Some(r) if r.passed => "pass".to_string(),

@@ -237,6 +237,22 @@ impl Proposal {
             .count();
         (passed, self.tests.len())
     }
+
+    /// One line: passing or not, tests, findings, attempts, time, LLM calls and tokens.
+    pub fn summary(&self) -> String {
+        let (passed, total) = self.test_counts();
+        format!(
+            "{}: {passed}/{total} tests passed, {} finding(s), attempt {} of {}, {:.1} s, {} LLM calls ({} prompt + {} completion tokens)",
+            if self.passing { "PASSING" } else { "FAILING" },
+            self.findings.len(),
+            self.attempt,
+            self.attempts,
+            self.wall_ms as f64 / 1000.0,
+            self.llm_calls,
+            self.prompt_tokens,
+            self.completion_tokens
+        )
+    }
 }
 
 /// How a task ended.
@@ -1559,20 +1575,7 @@ pub fn render_test_module(p: &Proposal, module: &str) -> String {
 
 /// The review report in Markdown: tests, dropped tests, findings, attempts, time, tokens.
 pub fn render_report(p: &Proposal) -> String {
-    let (passed, total) = p.test_counts();
-    let mut s = format!(
-        "# docsmith proposal for `{}` (task {})\n\n**{}**: {passed}/{total} tests, {} findings, attempt {} of {}, {:.1} s, {} LLM calls, {} prompt + {} completion tokens.\n\n",
-        p.function,
-        p.task,
-        if p.passing { "passing" } else { "FAILING" },
-        p.findings.len(),
-        p.attempt,
-        p.attempts,
-        p.wall_ms as f64 / 1000.0,
-        p.llm_calls,
-        p.prompt_tokens,
-        p.completion_tokens
-    );
+    let mut s = format!("# docsmith proposal for `{}` (task {})\n\n**{}**\n\n", p.function, p.task, p.summary());
     if !p.reasons.is_empty() {
         s.push_str("## Why it is not passing\n\n");
         for r in &p.reasons {
