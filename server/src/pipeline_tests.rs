@@ -249,7 +249,9 @@ async fn a_spent_budget_still_offers_the_best_attempt_marked_failing() {
         .iter()
         .filter(|r| **r == "developer")
         .count();
-    assert_eq!(devs, 3);
+    // Attempts 2 and 3 repeat attempt 1's code, so each is sampled once more, hotter.
+    assert_eq!(devs, 5);
+    assert!(p.notes.iter().any(|n| n.contains("repeated earlier code")), "{:?}", p.notes);
 }
 
 #[tokio::test]
@@ -414,7 +416,8 @@ async fn reject_with_feedback_resumes_at_the_critic_with_a_fresh_attempt() {
     assert_eq!(p.attempts, 2);
     assert_eq!(p.attempt, 2, "the new round's attempt is proposed");
     let calls = h.calls.lock().unwrap().clone();
-    assert_eq!(&calls[3..], &["critic", "developer"]);
+    // The scripted developer repeats its code, which is sampled once more.
+    assert_eq!(&calls[3..], &["critic", "developer", "developer"]);
     let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
     assert_eq!(d.attempts.len(), 2);
 }
