@@ -104,7 +104,7 @@ fn generate_with_the_real_model_passes_the_stubs_own_doctests() {
         .unwrap();
     let hist = String::from_utf8_lossy(&hist.stdout);
     assert!(
-        hist.contains("has_close_elements") && hist.contains("accepted"),
+        hist.contains("close.py:has_close_elements") && hist.contains("accepted"),
         "{hist}"
     );
     assert!(ws.path().join(".docsmith/docsmith.db").exists());

@@ -656,7 +656,7 @@ fn history(workspace: &Path, limit: usize) -> i32 {
         }
     };
     println!(
-        "{:>5}  {:<16}  {:<24}  {:<16}  {:>8}  {:>7}  {:>8}  {:>6}  {:>9}",
+        "{:>5}  {:<16}  {:<32}  {:<16}  {:>8}  {:>7}  {:>8}  {:>6}  {:>9}",
         "task",
         "started (UTC)",
         "function",
@@ -670,10 +670,10 @@ fn history(workspace: &Path, limit: usize) -> i32 {
     for r in rows {
         let started = chrono_like(r.created_ms);
         println!(
-            "{:>5}  {:<16}  {:<24}  {:<16}  {:>8}  {:>7}  {:>7.1}s  {:>6}  {:>9}",
+            "{:>5}  {:<16}  {:<32}  {:<16}  {:>8}  {:>7}  {:>7.1}s  {:>6}  {:>9}",
             r.id.0,
             started,
-            truncate(&format!("{}:{}", short_file(&r.file), r.function), 24),
+            truncate(&format!("{}:{}", short_file(&r.file), r.function), 32),
             r.status.as_str(),
             r.attempts,
             format!("{}/{}", r.tests_passed, r.tests_total),

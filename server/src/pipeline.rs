@@ -1575,7 +1575,12 @@ pub fn render_test_module(p: &Proposal, module: &str) -> String {
 
 /// The review report in Markdown: tests, dropped tests, findings, attempts, time, tokens.
 pub fn render_report(p: &Proposal) -> String {
-    let mut s = format!("# docsmith proposal for `{}` (task {})\n\n**{}**\n\n", p.function, p.task, p.summary());
+    let mut s = format!(
+        "# docsmith proposal for `{}` (task {})\n\n**{}**\n\n",
+        p.function,
+        p.task,
+        p.summary()
+    );
     if !p.reasons.is_empty() {
         s.push_str("## Why it is not passing\n\n");
         for r in &p.reasons {

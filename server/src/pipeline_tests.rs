@@ -251,7 +251,11 @@ async fn a_spent_budget_still_offers_the_best_attempt_marked_failing() {
         .count();
     // Attempts 2 and 3 repeat attempt 1's code, so each is sampled once more, hotter.
     assert_eq!(devs, 5);
-    assert!(p.notes.iter().any(|n| n.contains("repeated earlier code")), "{:?}", p.notes);
+    assert!(
+        p.notes.iter().any(|n| n.contains("repeated earlier code")),
+        "{:?}",
+        p.notes
+    );
 }
 
 #[tokio::test]
