@@ -660,6 +660,7 @@ impl TaskRun {
                     latency_ms: c.latency_ms,
                     ok: true,
                     error: None,
+                    response: Some(c.text.clone()),
                 })?;
                 self.emit(Event::LlmCall {
                     task: self.task.0,
@@ -683,6 +684,7 @@ impl TaskRun {
                     latency_ms: 0,
                     ok: false,
                     error: Some(e.to_string()),
+                    response: None,
                 })?;
                 Err(e.into())
             }

@@ -27,7 +27,10 @@ use crate::types::{
 
 /// Schema migrations, in order. Entry `i` takes the database from
 /// `user_version == i` to `i + 1`. Append only; never edit a released entry.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_llm_call_response.sql"),
+];
 
 /// How long a statement waits for another connection's write lock, ms.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -263,6 +266,22 @@ pub struct LlmCallRecord {
     pub ok: bool,
     /// Error message when `ok` is false.
     pub error: Option<String>,
+    /// The model's reply text (stored truncated to 16 KiB), when there was one.
+    pub response: Option<String>,
+}
+
+/// Longest reply text kept per LLM call, bytes.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// One row of [`Store::history`]: a task at a glance.
@@ -803,8 +822,8 @@ impl Store {
         let conn = self.conn();
         conn.execute(
             "INSERT INTO llm_calls (task, attempt, role, provider, model, prompt_tokens,
-               completion_tokens, latency_ms, ok, error, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+               completion_tokens, latency_ms, ok, error, created_ms, response)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 c.task.map(|t| t.0),
                 c.attempt.map(|a| a.0),
@@ -816,7 +835,10 @@ impl Store {
                 to_i64(c.latency_ms),
                 c.ok,
                 c.error,
-                now_ms()
+                now_ms(),
+                c.response
+                    .as_deref()
+                    .map(|r| truncate_utf8(r, MAX_RESPONSE_BYTES))
             ],
         )
         .map_err(|e| fk_not_found(e, "task or attempt", c.task.map_or(0, |t| t.0)))?;
@@ -1501,7 +1523,33 @@ mod tests {
             latency_ms: 250,
             ok,
             error: (!ok).then(|| "timeout".to_string()),
+            response: ok.then(|| "é".repeat(MAX_RESPONSE_BYTES)),
         }
+    }
+
+    #[test]
+    fn llm_replies_are_kept_truncated_on_a_char_boundary() {
+        let s = Store::open_in_memory().unwrap();
+        s.add_llm_call(&call(None, None, Role::Developer, 10, 5, true))
+            .unwrap();
+        s.add_llm_call(&call(None, None, Role::Critic, 10, 0, false))
+            .unwrap();
+        let rows: Vec<Option<String>> = s
+            .conn()
+            .prepare("SELECT response FROM llm_calls ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let kept = rows[0].as_deref().unwrap();
+        assert_eq!(
+            kept.len(),
+            MAX_RESPONSE_BYTES,
+            "16 KiB of two-byte characters fits exactly"
+        );
+        assert!(kept.chars().all(|c| c == 'é'));
+        assert_eq!(rows[1], None);
     }
 
     #[test]
