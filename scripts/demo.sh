@@ -8,7 +8,7 @@ bash scripts/setup.sh
 work="$(mktemp -d)"
 cp examples/stubs.py "$work/stubs.py"
 git -C "$work" init -q 2>/dev/null || true
-for fn in ${DOCSMITH_DEMO_FUNCTIONS:-slugify running_max}; do
+for fn in ${DOCSMITH_DEMO_FUNCTIONS:-running_max slugify}; do
   echo "== docsmith generate stubs.py --function $fn --yes --apply"
   ./target/release/docsmith generate "$work/stubs.py" --function "$fn" --yes --apply || echo "(exit code $?)"
 done

@@ -59,7 +59,12 @@ pub const EXIT_CANCELLED: i32 = 130;
 )]
 struct Cli {
     /// Log filter for stderr (tracing syntax, e.g. `docsmith=debug`). Env: DOCSMITH_LOG.
-    #[arg(long, global = true, env = "DOCSMITH_LOG", default_value = "warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "DOCSMITH_LOG",
+        default_value = "warn,llama-cpp-2=error"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -804,6 +809,16 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "old\n");
         assert_eq!(apply(&f, "old\n", "new\n"), Ok(true));
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "new\n");
+    }
+
+    #[test]
+    fn the_default_log_filter_parses() {
+        let cli = Cli::try_parse_from(["docsmith", "history"]).unwrap();
+        assert!(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).is_ok(),
+            "{}",
+            cli.log
+        );
     }
 
     #[test]

@@ -1530,7 +1530,8 @@ fn failures_of<'a>(
 
 /// Unified diff (3 lines of context) with `a/` and `b/` headers.
 pub fn unified_diff(old: &str, new: &str, file: &Path) -> String {
-    let name = file.display().to_string();
+    let shown = file.display().to_string();
+    let name = shown.trim_start_matches('/');
     similar::TextDiff::from_lines(old, new)
         .unified_diff()
         .context_radius(3)
