@@ -243,26 +243,28 @@ impl Config {
     /// Parses TOML text; `origin` names it in errors. The `local` provider is kept
     /// unless the file defines its own.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string(),
         })?;
-        cfg.providers
+        Ok(cfg.with_local_default())
+    }
+
+    /// Keeps the built-in `local` provider available unless the settings define their own.
+    fn with_local_default(mut self) -> Config {
+        self.providers
             .entry("local".into())
             .or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
-        Ok(cfg)
+        self
     }
 
     /// Parses a JSON value of the same shape (LSP `initializationOptions` / `workspace/configuration`).
     pub fn from_json(value: serde_json::Value) -> Result<Config, ConfigError> {
-        let mut cfg: Config = serde_json::from_value(value).map_err(|e| ConfigError::Parse {
+        let cfg: Config = serde_json::from_value(value).map_err(|e| ConfigError::Parse {
             path: "settings".into(),
             message: e.to_string(),
         })?;
-        cfg.providers
-            .entry("local".into())
-            .or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
-        Ok(cfg)
+        Ok(cfg.with_local_default())
     }
 
     /// Applies `DOCSMITH_*` (and the seed's) environment variables read through `env`
