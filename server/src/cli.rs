@@ -1,4 +1,4 @@
-//! The command-line front end: `generate`, `history`, `model`.
+//! The command-line front end: `serve` (the language server, see `lsp`), `generate`, `history`, `model`.
 //!
 //! Owns: argument parsing (clap), terminal rendering of pipeline events
 //! (indicatif on a terminal, plain lines otherwise), terminal prompts for
@@ -72,6 +72,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the language server on stdin/stdout (LSP). Logs go to stderr and to
+    /// `$XDG_STATE_HOME/docsmith/server.log`.
+    Serve {
+        /// Accepted and ignored: stdio is the only transport (vscode-languageclient adds it).
+        #[arg(long)]
+        stdio: bool,
+    },
     /// Generate a function from its docstring (or refine it with --feedback).
     Generate(GenerateArgs),
     /// List recent tasks with status, attempts, tests and time.
@@ -151,7 +158,10 @@ pub fn main() -> i32 {
             return e.exit_code();
         }
     };
-    init_tracing(&cli.log);
+    match &cli.command {
+        Command::Serve { .. } => init_server_tracing(&cli.log),
+        _ => init_tracing(&cli.log),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -164,6 +174,10 @@ pub fn main() -> i32 {
     };
     rt.block_on(async move {
         match cli.command {
+            Command::Serve { .. } => {
+                crate::lsp::serve().await;
+                EXIT_OK
+            }
             Command::Generate(args) => generate(args).await,
             Command::History { workspace, limit } => history(&workspace, limit),
             Command::Model { action } => model(action).await,
@@ -178,6 +192,34 @@ fn init_tracing(filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The language server logs to stderr (editors show it in their LSP log) and
+/// appends to a log file; stdout carries protocol traffic only.
+fn init_server_tracing(filter: &str) {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let file = crate::lsp::log_file().and_then(|p| {
+        std::fs::create_dir_all(p.parent()?).ok()?;
+        std::fs::OpenOptions::new().create(true).append(true).open(p).ok()
+    });
+    match file {
+        Some(f) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::io::stderr.and(std::sync::Mutex::new(f)))
+                .try_init();
+        }
+        None => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    }
 }
 
 /// Splits `FILE:LINE` (1-based line) into its parts; a plain path has no line.
@@ -218,20 +260,33 @@ pub fn build_deps(
     cfg: &Config,
     interactive: bool,
 ) -> Result<Deps, (i32, String)> {
-    let router = crate::config::build_router(cfg).map_err(|e| (EXIT_MODEL, e.to_string()))?;
-    let sandbox = Sandbox::new(cfg.sandbox_config()).map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
     let store = Store::open(&workspace.join(".docsmith").join("docsmith.db"))
         .map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
+    let mut deps = build_deps_with_store(workspace, cfg, Arc::new(store))?;
+    deps.settings.interactive = interactive;
+    Ok(deps)
+}
+
+/// [`build_deps`] with an already opened store (the language server keeps one
+/// store for its life and rebuilds the rest when the configuration changes).
+/// `settings.interactive` is false; the caller sets it.
+pub fn build_deps_with_store(
+    workspace: &Path,
+    cfg: &Config,
+    store: Arc<Store>,
+) -> Result<Deps, (i32, String)> {
+    let router = crate::config::build_router(cfg).map_err(|e| (EXIT_MODEL, e.to_string()))?;
+    let sandbox = Sandbox::new(cfg.sandbox_config()).map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
     Ok(Deps {
         router: Arc::new(router),
         sandbox: Arc::new(sandbox),
-        store: Arc::new(store),
+        store,
         guidelines: Arc::new(Guidelines::load(Some(workspace))),
         settings: Settings {
             max_refinements: cfg.max_refinements,
             max_clarifications: cfg.max_clarifications,
             max_generated_tests: cfg.max_generated_tests,
-            interactive,
+            interactive: false,
             python: PathBuf::from("python3"),
             write_proposal_files: true,
         },

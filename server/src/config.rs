@@ -97,6 +97,16 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Per-role routes, keyed by role name. A role without an entry uses `local`.
     pub roles: BTreeMap<String, RoleRoute>,
+    /// Language server: tasks run at once; more wait in a queue. `None`: 1 when
+    /// any role uses the in-process local model (one model, one core's worth of
+    /// generation on a laptop), else 4.
+    pub max_concurrent_tasks: Option<usize>,
+    /// Language server: on accept, also write the proposal's tests to
+    /// `tests/test_<module>.py`.
+    pub write_tests: bool,
+    /// Language server: mark accepted edits with a change annotation that asks
+    /// the editor to confirm (`needsConfirmation`), where the editor supports it.
+    pub confirm_edits: bool,
 }
 
 impl Default for Config {
@@ -113,6 +123,9 @@ impl Default for Config {
             sandbox: SandboxSettings::default(),
             providers,
             roles: BTreeMap::new(),
+            max_concurrent_tasks: None,
+            write_tests: false,
+            confirm_edits: true,
         }
     }
 }
@@ -256,6 +269,43 @@ impl Config {
             .entry("local".into())
             .or_insert_with(|| ProviderConfig::Local(LocalConfig::default()));
         self
+    }
+
+    /// Tasks the language server runs at once (see [`Config::max_concurrent_tasks`]).
+    pub fn concurrency(&self) -> usize {
+        if let Some(n) = self.max_concurrent_tasks {
+            return n.max(1);
+        }
+        let uses_local = Role::ALL.iter().any(|r| {
+            let route = self.route(*r);
+            std::iter::once(&route.provider)
+                .chain(route.fallback.iter())
+                .any(|p| matches!(self.providers.get(p), Some(ProviderConfig::Local(_))))
+        });
+        if uses_local {
+            1
+        } else {
+            4
+        }
+    }
+
+    /// This configuration with `overlay` (JSON of the same shape, e.g. LSP
+    /// `initializationOptions` or the `docsmith` section of
+    /// `workspace/configuration`) merged over it: objects merge key by key,
+    /// `null` leaves a value as it was, anything else replaces it. A value
+    /// wrapped as `{"docsmith": {...}}` is unwrapped first. Validated.
+    pub fn overlay(&self, overlay: &serde_json::Value) -> Result<Config, ConfigError> {
+        let overlay = match overlay {
+            serde_json::Value::Object(m) if m.len() == 1 && m.contains_key("docsmith") => {
+                &m["docsmith"]
+            }
+            v => v,
+        };
+        let mut base = serde_json::to_value(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        merge_json(&mut base, overlay);
+        let cfg = Config::from_json(base)?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Parses a JSON value of the same shape (LSP `initializationOptions` / `workspace/configuration`).
@@ -708,5 +758,63 @@ fallback = ["local"]
             "{dev}"
         );
         assert!(r.describe(Role::Planner).contains("qwen2.5-coder-1.5b"));
+    }
+}
+
+fn merge_json(base: &mut serde_json::Value, overlay: &serde_json::Value) {
+    use serde_json::Value;
+    match (base, overlay) {
+        (_, Value::Null) => {}
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(slot) if !slot.is_null() => merge_json(slot, v),
+                    _ => {
+                        if !v.is_null() {
+                            b.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+#[cfg(test)]
+mod overlay_tests {
+    use super::*;
+
+    #[test]
+    fn overlays_merge_key_by_key_and_typos_fail() {
+        let base = Config::default();
+        let cfg = base
+            .overlay(&serde_json::json!({"docsmith": {
+                "max_refinements": 5,
+                "write_tests": true,
+                "providers": {"local": {"model": "qwen2.5-coder-0.5b"}},
+                "sandbox": null
+            }}))
+            .unwrap();
+        assert_eq!(cfg.max_refinements, 5);
+        assert!(cfg.write_tests);
+        match &cfg.providers["local"] {
+            ProviderConfig::Local(l) => {
+                assert_eq!(l.model, "qwen2.5-coder-0.5b");
+                assert_eq!(l.n_ctx, 4096, "unset keys keep their values");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cfg.concurrency(), 1, "local model: one task at a time");
+        let e = base.overlay(&serde_json::json!({"max_refinement": 5})).unwrap_err();
+        assert!(e.to_string().contains("max_refinement"), "{e}");
+        let remote = base
+            .overlay(&serde_json::json!({
+                "providers": {"vllm": {"kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "m"}},
+                "roles": {"planner": {"provider": "vllm"}, "test_designer": {"provider": "vllm"},
+                          "developer": {"provider": "vllm"}, "critic": {"provider": "vllm"}}
+            }))
+            .unwrap();
+        assert_eq!(remote.concurrency(), 4);
     }
 }

@@ -1,6 +1,6 @@
 //! docsmith: turns a Python function stub with a docstring into a working, tested function.
 //!
-//! Data flows one way: front ends (`cli`, later `lsp`) -> `pipeline` -> `roles`
+//! Data flows one way: front ends (`cli`, `lsp`) -> `pipeline` -> `roles`
 //! -> (`llm`, `sandbox`, `checks`, `store`, `rag`). `types` holds the plain data
 //! they share. See ARCHITECTURE.md at the repository root.
 
@@ -8,6 +8,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod llm;
+pub mod lsp;
 pub mod models;
 pub mod pipeline;
 pub mod python;

@@ -1406,6 +1406,10 @@ impl TaskRun {
                 Err(e) => tracing::warn!("could not write the proposal files: {e}"),
             }
         }
+        // Kept so a restarted server can still apply the proposal.
+        self.deps
+            .store
+            .set_task_final(self.task, &proposal.code, proposal.wall_ms)?;
         let status_reason = if passing {
             None
         } else {

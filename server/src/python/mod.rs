@@ -86,6 +86,15 @@ pub struct Spliced {
     pub added_helpers: Vec<String>,
 }
 
+/// A parser set to the Python grammar (for callers that parse incrementally).
+pub fn new_parser() -> Parser {
+    let mut parser = Parser::new();
+    parser
+        .set_language(&tree_sitter_python::LANGUAGE.into())
+        .expect("tree-sitter-python grammar matches the tree-sitter version");
+    parser
+}
+
 /// Parses Python source. tree-sitter is error tolerant: a tree is always produced.
 pub(crate) fn parse(source: &str) -> Tree {
     let mut parser = Parser::new();
@@ -341,6 +350,45 @@ fn is_nested(f: &FunctionInfo, all: &[FunctionInfo]) -> bool {
             && o.def_range.start <= f.def_range.start
             && f.def_range.end <= o.def_range.end
     })
+}
+
+/// Every function definition in an already parsed `tree` of `source` (the
+/// LSP front end keeps one tree per document, updated incrementally).
+pub fn functions_in_tree(tree: &Tree, source: &str) -> Vec<FunctionInfo> {
+    let mut defs = Vec::new();
+    collect_defs(tree.root_node(), &mut defs);
+    defs.into_iter()
+        .filter_map(|d| function_info(d, source))
+        .collect()
+}
+
+/// The innermost function whose definition spans the 0-based `line`, found by
+/// descending from the node at `line_start_byte` (the first byte of that line)
+/// instead of listing every function: O(depth), not O(file).
+pub fn function_at_line_in_tree(
+    tree: &Tree,
+    source: &str,
+    line: usize,
+    line_start_byte: usize,
+) -> Option<FunctionInfo> {
+    // Skip leading whitespace so a cursor at column 0 of an indented line lands
+    // inside the statement, not in the enclosing block's gap.
+    let rest = source.get(line_start_byte..).unwrap_or("");
+    let first = rest
+        .find(|c: char| c != ' ' && c != '\t')
+        .map_or(line_start_byte, |i| line_start_byte + i);
+    let mut node = tree
+        .root_node()
+        .descendant_for_byte_range(first, first)?;
+    loop {
+        if node.kind() == "function_definition" {
+            let f = function_info(node, source)?;
+            if f.start_line <= line && line <= f.end_line {
+                return Some(f);
+            }
+        }
+        node = node.parent()?;
+    }
 }
 
 /// Finds a function by `name` or `Class.name`. With a bare name, a module-level

@@ -944,6 +944,33 @@ impl Store {
         }))
     }
 
+    /// The newest task rows whose status is one of `statuses`, newest first
+    /// (the LSP front end restores ready proposals and interrupted tasks from these).
+    pub fn tasks_with_status(
+        &self,
+        statuses: &[TaskStatus],
+        limit: usize,
+    ) -> Result<Vec<TaskRow>, StoreError> {
+        let conn = self.conn();
+        let list: Vec<String> = statuses
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let sql = format!(
+            "SELECT id, created_ms, updated_ms, workspace, file, function, kind, status, status_reason,
+                    stub_source, docstring, plan_json, final_code, proposal_dir, wall_ms
+             FROM tasks WHERE status IN ({}) ORDER BY id DESC LIMIT ?1",
+            list.join(", ")
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([limit as i64], read_task_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
     /// At server start: tasks left live by a previous process (`running` or
     /// `awaiting_answer`; no loop can resume them) become `interrupted`.
     /// `awaiting_review` tasks are kept: their proposal files are complete.

@@ -1,0 +1,200 @@
+//! Code actions at the cursor and code lenses above functions: what the user
+//! can do with a function now (generate, refine, cancel, accept, reject, diff,
+//! discard, re-run), as commands of `protocol`.
+//!
+//! Read-only: both take one synchronous look at the document and the task
+//! tables (no await, no lock kept) and build the list.
+
+use serde_json::json;
+use tower_lsp_server::ls_types::*;
+
+use super::protocol::{self as proto, TaskPhase};
+use super::{Inner, Restored};
+use crate::python::{self, FunctionInfo};
+use crate::store::TaskStatus;
+
+/// The state a function is in, for choosing actions and lenses.
+enum FnState {
+    /// A live task: its id, phase and one-line message.
+    Live(i64, TaskPhase, String),
+    /// A proposal restored from the store, awaiting review.
+    RestoredReview(i64, String),
+    /// A task interrupted by a server restart.
+    Interrupted,
+    Idle,
+}
+
+fn state_of(inner: &Inner, uri: &Uri, name: &str) -> FnState {
+    if let Some(id) = inner.active.get(&(uri.clone(), name.to_string())).map(|r| *r) {
+        if let Some(e) = inner.tasks.get(&id) {
+            let v = e.view();
+            return FnState::Live(id, v.phase, v.message);
+        }
+    }
+    let restored: Option<Restored> = inner
+        .restored
+        .iter()
+        .find(|r| &r.uri == uri && r.row.function == name)
+        .map(|r| r.clone());
+    match restored {
+        Some(r) if r.row.status == TaskStatus::AwaitingReview => FnState::RestoredReview(
+            r.row.id.0,
+            r.row
+                .status_reason
+                .clone()
+                .unwrap_or_else(|| "passing".into()),
+        ),
+        Some(_) => FnState::Interrupted,
+        None => FnState::Idle,
+    }
+}
+
+fn command(title: String, name: &str, arg: serde_json::Value) -> Command {
+    Command {
+        title,
+        command: name.to_string(),
+        arguments: Some(vec![arg]),
+    }
+}
+
+/// The commands that apply to `f` in `uri` now, most useful first.
+fn commands_for(inner: &Inner, uri: &Uri, f: &FunctionInfo) -> Vec<Command> {
+    let name = &f.name;
+    let fn_arg = json!({"uri": uri.as_str(), "name": name});
+    let review = |task: i64| {
+        let t = json!({ "task": task });
+        vec![
+            command(format!("Accept proposal for `{name}`"), proto::ACCEPT, t.clone()),
+            command(format!("Reject proposal for `{name}`…"), proto::REJECT, t.clone()),
+            command(format!("Show proposal diff for `{name}`"), proto::SHOW_DIFF, t.clone()),
+            command(format!("Discard proposal for `{name}`"), proto::DISCARD, t),
+        ]
+    };
+    match state_of(inner, uri, name) {
+        FnState::Live(task, TaskPhase::Review, _) | FnState::RestoredReview(task, _) => review(task),
+        FnState::Live(task, TaskPhase::Question, _) => vec![
+            command(
+                format!("Answer docsmith's question about `{name}` with its assumptions"),
+                proto::ANSWER,
+                json!({ "task": task }),
+            ),
+            command("Cancel docsmith task".into(), proto::CANCEL, json!({ "task": task })),
+        ],
+        FnState::Live(task, _, _) => vec![command(
+            "Cancel docsmith task".into(),
+            proto::CANCEL,
+            json!({ "task": task }),
+        )],
+        FnState::Interrupted => vec![command(
+            format!("Re-run docsmith on `{name}` (interrupted)"),
+            proto::GENERATE,
+            fn_arg,
+        )],
+        FnState::Idle => {
+            let mut v = Vec::new();
+            if f.is_stub && f.docstring.is_some() {
+                v.push(command(
+                    format!("Generate `{name}` from docstring"),
+                    proto::GENERATE,
+                    fn_arg.clone(),
+                ));
+            }
+            v.push(command(
+                format!("Refine `{name}` with feedback…"),
+                proto::REFINE,
+                fn_arg,
+            ));
+            v
+        }
+    }
+}
+
+/// `textDocument/codeAction`: the actions for the function at the start of the range.
+pub fn code_actions(inner: &Inner, p: &CodeActionParams) -> CodeActionResponse {
+    let kind = CodeActionKind::REFACTOR_REWRITE;
+    if let Some(only) = &p.context.only {
+        if !only.iter().any(|k| kind.as_str().starts_with(k.as_str())) {
+            return Vec::new();
+        }
+    }
+    let uri = &p.text_document.uri;
+    let Some(f) = function_at(inner, uri, p.range.start.line as usize) else {
+        return Vec::new();
+    };
+    if f.class_name.is_some() {
+        return Vec::new(); // methods are not supported (the pipeline refuses them)
+    }
+    commands_for(inner, uri, &f)
+        .into_iter()
+        .map(|c| {
+            CodeActionOrCommand::CodeAction(CodeAction {
+                title: c.title.clone(),
+                kind: Some(kind.clone()),
+                command: Some(c),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+fn function_at(inner: &Inner, uri: &Uri, line: usize) -> Option<FunctionInfo> {
+    let doc = inner.docs.get(uri)?;
+    let text = doc.text();
+    python::function_at_line_in_tree(doc.tree(), &text, line, doc.line_start_byte(line))
+}
+
+/// `textDocument/codeLens`: above each module-level function with a task or a
+/// proposal (its state and choices), and above each stub with a docstring
+/// (`Generate`).
+pub fn code_lenses(inner: &Inner, uri: &Uri) -> Vec<CodeLens> {
+    let functions: Vec<FunctionInfo> = {
+        let Some(doc) = inner.docs.get(uri) else {
+            return Vec::new();
+        };
+        let text = doc.text();
+        python::functions_in_tree(doc.tree(), &text)
+            .into_iter()
+            .filter(|f| f.class_name.is_none())
+            .collect()
+    };
+    let mut out = Vec::new();
+    for f in functions {
+        let line = f.start_line as u32;
+        let range = Range::new(Position::new(line, 0), Position::new(line, 0));
+        let lens = |c: Command| CodeLens {
+            range,
+            command: Some(c),
+            data: None,
+        };
+        match state_of(inner, uri, &f.name) {
+            FnState::Idle => {
+                if f.is_stub && f.docstring.is_some() {
+                    out.extend(commands_for(inner, uri, &f).into_iter().take(1).map(lens));
+                }
+            }
+            FnState::Live(task, TaskPhase::Review, msg) | FnState::RestoredReview(task, msg) => {
+                out.push(lens(command(
+                    format!("docsmith: {}", msg.trim_start_matches("ready for review: ")),
+                    proto::SHOW_DIFF,
+                    json!({ "task": task }),
+                )));
+                for c in commands_for(inner, uri, &f).into_iter().take(3) {
+                    let short = c.title.split(" proposal").next().unwrap_or("").to_string();
+                    let short = if short.starts_with("Show") { "Diff".to_string() } else { short };
+                    out.push(lens(Command { title: short, ..c }));
+                }
+            }
+            FnState::Live(task, _, msg) => {
+                out.push(lens(command(
+                    format!("docsmith: {msg} · Cancel"),
+                    proto::CANCEL,
+                    json!({ "task": task }),
+                )));
+            }
+            FnState::Interrupted => {
+                out.extend(commands_for(inner, uri, &f).into_iter().map(lens));
+            }
+        }
+    }
+    out
+}

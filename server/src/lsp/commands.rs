@@ -1,0 +1,626 @@
+//! What each `workspace/executeCommand` does. Commands that start work return
+//! at once (the task runs in `tasks`); `accept` awaits only the client's
+//! answer to `workspace/applyEdit`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tower_lsp_server::ls_types::*;
+
+use super::documents::Document;
+use super::edits::{self, StaleError};
+use super::errors::LspError;
+use super::protocol::{self as proto, *};
+use super::tasks::{self, TaskEntry};
+use super::{uri_path, Inner};
+use crate::pipeline::{self, Reply, Target, TaskRun, TaskSpec};
+use crate::store::{TaskKind, TaskStatus};
+
+fn arg<T: DeserializeOwned>(
+    p: &ExecuteCommandParams,
+    example: &'static str,
+) -> Result<T, LspError> {
+    let bad = |message: String| LspError::BadArguments {
+        command: p.command.clone(),
+        message,
+        example,
+    };
+    let v = p
+        .arguments
+        .first()
+        .cloned()
+        .ok_or_else(|| bad("no argument given".into()))?;
+    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+}
+
+const EX_FN: &str = r#"{"uri": "file:///path/to/file.py", "name": "slugify"}"#;
+const EX_REFINE: &str =
+    r#"{"uri": "file:///path/to/file.py", "name": "slugify", "feedback": "keep unicode letters"}"#;
+const EX_TASK: &str = r#"{"task": 12}"#;
+const EX_ANSWER: &str = r#"{"task": 12, "answer": "return None"}"#;
+const EX_REJECT: &str = r#"{"task": 12, "feedback": "handle empty input"}"#;
+
+/// Runs one command. Errors are returned to the client as JSON-RPC errors.
+pub async fn execute(inner: &Arc<Inner>, p: ExecuteCommandParams) -> Result<Value, LspError> {
+    let json = |v: &dyn erased::Ser| v.to_value();
+    match p.command.as_str() {
+        proto::GENERATE => {
+            let a: FunctionArgs = arg(&p, EX_FN)?;
+            Ok(json(&start(inner, a.uri, a.name, None)?))
+        }
+        proto::REFINE => {
+            let a: RefineArgs = arg(&p, EX_REFINE)?;
+            let fb = match a.feedback.filter(|f| !f.trim().is_empty()) {
+                Some(f) => f,
+                None => comment_feedback(inner, &a.uri, &a.name)?,
+            };
+            Ok(json(&start(inner, a.uri, a.name, Some(fb))?))
+        }
+        proto::ANSWER => {
+            let a: AnswerArgs = arg(&p, EX_ANSWER)?;
+            let e = live(inner, a.task)?;
+            if e.view().phase != TaskPhase::Question {
+                return Err(wrong_phase(&e, "there is no question to answer"));
+            }
+            e.reply(match a.answer.filter(|s| !s.trim().is_empty()) {
+                Some(s) => Reply::Answer(s),
+                None => Reply::Assume,
+            });
+            Ok(Value::Null)
+        }
+        proto::ACCEPT => {
+            let a: TaskArgs = arg(&p, EX_TASK)?;
+            Ok(json(&accept(inner, a.task).await?))
+        }
+        proto::REJECT => {
+            let a: RejectArgs = arg(&p, EX_REJECT)?;
+            reject(inner, a.task, a.feedback).await?;
+            Ok(Value::Null)
+        }
+        proto::DISCARD => {
+            let a: TaskArgs = arg(&p, EX_TASK)?;
+            discard(inner, a.task).await?;
+            Ok(Value::Null)
+        }
+        proto::SHOW_DIFF => {
+            let a: TaskArgs = arg(&p, EX_TASK)?;
+            Ok(json(&show_diff(inner, a.task).await?))
+        }
+        proto::CANCEL => {
+            let a: TaskArgs = arg(&p, EX_TASK)?;
+            live(inner, a.task)?.cancel.cancel();
+            Ok(Value::Null)
+        }
+        proto::WRITE_TESTS => {
+            let a: TaskArgs = arg(&p, EX_TASK)?;
+            Ok(json(&write_tests(inner, a.task).await?))
+        }
+        other => Err(LspError::UnknownCommand(other.to_string())),
+    }
+}
+
+mod erased {
+    /// Object-safe `Serialize` to JSON (keeps `execute`'s arms short).
+    pub trait Ser {
+        fn to_value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_value(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        }
+    }
+}
+
+fn live(inner: &Inner, task: i64) -> Result<Arc<TaskEntry>, LspError> {
+    inner
+        .tasks
+        .get(&task)
+        .map(|e| e.clone())
+        .ok_or(LspError::UnknownTask(task))
+}
+
+fn wrong_phase(e: &TaskEntry, wanted: &str) -> LspError {
+    LspError::WrongPhase {
+        task: e.id,
+        phase: format!("{:?}", e.view().phase).to_lowercase(),
+        wanted: wanted.to_string(),
+    }
+}
+
+fn comment_feedback(inner: &Inner, uri: &Uri, name: &str) -> Result<String, LspError> {
+    let (text, _) = inner.snapshot(uri)?;
+    let f = crate::python::find_function(&text, name).map_err(pipeline::PipelineError::from)?;
+    edits::feedback_comment(&text, &f).ok_or_else(|| {
+        LspError::Feedback(format!(
+            "no feedback for `{name}`: pass it as the command's `feedback` argument, or write a `# docsmith: <feedback>` comment line directly above or inside the function"
+        ))
+    })
+}
+
+/// Starts a generate (`feedback` None) or refine task on the function as the
+/// editor has it now. Refused while the function already has a live task.
+pub fn start(
+    inner: &Arc<Inner>,
+    uri: Uri,
+    name: String,
+    feedback: Option<String>,
+) -> Result<Started, LspError> {
+    let rt = inner.runtime()?;
+    let root = inner.session()?.root.clone();
+    let key = (uri.clone(), name.clone());
+    // Reserve the function first, atomically: two quick clicks start one task.
+    match inner.active.entry(key.clone()) {
+        dashmap::Entry::Occupied(o) => {
+            let task = *o.get();
+            let phase = inner
+                .tasks
+                .get(&task)
+                .map(|e| e.view().message)
+                .unwrap_or_else(|| "starting".into());
+            return Err(LspError::Busy { name, task, phase });
+        }
+        dashmap::Entry::Vacant(v) => {
+            v.insert(0);
+        }
+    }
+    let started = (|| {
+        let (text, _) = inner.snapshot(&uri)?;
+        let path = uri_path(&uri)?;
+        let kind = if feedback.is_some() {
+            TaskKind::Refine
+        } else {
+            TaskKind::Generate
+        };
+        let spec = TaskSpec {
+            workspace: root,
+            file: path.clone(),
+            source: text.to_string(),
+            target: Target::Name(name.clone()),
+            feedback,
+            kind,
+        };
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let run = TaskRun::start(spec, rt.deps.clone(), Some(tx))?;
+        let id = run.task_id().0;
+        let stub_source = crate::python::function_source(&text, &run.function().name)
+            .unwrap_or_default();
+        let (entry, replies) = TaskEntry::new(id, uri.clone(), path, name.clone(), stub_source);
+        // Tasks ahead in the queue: those already waiting, plus one running
+        // task when no slot is free.
+        let waiting = inner
+            .tasks
+            .iter()
+            .filter(|t| t.view().phase == TaskPhase::Queued)
+            .count();
+        let queued_behind = (waiting + 1).saturating_sub(inner.queue.available_permits());
+        inner.tasks.insert(id, entry.clone());
+        // A restored task for the same function is superseded.
+        let old: Vec<i64> = inner
+            .restored
+            .iter()
+            .filter(|r| r.uri == uri && r.row.function == name)
+            .map(|r| *r.key())
+            .collect();
+        for o in old {
+            if let Some((_, r)) = inner.restored.remove(&o) {
+                if let Some(store) = inner.store() {
+                    let _ = store.set_task_status(
+                        r.row.id,
+                        TaskStatus::Discarded,
+                        Some(&format!("superseded by task {id}")),
+                    );
+                }
+            }
+        }
+        tasks::spawn(inner.clone(), entry, run, replies, events);
+        Ok::<_, LspError>(Started {
+            task: id,
+            queued_behind,
+        })
+    })();
+    match &started {
+        Ok(s) => {
+            inner.active.insert(key, s.task);
+        }
+        Err(_) => {
+            inner.active.remove(&key);
+        }
+    }
+    started
+}
+
+/// What an accept needs, from a live task in review or a restored one.
+struct Ready {
+    uri: Uri,
+    name: String,
+    stub_source: String,
+    code: String,
+    live: Option<Arc<TaskEntry>>,
+    tests_file: Option<String>,
+}
+
+fn ready(inner: &Inner, task: i64) -> Result<Ready, LspError> {
+    if let Some(e) = inner.tasks.get(&task).map(|e| e.clone()) {
+        let v = e.view();
+        let Some(p) = v.proposal.filter(|_| v.phase == TaskPhase::Review) else {
+            return Err(wrong_phase(&e, "it has no proposal to review yet"));
+        };
+        let module = e
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| e.name.clone());
+        return Ok(Ready {
+            uri: e.uri.clone(),
+            name: e.name.clone(),
+            stub_source: e.stub_source.clone(),
+            code: p.code.clone(),
+            tests_file: Some(pipeline::render_test_module(&p, &module)),
+            live: Some(e),
+        });
+    }
+    let r = inner
+        .restored
+        .get(&task)
+        .map(|r| r.clone())
+        .ok_or(LspError::UnknownTask(task))?;
+    if r.row.status != TaskStatus::AwaitingReview {
+        return Err(LspError::WrongPhase {
+            task,
+            phase: r.row.status.as_str().replace('_', " "),
+            wanted: "only a proposal awaiting review can be accepted; re-run it".into(),
+        });
+    }
+    let code = r.row.final_code.clone().ok_or_else(|| {
+        LspError::Internal(format!("task {task} awaits review but the store has no code for it"))
+    })?;
+    let tests_file = r.row.proposal_dir.as_ref().and_then(|d| {
+        let module = std::path::Path::new(&r.row.file).file_stem()?.to_string_lossy().into_owned();
+        let t = std::fs::read_to_string(
+            std::path::Path::new(d).join(format!("test_{}.py", r.row.function)),
+        )
+        .ok()?;
+        Some(t.replace(
+            &format!("from {} import *", r.row.function),
+            &format!("from {module} import *"),
+        ))
+    });
+    Ok(Ready {
+        uri: r.uri.clone(),
+        name: r.row.function.clone(),
+        stub_source: r.row.stub_source.clone(),
+        code,
+        live: None,
+        tests_file,
+    })
+}
+
+/// Applies a proposal as a versioned workspace edit against the document as
+/// it is now. Refuses (and offers a re-run) when the function changed since
+/// the task began; reports the client's refusal when the edit is not applied.
+pub async fn accept(inner: &Arc<Inner>, task: i64) -> Result<Applied, LspError> {
+    let r = ready(inner, task)?;
+    let session = inner.session()?.clone();
+    let (text, version) = inner.snapshot(&r.uri)?;
+    let plan = match edits::plan_accept(&text, &r.name, &r.stub_source, &r.code) {
+        Ok(p) => p,
+        Err(stale) => {
+            offer_rerun(inner.clone(), r.uri.clone(), r.name.clone(), task, &stale);
+            return Ok(Applied {
+                applied: false,
+                reason: Some(stale.to_string()),
+            });
+        }
+    };
+    // Positions from the same text the plan was made on (a temporary document
+    // when the file is not open).
+    let doc_positions = Document::new(version.unwrap_or(0), "python", &text);
+    let enc = session.encoding;
+    let annotate = session.flags.change_annotations
+        && inner.runtime().map(|rt| rt.config.confirm_edits).unwrap_or(true);
+    let annotation_id: ChangeAnnotationIdentifier = format!("docsmith-accept-{task}");
+    let text_edits: Vec<OneOf<TextEdit, AnnotatedTextEdit>> = plan
+        .hunks
+        .iter()
+        .map(|h| {
+            let te = TextEdit::new(doc_positions.range(h.old.clone(), enc), h.new_text.clone());
+            if annotate {
+                OneOf::Right(AnnotatedTextEdit {
+                    text_edit: te,
+                    annotation_id: annotation_id.clone(),
+                })
+            } else {
+                OneOf::Left(te)
+            }
+        })
+        .collect();
+    let edit = if session.flags.document_changes {
+        WorkspaceEdit {
+            document_changes: Some(DocumentChanges::Edits(vec![TextDocumentEdit {
+                text_document: OptionalVersionedTextDocumentIdentifier {
+                    uri: r.uri.clone(),
+                    version,
+                },
+                edits: text_edits,
+            }])),
+            change_annotations: annotate.then(|| {
+                HashMap::from([(
+                    annotation_id.clone(),
+                    ChangeAnnotation {
+                        label: format!("docsmith: implement `{}`", r.name),
+                        needs_confirmation: Some(true),
+                        description: Some(format!("proposal of task {task}")),
+                    },
+                )])
+            }),
+            ..Default::default()
+        }
+    } else {
+        // Without versioned edits the check above, made on this very text, is the only guard.
+        let plain = text_edits
+            .into_iter()
+            .map(|e| match e {
+                OneOf::Left(t) => t,
+                OneOf::Right(a) => a.text_edit,
+            })
+            .collect();
+        WorkspaceEdit {
+            changes: Some(HashMap::from([(r.uri.clone(), plain)])),
+            ..Default::default()
+        }
+    };
+    let resp = inner
+        .client
+        .apply_edit(edit)
+        .await
+        .map_err(|e| LspError::Internal(format!("workspace/applyEdit failed: {e}")))?;
+    if !resp.applied {
+        let reason = resp.failure_reason.unwrap_or_else(|| {
+            "the editor did not apply the edit (the document may have changed meanwhile)".into()
+        });
+        inner
+            .client
+            .show_message(MessageType::WARNING, format!("docsmith: `{}` not applied: {reason}", r.name))
+            .await;
+        return Ok(Applied {
+            applied: false,
+            reason: Some(reason),
+        });
+    }
+    match &r.live {
+        Some(e) => e.reply(Reply::Accept),
+        None => {
+            inner.restored.remove(&task);
+            if let Some(store) = inner.store() {
+                let _ = store.set_task_status(crate::store::TaskId(task), TaskStatus::Accepted, None);
+            }
+            inner.refresh_lenses().await;
+        }
+    }
+    if inner.runtime().map(|rt| rt.config.write_tests).unwrap_or(false) && r.tests_file.is_some() {
+        if let Err(e) = write_tests_text(inner, &r).await {
+            inner
+                .client
+                .show_message(MessageType::WARNING, format!("docsmith: tests not written: {e}"))
+                .await;
+        }
+    }
+    Ok(Applied {
+        applied: true,
+        reason: None,
+    })
+}
+
+fn offer_rerun(inner: Arc<Inner>, uri: Uri, name: String, task: i64, stale: &StaleError) {
+    let msg = format!("docsmith: {stale}");
+    tokio::spawn(async move {
+        let choice = inner
+            .client
+            .show_message_request(
+                MessageType::WARNING,
+                msg,
+                Some(vec![MessageActionItem {
+                    title: "Re-run".into(),
+                    properties: Default::default(),
+                }]),
+            )
+            .await;
+        if matches!(choice, Ok(Some(a)) if a.title == "Re-run") {
+            let _ = discard(&inner, task).await;
+            // Wait for the old task to end so the function is free again.
+            for _ in 0..100 {
+                if !inner.tasks.contains_key(&task) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            if let Err(e) = start(&inner, uri, name, None) {
+                inner
+                    .client
+                    .show_message(MessageType::ERROR, format!("docsmith: {e}"))
+                    .await;
+            }
+        }
+    });
+}
+
+/// Rejects a proposal with feedback (from the argument, else a `# docsmith:`
+/// comment): a live task starts another round; a restored one is superseded
+/// by a new refine task.
+pub async fn reject(inner: &Arc<Inner>, task: i64, feedback: Option<String>) -> Result<(), LspError> {
+    let r = ready(inner, task)?;
+    let feedback = match feedback.filter(|f| !f.trim().is_empty()) {
+        Some(f) => f,
+        None => comment_feedback(inner, &r.uri, &r.name).map_err(|_| {
+            LspError::Feedback(format!(
+                "rejecting needs feedback: pass `feedback` to docsmith.reject, or write `# docsmith: <what to change>` directly above `{}` and reject again (Discard drops the proposal without feedback)",
+                r.name
+            ))
+        })?,
+    };
+    match r.live {
+        Some(e) => e.reply(Reply::Reject(feedback)),
+        None => {
+            if let Some(store) = inner.store() {
+                let _ = store.add_feedback(crate::store::TaskId(task), None, &feedback);
+                let _ = store.set_task_status(
+                    crate::store::TaskId(task),
+                    TaskStatus::Rejected,
+                    Some("rejected with feedback after a restart; continued as a new task"),
+                );
+            }
+            inner.restored.remove(&task);
+            start(inner, r.uri, r.name, Some(feedback))?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops a proposal (or ends a task waiting for an answer).
+pub async fn discard(inner: &Arc<Inner>, task: i64) -> Result<(), LspError> {
+    if let Some(e) = inner.tasks.get(&task).map(|e| e.clone()) {
+        match e.view().phase {
+            TaskPhase::Review => e.reply(Reply::Discard),
+            _ => e.cancel.cancel(),
+        }
+        return Ok(());
+    }
+    let (_, r) = inner.restored.remove(&task).ok_or(LspError::UnknownTask(task))?;
+    if let Some(store) = inner.store() {
+        let _ = store.set_task_status(r.row.id, TaskStatus::Discarded, Some("discarded by the user"));
+    }
+    inner.refresh_lenses().await;
+    Ok(())
+}
+
+/// The proposal's files; opens the diff with `window/showDocument` when the
+/// client can, else logs the diff to the client's log.
+pub async fn show_diff(inner: &Arc<Inner>, task: i64) -> Result<ProposalFiles, LspError> {
+    let (dir, name) = if let Some(e) = inner.tasks.get(&task).map(|e| e.clone()) {
+        let v = e.view();
+        let dir = v
+            .proposal
+            .as_ref()
+            .and_then(|p| p.dir.clone())
+            .ok_or_else(|| wrong_phase(&e, "it has no proposal files yet"))?;
+        (dir, e.name.clone())
+    } else {
+        let r = inner.restored.get(&task).map(|r| r.clone()).ok_or(LspError::UnknownTask(task))?;
+        let dir = r
+            .row
+            .proposal_dir
+            .clone()
+            .ok_or_else(|| LspError::Internal(format!("task {task} has no proposal files")))?;
+        (std::path::PathBuf::from(dir), r.row.function.clone())
+    };
+    let files = ProposalFiles {
+        dir: dir.display().to_string(),
+        diff: dir.join("proposal.diff").display().to_string(),
+        code: dir.join(format!("{name}.py")).display().to_string(),
+        tests: dir.join(format!("test_{name}.py")).display().to_string(),
+        report: dir.join("report.md").display().to_string(),
+    };
+    let shown = if inner.session()?.flags.show_document {
+        match Uri::from_file_path(&files.diff) {
+            Some(uri) => inner
+                .client
+                .show_document(ShowDocumentParams {
+                    uri,
+                    external: Some(false),
+                    take_focus: Some(true),
+                    selection: None,
+                })
+                .await
+                .unwrap_or(false),
+            None => false,
+        }
+    } else {
+        false
+    };
+    if !shown {
+        let diff = std::fs::read_to_string(&files.diff).unwrap_or_default();
+        inner
+            .client
+            .log_message(MessageType::INFO, format!("docsmith: proposal diff ({}):\n{diff}", files.diff))
+            .await;
+        inner
+            .client
+            .show_message(
+                MessageType::INFO,
+                format!("docsmith: the proposal is in {} (diff: {})", files.dir, files.diff),
+            )
+            .await;
+    }
+    Ok(files)
+}
+
+/// Writes the proposal's tests to `tests/test_<module>.py` under the workspace.
+pub async fn write_tests(inner: &Arc<Inner>, task: i64) -> Result<Applied, LspError> {
+    let r = ready(inner, task)?;
+    write_tests_text(inner, &r).await
+}
+
+async fn write_tests_text(inner: &Arc<Inner>, r: &Ready) -> Result<Applied, LspError> {
+    let session = inner.session()?.clone();
+    let text = r.tests_file.clone().ok_or_else(|| LspError::Internal("no tests to write".into()))?;
+    let module = uri_path(&r.uri)?
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| r.name.clone());
+    let path = session.root.join("tests").join(format!("test_{module}.py"));
+    let uri = Uri::from_file_path(&path)
+        .ok_or_else(|| LspError::Internal(format!("bad path {}", path.display())))?;
+    let exists = path.exists();
+    if !exists && !session.flags.create_files {
+        // The client cannot create files; a new file holds no user text, so write it directly.
+        std::fs::create_dir_all(path.parent().expect("tests dir has a parent"))
+            .and_then(|()| std::fs::write(&path, &text))
+            .map_err(|e| LspError::Internal(format!("{}: {e}", path.display())))?;
+        return Ok(Applied {
+            applied: true,
+            reason: None,
+        });
+    }
+    let (insert_at, new_text) = if exists {
+        let (cur, _) = inner.snapshot(&uri)?;
+        let d = Document::new(0, "python", &cur);
+        (d.byte_to_position(cur.len(), session.encoding), format!("\n\n{text}"))
+    } else {
+        (Position::new(0, 0), text)
+    };
+    let mut ops = Vec::new();
+    if !exists {
+        ops.push(DocumentChangeOperation::Op(ResourceOp::Create(CreateFile {
+            uri: uri.clone(),
+            options: Some(CreateFileOptions {
+                overwrite: Some(false),
+                ignore_if_exists: Some(true),
+            }),
+            annotation_id: None,
+        })));
+    }
+    ops.push(DocumentChangeOperation::Edit(TextDocumentEdit {
+        text_document: OptionalVersionedTextDocumentIdentifier {
+            uri: uri.clone(),
+            version: inner.docs.get(&uri).map(|d| d.version),
+        },
+        edits: vec![OneOf::Left(TextEdit::new(
+            Range::new(insert_at, insert_at),
+            new_text,
+        ))],
+    }));
+    let resp = inner
+        .client
+        .apply_edit(WorkspaceEdit {
+            document_changes: Some(DocumentChanges::Operations(ops)),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| LspError::Internal(format!("workspace/applyEdit failed: {e}")))?;
+    Ok(Applied {
+        applied: resp.applied,
+        reason: resp.failure_reason,
+    })
+}

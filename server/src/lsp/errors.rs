@@ -1,0 +1,74 @@
+//! The language server's errors, mapped once to JSON-RPC errors. Messages name
+//! the cause and the fix; codes follow LSP where one fits (`ContentModified`
+//! for a stale document, `RequestCancelled`, `InvalidParams`).
+
+use tower_lsp_server::jsonrpc::{Error, ErrorCode};
+
+use crate::pipeline::PipelineError;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LspError {
+    #[error("the server has not received `initialize` yet")]
+    NotInitialized,
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("unknown command `{0}`; docsmith's commands are: {list}", list = super::protocol::COMMANDS.join(", "))]
+    UnknownCommand(String),
+    #[error("{command}: bad arguments: {message} (expected one JSON object, e.g. {example})")]
+    BadArguments {
+        command: String,
+        message: String,
+        example: &'static str,
+    },
+    #[error("no docsmith task #{0} is live or restored (it ended, or belongs to another workspace)")]
+    UnknownTask(i64),
+    #[error("task #{task} is {phase}; {wanted}")]
+    WrongPhase {
+        task: i64,
+        phase: String,
+        wanted: String,
+    },
+    #[error("`{name}` already has a docsmith task (#{task}, {phase}): cancel it (docsmith.cancel) or wait for it to finish")]
+    Busy {
+        name: String,
+        task: i64,
+        phase: String,
+    },
+    #[error("{0}")]
+    Feedback(String),
+    #[error("document: {0}")]
+    Document(String),
+    #[error("{0}")]
+    Stale(String),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<LspError> for Error {
+    fn from(e: LspError) -> Error {
+        let code = match &e {
+            LspError::NotInitialized => ErrorCode::ServerError(-32002),
+            LspError::UnknownCommand(_)
+            | LspError::BadArguments { .. }
+            | LspError::UnknownTask(_)
+            | LspError::Feedback(_)
+            | LspError::Document(_) => ErrorCode::InvalidParams,
+            LspError::Pipeline(PipelineError::Analysis(_))
+            | LspError::Pipeline(PipelineError::MethodUnsupported(_))
+            | LspError::Pipeline(PipelineError::NoDocstring(_)) => ErrorCode::InvalidParams,
+            LspError::Stale(_) => ErrorCode::ServerError(-32801), // ContentModified
+            LspError::Pipeline(PipelineError::Cancelled) => ErrorCode::ServerError(-32800), // RequestCancelled
+            LspError::WrongPhase { .. } | LspError::Busy { .. } => ErrorCode::InvalidRequest,
+            LspError::Config(_) => ErrorCode::ServerError(-32001),
+            LspError::Pipeline(_) | LspError::Internal(_) => ErrorCode::InternalError,
+        };
+        Error {
+            code,
+            message: format!("docsmith: {e}").into(),
+            data: None,
+        }
+    }
+}
