@@ -172,7 +172,7 @@ pub fn main() -> i32 {
             return EXIT_INTERNAL;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         match cli.command {
             Command::Serve { .. } => {
                 crate::lsp::serve().await;
@@ -182,7 +182,11 @@ pub fn main() -> i32 {
             Command::History { workspace, limit } => history(&workspace, limit),
             Command::Model { action } => model(action).await,
         }
-    })
+    });
+    // Do not wait for blocking threads: the language server's stdin reader
+    // stays blocked in read(2) until the editor closes the pipe.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    code
 }
 
 fn init_tracing(filter: &str) {

@@ -178,10 +178,17 @@ pub fn code_lenses(inner: &Inner, uri: &Uri) -> Vec<CodeLens> {
                     proto::SHOW_DIFF,
                     json!({ "task": task }),
                 )));
-                for c in commands_for(inner, uri, &f).into_iter().take(3) {
-                    let short = c.title.split(" proposal").next().unwrap_or("").to_string();
-                    let short = if short.starts_with("Show") { "Diff".to_string() } else { short };
-                    out.push(lens(Command { title: short, ..c }));
+                for c in commands_for(inner, uri, &f) {
+                    let short = match c.command.as_str() {
+                        proto::ACCEPT => "Accept",
+                        proto::REJECT => "Reject…",
+                        proto::SHOW_DIFF => "Diff",
+                        _ => continue,
+                    };
+                    out.push(lens(Command {
+                        title: short.to_string(),
+                        ..c
+                    }));
                 }
             }
             FnState::Live(task, _, msg) => {

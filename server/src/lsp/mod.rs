@@ -497,7 +497,17 @@ async fn pull_configuration(inner: &Inner) {
 /// Runs the server on stdin/stdout until the client sends `exit`. Nothing but
 /// protocol traffic goes to stdout; logs go to stderr and to `log_file`.
 pub async fn serve() {
-    let stdin = tokio::io::stdin();
+    // tower-lsp-server reads with tokio-util's FramedRead, which ends the stream
+    // after the first undecodable message: one malformed message would leave
+    // the server deaf. Frames are checked here first; bad ones are logged and
+    // dropped, good ones passed through unchanged.
+    let (mut checked_tx, checked_rx) = tokio::io::duplex(1 << 20);
+    tokio::spawn(async move {
+        if let Err(e) = filter_frames(tokio::io::stdin(), &mut checked_tx).await {
+            tracing::error!("reading stdin: {e}");
+        }
+    });
+    let stdin = checked_rx;
     let stdout = tokio::io::stdout();
     let (service, socket) = LspService::build(|client| Backend {
         inner: Arc::new(Inner::new(client)),
@@ -513,4 +523,56 @@ pub fn log_file() -> Option<PathBuf> {
     let dirs = directories::ProjectDirs::from("", "", "docsmith")?;
     let dir: &Path = dirs.state_dir().unwrap_or_else(|| dirs.cache_dir());
     Some(dir.join("server.log"))
+}
+
+/// Copies LSP frames from `input` to `output`, dropping (and logging) frames
+/// without a usable `Content-Length` or whose body is not JSON. Returns at EOF.
+pub async fn filter_frames<R, W>(input: R, output: &mut W) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut r = tokio::io::BufReader::new(input);
+    loop {
+        let mut len: Option<usize> = None;
+        let mut saw_header = false;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if saw_header {
+                    break;
+                }
+                continue;
+            }
+            saw_header = true;
+            if let Some((k, v)) = line.split_once(':') {
+                if k.trim().eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().ok();
+                }
+            }
+        }
+        let Some(len) = len.filter(|n| *n <= 64 << 20) else {
+            tracing::error!("dropped a message without a valid Content-Length header");
+            continue;
+        };
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).await?;
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            tracing::error!(
+                "dropped a malformed message ({e}): {:?}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            );
+            continue;
+        }
+        output
+            .write_all(format!("Content-Length: {len}\r\n\r\n").as_bytes())
+            .await?;
+        output.write_all(&body).await?;
+        output.flush().await?;
+    }
 }

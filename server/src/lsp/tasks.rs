@@ -236,6 +236,7 @@ async fn drive(
                     )
                     .await;
                     let v = e.update(|v| {
+                        v.phase = TaskPhase::Running;
                         v.proposal = None;
                         v.percent = 0;
                         v.message = "refining with your feedback".into();

@@ -1,0 +1,452 @@
+//! Test support shared by the protocol tests and the LSP benchmarks: a
+//! blocking LSP client that drives `docsmith serve` over stdio, and an
+//! OpenAI-compatible HTTP endpoint answering with scripted replies (it stands
+//! in for the model only in protocol tests; end-to-end tests use the real one).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// How the fake editor answers a request from the server: (method, params) -> result.
+pub type Responder = Box<dyn FnMut(&str, &Value) -> Value + Send>;
+
+/// A blocking LSP client over a child's stdio.
+pub struct LspClient {
+    pub child: Child,
+    stdin: ChildStdin,
+    rx: Receiver<Value>,
+    next_id: i64,
+    /// Every message received from the server, with its arrival time.
+    pub log: Vec<(Instant, Value)>,
+    pub responder: Responder,
+}
+
+/// The stock responder: accepts progress tokens and edits, answers
+/// configuration with `null`, dismisses message requests.
+pub fn default_responder() -> Responder {
+    Box::new(|method, _params| match method {
+        "workspace/applyEdit" => json!({"applied": true}),
+        "workspace/configuration" => json!([null]),
+        "window/showDocument" => json!({"success": true}),
+        _ => Value::Null,
+    })
+}
+
+impl LspClient {
+    /// Starts `bin serve` in `cwd` with extra environment variables.
+    pub fn spawn(bin: &Path, cwd: &Path, env: &[(&str, String)]) -> LspClient {
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--stdio")
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start docsmith serve");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            loop {
+                let mut len = None;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.strip_prefix("Content-Length: ") {
+                        len = v.parse::<usize>().ok();
+                    }
+                }
+                let mut buf = vec![0; len.expect("Content-Length header")];
+                if r.read_exact(&mut buf).is_err() {
+                    return;
+                }
+                let v: Value = serde_json::from_slice(&buf).expect("server sent valid JSON");
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        LspClient {
+            child,
+            stdin,
+            rx,
+            next_id: 1,
+            log: Vec::new(),
+            responder: default_responder(),
+        }
+    }
+
+    /// Writes one framed message.
+    pub fn send(&mut self, msg: &Value) {
+        let body = serde_json::to_vec(msg).unwrap();
+        write!(self.stdin, "Content-Length: {}\r\n\r\n", body.len()).unwrap();
+        self.stdin.write_all(&body).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Writes raw bytes (for malformed-input tests).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    pub fn notify(&mut self, method: &str, params: Value) {
+        self.send(&json!({"jsonrpc": "2.0", "method": method, "params": params}));
+    }
+
+    /// Sends a request and waits for its response (answering the server's own
+    /// requests meanwhile). `Ok(result)` or `Err(error object)`.
+    pub fn request(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut scanned = self.log.len();
+        loop {
+            while scanned < self.log.len() {
+                let m = &self.log[scanned].1;
+                scanned += 1;
+                if m.get("method").is_none() && m["id"] == json!(id) {
+                    return match m.get("error") {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(m["result"].clone()),
+                    };
+                }
+            }
+            assert!(Instant::now() < deadline, "no response to {method} within 60 s");
+            self.pump(Duration::from_millis(200));
+        }
+    }
+
+    /// Receives at most one message (waiting up to `timeout`), answering it if
+    /// it is a request from the server, and logs it. False on timeout.
+    pub fn pump(&mut self, timeout: Duration) -> bool {
+        match self.rx.recv_timeout(timeout) {
+            Ok(m) => {
+                if m.get("method").is_some() && m.get("id").is_some() {
+                    let method = m["method"].as_str().unwrap().to_string();
+                    let result = (self.responder)(&method, &m["params"]);
+                    let id = m["id"].clone();
+                    self.log.push((Instant::now(), m));
+                    self.send(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
+                } else {
+                    self.log.push((Instant::now(), m));
+                }
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(timeout.min(Duration::from_millis(50)));
+                false
+            }
+        }
+    }
+
+    /// Waits until a message from index `since` on matches `pred`; returns it.
+    pub fn wait_for(
+        &mut self,
+        since: usize,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut scanned = since;
+        loop {
+            while scanned < self.log.len() {
+                if pred(&self.log[scanned].1) {
+                    return self.log[scanned].1.clone();
+                }
+                scanned += 1;
+            }
+            if Instant::now() >= deadline {
+                let methods: Vec<String> = self.log[since..]
+                    .iter()
+                    .map(|(_, m)| m.get("method").map_or("<response>".into(), |v| v.to_string()))
+                    .collect();
+                panic!("timed out waiting for {what}; received since: {methods:?}");
+            }
+            self.pump(Duration::from_millis(100));
+        }
+    }
+
+    /// Messages with this method, from index `since` on.
+    pub fn messages(&self, since: usize, method: &str) -> Vec<Value> {
+        self.log[since..]
+            .iter()
+            .filter(|(_, m)| m["method"] == json!(method))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// `initialize` + `initialized` with typical capabilities; `extra` is merged
+    /// into the capabilities object. Returns the initialize result.
+    pub fn initialize(&mut self, root: &Path, extra_caps: Value, init_options: Value) -> Value {
+        let mut caps = json!({
+            "window": {"workDoneProgress": true, "showMessage": {}, "showDocument": {"support": true}},
+            "workspace": {
+                "applyEdit": true,
+                "workspaceEdit": {"documentChanges": true, "resourceOperations": ["create"]},
+                "codeLens": {"refreshSupport": true},
+                "configuration": false
+            },
+            "textDocument": {"codeAction": {}, "codeLens": {}}
+        });
+        merge(&mut caps, &extra_caps);
+        let root_uri = file_uri(root);
+        let r = self
+            .request(
+                "initialize",
+                json!({
+                    "processId": null,
+                    "rootUri": root_uri,
+                    "workspaceFolders": [{"uri": root_uri, "name": "ws"}],
+                    "capabilities": caps,
+                    "initializationOptions": init_options,
+                }),
+            )
+            .expect("initialize succeeds");
+        self.notify("initialized", json!({}));
+        r
+    }
+
+    pub fn open(&mut self, path: &Path, text: &str) {
+        self.notify(
+            "textDocument/didOpen",
+            json!({"textDocument": {"uri": file_uri(path), "languageId": "python", "version": 1, "text": text}}),
+        );
+    }
+
+    /// Code action titles and their commands at a line.
+    pub fn code_actions(&mut self, path: &Path, line: u32) -> Vec<Value> {
+        let r = self
+            .request(
+                "textDocument/codeAction",
+                json!({
+                    "textDocument": {"uri": file_uri(path)},
+                    "range": {"start": {"line": line, "character": 0}, "end": {"line": line, "character": 0}},
+                    "context": {"diagnostics": []}
+                }),
+            )
+            .expect("codeAction succeeds");
+        r.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Runs the command of the action whose title starts with `prefix`.
+    pub fn run_action(&mut self, path: &Path, line: u32, prefix: &str) -> Result<Value, Value> {
+        let actions = self.code_actions(path, line);
+        let a = actions
+            .iter()
+            .find(|a| a["title"].as_str().unwrap_or("").starts_with(prefix))
+            .unwrap_or_else(|| panic!("no action starting with {prefix:?} in {actions:#?}"))
+            .clone();
+        self.request("workspace/executeCommand", a["command"].clone())
+    }
+
+    /// `shutdown` + `exit`, then waits for the process (up to 10 s).
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = self.request("shutdown", Value::Null);
+        self.notify("exit", Value::Null);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("server did not exit within 10 s of `exit`");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LspClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn file_uri(p: &Path) -> String {
+    format!("file://{}", p.display())
+}
+
+fn merge(base: &mut Value, extra: &Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e.clone(),
+    }
+}
+
+/// Applies LSP text edits (UTF-16 positions) to `text`.
+pub fn apply_edits(text: &str, edits: &[Value]) -> String {
+    let offset = |pos: &Value| -> usize {
+        let line = pos["line"].as_u64().unwrap() as usize;
+        let ch = pos["character"].as_u64().unwrap() as usize;
+        let mut at = 0;
+        for (i, l) in text.split_inclusive('\n').enumerate() {
+            if i == line {
+                let mut units = 0;
+                for (b, c) in l.char_indices() {
+                    if units >= ch || c == '\n' {
+                        return at + b;
+                    }
+                    units += c.len_utf16();
+                }
+                return at + l.len();
+            }
+            at += l.len();
+        }
+        text.len()
+    };
+    let mut spans: Vec<(usize, usize, String)> = edits
+        .iter()
+        .map(|e| {
+            (
+                offset(&e["range"]["start"]),
+                offset(&e["range"]["end"]),
+                e["newText"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    spans.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let mut out = text.to_string();
+    for (a, b, t) in spans {
+        out.replace_range(a..b, &t);
+    }
+    out
+}
+
+/// The role a chat request is for, from its system prompt (the prompts live in `server/src/roles.rs`).
+pub fn role_of(body: &Value) -> &'static str {
+    let sys = body["messages"][0]["content"].as_str().unwrap_or("");
+    if sys.starts_with("You are the planner") {
+        "planner"
+    } else if sys.starts_with("You are the test designer") {
+        "tests"
+    } else if sys.starts_with("You are an expert Python developer") {
+        "developer"
+    } else if sys.starts_with("You are a strict reviewer of test cases") {
+        "judge"
+    } else {
+        "critic"
+    }
+}
+
+/// Scripted replies: (role, n-th call for that role from 0, request body) -> reply text.
+pub type Script = Arc<dyn Fn(&str, usize, &Value) -> String + Send + Sync>;
+
+/// An OpenAI-compatible `POST /v1/chat/completions` endpoint on 127.0.0.1.
+pub struct MockLlm {
+    pub base_url: String,
+    /// Request bodies received, with their role.
+    pub requests: Arc<Mutex<Vec<(String, Value)>>>,
+    /// Delay before each reply, ms (to keep a task running).
+    pub delay_ms: Arc<AtomicU64>,
+}
+
+impl MockLlm {
+    pub fn start(script: Script) -> MockLlm {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+        let (reqs, delay) = (requests.clone(), delay_ms.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let (reqs, delay, counts, script) =
+                    (reqs.clone(), delay.clone(), counts.clone(), script.clone());
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    let mut len = 0;
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let l = line.trim_end().to_ascii_lowercase();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = l.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let role = role_of(&body);
+                    let n = {
+                        let mut c = counts.lock().unwrap();
+                        let e = c.entry(role.to_string()).or_insert(0);
+                        *e += 1;
+                        *e - 1
+                    };
+                    reqs.lock().unwrap().push((role.to_string(), body.clone()));
+                    std::thread::sleep(Duration::from_millis(delay.load(Ordering::SeqCst)));
+                    let content = script(role, n, &body);
+                    let reply = json!({
+                        "id": "mock", "object": "chat.completion", "model": "mock",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": content}}],
+                        "usage": {"prompt_tokens": 100, "completion_tokens": 20}
+                    })
+                    .to_string();
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                        reply.len(),
+                        reply
+                    );
+                });
+            }
+        });
+        MockLlm {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            requests,
+            delay_ms,
+        }
+    }
+
+    /// `docsmith.toml` routing every role to this endpoint.
+    pub fn config_toml(&self, extra: &str) -> String {
+        format!(
+            "{extra}\n[providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"mock\"\nsupports_json_schema = false\n\n\
+             [roles.planner]\nprovider = \"mock\"\n[roles.test_designer]\nprovider = \"mock\"\n\
+             [roles.developer]\nprovider = \"mock\"\n[roles.critic]\nprovider = \"mock\"\n",
+            self.base_url
+        )
+    }
+
+    pub fn roles(&self) -> Vec<String> {
+        self.requests.lock().unwrap().iter().map(|(r, _)| r.clone()).collect()
+    }
+}
