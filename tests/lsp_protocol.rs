@@ -107,8 +107,12 @@ fn editor(c: &mut LspClient, text: &str, choice: Option<&'static str>) -> (Arc<M
         "workspace/applyEdit" => {
             e.lock().unwrap().push(params.clone());
             let changes = &params["edit"]["documentChanges"][0];
-            let mut t = d.lock().unwrap();
-            *t = apply_edits(&t, changes["edits"].as_array().unwrap());
+            if let Some(edits) = changes["edits"].as_array() {
+                if changes["textDocument"]["uri"].as_str().unwrap_or("").ends_with("calc.py") {
+                    let mut t = d.lock().unwrap();
+                    *t = apply_edits(&t, edits);
+                }
+            }
             json!({"applied": true})
         }
         "window/showMessageRequest" => {
@@ -261,7 +265,10 @@ fn reject_with_feedback_runs_another_round_and_the_critic_reads_it() {
         json!({"command": "docsmith.reject", "arguments": [{"task": task, "feedback": "also accept strings and concatenate them"}]}),
     )
     .unwrap();
-    c.wait_for(mid, LONG, "second review", |m| m["params"]["phase"] == "review");
+    let round1 = json!(format!("docsmith/{task}/1"));
+    c.wait_for(mid, LONG, "second review", |m| {
+        m["params"]["token"] == round1 && m["params"]["value"]["kind"] == "end"
+    });
     let critic_saw_feedback = mock.requests.lock().unwrap().iter().any(|(role, body)| {
         role == "critic" && body.to_string().contains("also accept strings and concatenate them")
     });
@@ -432,5 +439,66 @@ fn utf8_is_negotiated_and_incremental_edits_keep_positions_right() {
     assert!(e["message"].as_str().unwrap().contains("add"), "names the functions that exist: {e}");
     c.send_raw(b"Content-Length: 5\r\n\r\n{oops");
     assert_eq!(titles(&mut c, DEF_LINE + 1)[0], "Generate `add` from docstring");
+    assert!(c.stop().success());
+}
+
+#[test]
+fn accept_with_change_annotations_and_tests_written_to_a_new_file() {
+    let mock = MockLlm::start(script(0, false));
+    let ws = workspace(&mock, "");
+    let mut c = server(&ws);
+    let caps = json!({"workspace": {"workspaceEdit": {"changeAnnotationSupport": {"groupsOnLabel": true}}}});
+    c.initialize(&ws.root, caps, json!({"docsmith": {"write_tests": true}}));
+    let (doc, edits) = editor(&mut c, STUB, Some("Accept"));
+    c.open(&ws.file, STUB);
+    let since = c.log.len();
+    c.run_action(&ws.file, DEF_LINE, "Generate").unwrap();
+    c.wait_for(since, LONG, "accepted", |m| m["params"]["phase"] == "accepted");
+    c.wait_for(since, LONG, "tests edit", |m| {
+        m["method"] == "workspace/applyEdit"
+            && m["params"]["edit"]["documentChanges"][0]["kind"] == "create"
+    });
+    let edits = edits.lock().unwrap();
+    let accept = &edits[0]["edit"];
+    let ann = accept["changeAnnotations"].as_object().unwrap();
+    assert_eq!(ann.len(), 1);
+    let (id, a) = ann.iter().next().unwrap();
+    assert_eq!(a["needsConfirmation"], true);
+    let e0 = &accept["documentChanges"][0]["edits"][0];
+    assert_eq!(e0["annotationId"], json!(id), "every edit carries the annotation");
+    assert!(doc.lock().unwrap().contains("return a + b"));
+    let tests = &edits[1]["edit"]["documentChanges"];
+    assert!(tests[0]["uri"].as_str().unwrap().ends_with("/tests/test_calc.py"), "{tests}");
+    let body = tests[1]["edits"][0]["newText"].as_str().unwrap();
+    assert!(body.contains("from calc import *") && body.contains("def test_"), "{body}");
+    assert!(c.stop().success());
+}
+
+#[test]
+fn bad_settings_are_reported_and_the_last_good_ones_stay() {
+    let mock = MockLlm::start(script(0, false));
+    // A typo in initializationOptions: shown at start, and commands say why they cannot run.
+    let ws = workspace(&mock, "");
+    let mut c = server(&ws);
+    c.initialize(&ws.root, json!({}), json!({"max_refinement": 2}));
+    let err = c.wait_for(0, LONG, "config error", |m| m["method"] == "window/showMessage");
+    let msg = err["params"]["message"].as_str().unwrap();
+    assert!(msg.contains("max_refinement") && err["params"]["type"] == 1, "{msg}");
+    c.open(&ws.file, STUB);
+    let e = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap_err();
+    assert!(e["message"].as_str().unwrap().contains("max_refinement"), "{e}");
+    assert!(c.stop().success());
+
+    // A typo pushed later through didChangeConfiguration: reported, and the last good settings stay.
+    let mut c = server(&ws);
+    c.initialize(&ws.root, json!({}), json!({"docsmith": {"max_refinements": 2}}));
+    editor(&mut c, STUB, None);
+    let since = c.log.len();
+    c.notify("workspace/didChangeConfiguration", json!({"settings": {"docsmith": {"sandbox": {"cpu_secs": 3}}}}));
+    let err = c.wait_for(since, LONG, "config error", |m| m["method"] == "window/showMessage");
+    assert!(err["params"]["message"].as_str().unwrap().contains("cpu_secs"), "{err}");
+    c.open(&ws.file, STUB);
+    let r = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap();
+    assert!(r["task"].as_i64().is_some());
     assert!(c.stop().success());
 }
