@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # All tests, on a fresh machine: installs what they need (system packages, the
-# default model, the small 0.5B model the local-provider tests load, and two
-# Neovims), then runs unit, protocol and end-to-end tests (the latter on the
-# real embedded model, in real Neovim).
+# default model, the small 0.5B model the local-provider tests load, two
+# Neovims, code-server and chromium), then runs unit, protocol and end-to-end
+# tests (the latter on the real embedded model, in real Neovim and VS Code).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOCSMITH_PROFILE=debug bash scripts/setup.sh
@@ -11,3 +11,5 @@ DOCSMITH_PROFILE=debug bash scripts/setup.sh
 bash scripts/install_neovim.sh
 export CARGO_TERM_COLOR=never
 cargo test --workspace 2>&1
+# The VS Code extension, end to end in real VS Code (code-server + chromium).
+bash scripts/test_vscode.sh 2>&1

@@ -225,6 +225,8 @@ pub struct Proposal {
     pub notes: Vec<String>,
     /// Where the proposal files were written, when they were.
     pub dir: Option<PathBuf>,
+    /// The function's text when the task began (written as `original.py` beside the proposal).
+    pub original: String,
 }
 
 impl Proposal {
@@ -1394,6 +1396,7 @@ impl TaskRun {
             wall_ms: self.started.elapsed().as_millis() as u64,
             notes: self.notes.clone(),
             dir: None,
+            original: self.view.source.clone(),
         };
         if self.deps.settings.write_proposal_files {
             match write_proposal_files(&self.spec.workspace, &proposal) {
@@ -1666,6 +1669,7 @@ pub fn write_proposal_files(workspace: &Path, p: &Proposal) -> std::io::Result<P
         render_test_module(p, &p.function),
     )?;
     std::fs::write(dir.join("proposal.diff"), &p.diff)?;
+    std::fs::write(dir.join("original.py"), &p.original)?;
     std::fs::write(dir.join("report.md"), render_report(p))?;
     Ok(dir)
 }

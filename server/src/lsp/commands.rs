@@ -85,8 +85,8 @@ pub async fn execute(inner: &Arc<Inner>, p: ExecuteCommandParams) -> Result<Valu
             Ok(Value::Null)
         }
         proto::SHOW_DIFF => {
-            let a: TaskArgs = arg(&p, EX_TASK)?;
-            Ok(json(&show_diff(inner, a.task).await?))
+            let a: ShowDiffArgs = arg(&p, EX_TASK)?;
+            Ok(json(&show_diff(inner, a.task, a.open.unwrap_or(true)).await?))
         }
         proto::CANCEL => {
             let a: TaskArgs = arg(&p, EX_TASK)?;
@@ -497,7 +497,7 @@ pub async fn discard(inner: &Arc<Inner>, task: i64) -> Result<(), LspError> {
 
 /// The proposal's files; opens the diff with `window/showDocument` when the
 /// client can, else logs the diff to the client's log.
-pub async fn show_diff(inner: &Arc<Inner>, task: i64) -> Result<ProposalFiles, LspError> {
+pub async fn show_diff(inner: &Arc<Inner>, task: i64, open: bool) -> Result<ProposalFiles, LspError> {
     let (dir, name) = if let Some(e) = inner.tasks.get(&task).map(|e| e.clone()) {
         let v = e.view();
         let dir = v
@@ -518,10 +518,14 @@ pub async fn show_diff(inner: &Arc<Inner>, task: i64) -> Result<ProposalFiles, L
     let files = ProposalFiles {
         dir: dir.display().to_string(),
         diff: dir.join("proposal.diff").display().to_string(),
+        original: dir.join("original.py").display().to_string(),
         code: dir.join(format!("{name}.py")).display().to_string(),
         tests: dir.join(format!("test_{name}.py")).display().to_string(),
         report: dir.join("report.md").display().to_string(),
     };
+    if !open {
+        return Ok(files);
+    }
     let shown = if inner.session()?.flags.show_document {
         match Uri::from_file_path(&files.diff) {
             Some(uri) => inner

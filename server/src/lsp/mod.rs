@@ -66,6 +66,8 @@ pub struct ClientFlags {
     pub change_annotations: bool,
     /// `workspace.workspaceEdit.resourceOperations` includes `create`.
     pub create_files: bool,
+    /// `experimental.docsmith.prompts`: the client prompts for free text itself.
+    pub prompts_in_client: bool,
 }
 
 impl ClientFlags {
@@ -90,6 +92,13 @@ impl ClientFlags {
             create_files: we
                 .and_then(|e| e.resource_operations.as_ref())
                 .is_some_and(|ops| ops.contains(&ResourceOperationKind::Create)),
+            prompts_in_client: caps
+                .experimental
+                .as_ref()
+                .and_then(|x| x.get("docsmith"))
+                .and_then(|d| d.get(protocol::EXPERIMENTAL_PROMPTS))
+                .and_then(|p| p.as_bool())
+                .unwrap_or(false),
         }
     }
 }

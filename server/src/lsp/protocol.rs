@@ -21,7 +21,7 @@ pub const ACCEPT: &str = "docsmith.accept";
 pub const REJECT: &str = "docsmith.reject";
 /// Drop the proposal; the task ends. Args: [`TaskArgs`]. Result: `null`.
 pub const DISCARD: &str = "docsmith.discard";
-/// Open (or, without `window/showDocument`, log) the proposal's diff. Args: [`TaskArgs`]. Result: [`ProposalFiles`].
+/// Open (or, without `window/showDocument`, log) the proposal's diff. Args: [`ShowDiffArgs`]. Result: [`ProposalFiles`].
 pub const SHOW_DIFF: &str = "docsmith.showDiff";
 /// Cancel a task and kill its sandbox. Args: [`TaskArgs`]. Result: `null`.
 pub const CANCEL: &str = "docsmith.cancel";
@@ -99,16 +99,41 @@ pub struct Applied {
     pub reason: Option<String>,
 }
 
+/// [`SHOW_DIFF`]'s argument. `open: false` only returns the paths (the VS Code
+/// extension opens its own diff view); by default the server asks the client
+/// to open `proposal.diff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShowDiffArgs {
+    pub task: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<bool>,
+}
+
 /// Result of [`SHOW_DIFF`]: where the proposal's files are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProposalFiles {
     pub dir: String,
     pub diff: String,
+    /// The function as it was when the task began.
+    pub original: String,
+    /// The proposed module (imports, helpers, the function).
     pub code: String,
     pub tests: String,
     pub report: String,
 }
+
+/// Keys docsmith puts in the `MessageActionItem`s of its prompts, so a client
+/// with its own prompt UI (the VS Code extension) knows the task and the kind
+/// of prompt: `docsmithTask` (number) and `docsmithKind` (`question` or `review`).
+pub const ACTION_TASK_KEY: &str = "docsmithTask";
+pub const ACTION_KIND_KEY: &str = "docsmithKind";
+
+/// Client capability `experimental.docsmith.prompts: true`: the client prompts
+/// for free text itself (answers, feedback), so the server does not tell the
+/// user how to run `docsmith.answer` by hand.
+pub const EXPERIMENTAL_PROMPTS: &str = "prompts";
 
 /// Where a task stands, as `docsmith/taskChanged` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -375,10 +375,17 @@ async fn forward_events(
     }
 }
 
-fn action(title: &str) -> MessageActionItem {
+/// An action that also names its task and prompt kind (see `protocol::ACTION_TASK_KEY`).
+fn tagged_action(title: &str, task: i64, kind: &str) -> MessageActionItem {
+    use tower_lsp_server::ls_types::MessageActionItemProperty as P;
     MessageActionItem {
         title: title.to_string(),
-        properties: Default::default(),
+        properties: [
+            (super::protocol::ACTION_TASK_KEY.to_string(), P::Integer(task as i32)),
+            (super::protocol::ACTION_KIND_KEY.to_string(), P::String(kind.to_string())),
+        ]
+        .into_iter()
+        .collect(),
     }
 }
 
@@ -392,9 +399,13 @@ pub const QUESTION_FREE_TEXT: &str = "Answer…";
 pub const QUESTION_CANCEL: &str = "Cancel";
 
 async fn ask_question(inner: Arc<Inner>, e: Arc<TaskEntry>, q: Question, pause: u32) {
-    let mut actions: Vec<MessageActionItem> = q.options.iter().map(|o| action(o)).collect();
-    actions.push(action(QUESTION_FREE_TEXT));
-    actions.push(action(QUESTION_CANCEL));
+    let mut actions: Vec<MessageActionItem> = q
+        .options
+        .iter()
+        .map(|o| tagged_action(o, e.id, "question"))
+        .collect();
+    actions.push(tagged_action(QUESTION_FREE_TEXT, e.id, "question"));
+    actions.push(tagged_action(QUESTION_CANCEL, e.id, "question"));
     let msg = format!("docsmith: `{}`: {}", e.name, q.text);
     let chosen = inner
         .client
@@ -403,6 +414,9 @@ async fn ask_question(inner: Arc<Inner>, e: Arc<TaskEntry>, q: Question, pause: 
     let reply = match chosen {
         Ok(Some(a)) if q.options.contains(&a.title) => Reply::Answer(a.title),
         Ok(Some(a)) if a.title == QUESTION_FREE_TEXT => {
+            if inner.session().is_ok_and(|s| s.flags.prompts_in_client) {
+                return; // the client prompts and sends docsmith.answer itself
+            }
             inner
                 .client
                 .show_message(
@@ -439,7 +453,7 @@ async fn ask_review(inner: Arc<Inner>, e: Arc<TaskEntry>, p: Box<Proposal>, paus
     for _ in 0..4 {
         let actions = [REVIEW_ACCEPT, REVIEW_REJECT, REVIEW_DIFF, REVIEW_DISCARD]
             .into_iter()
-            .map(action)
+            .map(|t| tagged_action(t, e.id, "review"))
             .collect();
         let chosen = inner
             .client
@@ -468,7 +482,7 @@ async fn ask_review(inner: Arc<Inner>, e: Arc<TaskEntry>, p: Box<Proposal>, paus
                 }
             },
             Some(t) if t == REVIEW_DIFF => {
-                let _ = commands::show_diff(&inner, e.id).await;
+                let _ = commands::show_diff(&inner, e.id, true).await;
             }
             Some(t) if t == REVIEW_DISCARD => {
                 let _ = e.replies.send(Tagged {
