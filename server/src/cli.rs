@@ -81,6 +81,9 @@ enum Command {
     },
     /// Generate a function from its docstring (or refine it with --feedback).
     Generate(GenerateArgs),
+    /// Benchmark on HumanEval-format data: the loop against a single shot,
+    /// scored by each record's hidden `test` (which the loop never sees).
+    Bench(BenchArgs),
     /// List recent tasks with status, attempts, tests and time.
     History {
         /// Workspace root (default: the current directory).
@@ -122,6 +125,34 @@ struct GenerateArgs {
     /// Print the outcome as one JSON object on stdout instead of the human summary.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// JSONL with `task_id`, `prompt`, `entry_point`, `test` per line.
+    #[arg(long)]
+    dataset: PathBuf,
+    /// `single` (one greedy developer call), `loop` (the full pipeline) or `both`.
+    #[arg(long, value_enum, default_value = "both")]
+    mode: crate::bench::Mode,
+    /// Only the first N tasks.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Only these task ids (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Option<Vec<String>>,
+    /// Local model name or GGUF path (default: the configured one).
+    #[arg(long)]
+    model: Option<String>,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Output folder (default bench/results/<unix time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip task/mode pairs already in OUT/results.jsonl.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,6 +210,7 @@ pub fn main() -> i32 {
                 EXIT_OK
             }
             Command::Generate(args) => generate(args).await,
+            Command::Bench(args) => bench(args).await,
             Command::History { workspace, limit } => history(&workspace, limit),
             Command::Model { action } => model(action).await,
         }
@@ -187,6 +219,43 @@ pub fn main() -> i32 {
     // stays blocked in read(2) until the editor closes the pipe.
     rt.shutdown_timeout(Duration::from_millis(500));
     code
+}
+
+async fn bench(a: BenchArgs) -> i32 {
+    let out = a.out.clone().unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        PathBuf::from("bench/results").join(secs.to_string())
+    });
+    let opts = crate::bench::BenchOptions {
+        dataset: a.dataset,
+        mode: a.mode,
+        limit: a.limit,
+        tasks: a.tasks,
+        model: a.model,
+        jobs: a.jobs,
+        out: out.clone(),
+        resume: a.resume,
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    match crate::bench::run(&opts).await {
+        Ok(rows) => {
+            let md = crate::bench::report::markdown(&rows, &opts.command_line);
+            let _ = std::fs::write(out.join("summary.md"), &md);
+            if let Err(e) = crate::bench::report::chart(&rows, &out) {
+                eprintln!("docsmith bench: chart not written: {e}");
+            }
+            println!("{md}");
+            println!("results: {}", out.display());
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("docsmith bench: {e}");
+            EXIT_ANALYSIS
+        }
+    }
 }
 
 fn init_tracing(filter: &str) {

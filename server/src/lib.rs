@@ -4,6 +4,7 @@
 //! -> (`llm`, `sandbox`, `checks`, `store`, `rag`). `types` holds the plain data
 //! they share. See ARCHITECTURE.md at the repository root.
 
+pub mod bench;
 pub mod checks;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,429 @@
+//! `docsmith bench`: the loop against a single shot on HumanEval-format data,
+//! scored by tests the loop never sees.
+//!
+//! Owns: reading records (the hidden `test` is split off at parse time and only
+//! ever reaches [`score`]), running each task in a fresh temporary workspace in
+//! `single` and/or `loop` mode, scoring once in the sandbox, one JSON line per
+//! task and mode, and the summary (see `report`). Drives `pipeline::TaskRun`
+//! exactly as `docsmith generate --yes` does (questions: the planner's
+//! assumptions; review: accept).
+
+pub mod report;
+pub mod stats;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ProviderConfig};
+use crate::llm::Router;
+use crate::pipeline::{Deps, Event, Pause, Reply, Target, TaskRun, TaskSpec};
+use crate::python;
+use crate::rag::Guidelines;
+use crate::roles::{self, Plan, StubView};
+use crate::sandbox::Sandbox;
+use crate::store::{Store, TaskKind};
+use crate::types::Role;
+
+/// What the loop may see of a record: no `test` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BenchTask {
+    pub task_id: String,
+    pub prompt: String,
+    pub entry_point: String,
+}
+
+/// The record's hidden test (`def check(candidate): ...`), used only by [`score`].
+#[derive(Debug, Clone)]
+pub struct HiddenTest(String);
+
+/// Reads a HumanEval-format JSONL file into tasks and their hidden tests.
+/// Errors name the line and the missing field.
+pub fn read_dataset(path: &Path) -> Result<Vec<(BenchTask, HiddenTest)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("{}:{}: not JSON: {e}", path.display(), i + 1))?;
+        let field = |k: &str| {
+            v[k].as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("{}:{}: no string field `{k}`", path.display(), i + 1))
+        };
+        out.push((
+            BenchTask {
+                task_id: field("task_id")?,
+                prompt: field("prompt")?,
+                entry_point: field("entry_point")?,
+            },
+            HiddenTest(field("test")?),
+        ));
+    }
+    Ok(out)
+}
+
+/// `single`: one greedy developer call, no plan, tests or critique. `loop`: the full pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Single,
+    Loop,
+    Both,
+}
+
+/// One task run in one mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub task_id: String,
+    /// `single` or `loop`.
+    pub mode: String,
+    /// The hidden tests passed.
+    pub passed: bool,
+    pub attempts: u32,
+    pub llm_calls: u32,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Wall time of generation (not scoring), ms.
+    pub wall_ms: u64,
+    /// Time spent in each stage, ms (loop mode).
+    #[serde(default)]
+    pub stage_ms: std::collections::BTreeMap<String, u64>,
+    pub dropped_tests: usize,
+    /// `accepted` (the loop's own tests passed), `failing` (best attempt offered failing), `failed` (error), `single`.
+    pub loop_status: String,
+    /// Why the loop's proposal was failing, or the error.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Tail of the scorer's output when the hidden tests failed.
+    #[serde(default)]
+    pub score_error: Option<String>,
+}
+
+/// Options of `docsmith bench`.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub dataset: PathBuf,
+    pub mode: Mode,
+    pub limit: Option<usize>,
+    pub tasks: Option<Vec<String>>,
+    pub model: Option<String>,
+    pub jobs: usize,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub command_line: String,
+}
+
+fn config_for(model: Option<&str>) -> Result<Config, String> {
+    let mut cfg = Config::default();
+    cfg.apply_env(|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+    if let Some(m) = model {
+        if let Some(ProviderConfig::Local(l)) = cfg.providers.get_mut("local") {
+            if m.ends_with(".gguf") || m.contains('/') {
+                l.path = Some(PathBuf::from(m));
+            } else {
+                l.model = m.to_string();
+            }
+        }
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+/// Runs the benchmark; returns the rows of this run (resumed rows included).
+pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
+    let mut data = read_dataset(&opts.dataset)?;
+    if let Some(ids) = &opts.tasks {
+        data.retain(|(t, _)| ids.contains(&t.task_id));
+    }
+    if let Some(n) = opts.limit {
+        data.truncate(n);
+    }
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    std::fs::write(opts.out.join("command.txt"), format!("{}\n", opts.command_line))
+        .map_err(|e| e.to_string())?;
+    let results = opts.out.join("results.jsonl");
+    let mut rows: Vec<Row> = Vec::new();
+    if opts.resume && results.exists() {
+        for l in std::fs::read_to_string(&results).map_err(|e| e.to_string())?.lines() {
+            if let Ok(r) = serde_json::from_str::<Row>(l) {
+                rows.push(r);
+            }
+        }
+    } else {
+        let _ = std::fs::remove_file(&results);
+    }
+    let done: HashSet<(String, String)> = rows.iter().map(|r| (r.task_id.clone(), r.mode.clone())).collect();
+    let modes: Vec<&str> = match opts.mode {
+        Mode::Single => vec!["single"],
+        Mode::Loop => vec!["loop"],
+        Mode::Both => vec!["single", "loop"],
+    };
+    let todo: Vec<(BenchTask, HiddenTest, &str)> = data
+        .iter()
+        .flat_map(|(t, h)| modes.iter().map(move |m| (t.clone(), h.clone(), *m)))
+        .filter(|(t, _, m)| !done.contains(&(t.task_id.clone(), m.to_string())))
+        .collect();
+
+    let cfg = config_for(opts.model.as_deref())?;
+    let router = Arc::new(crate::config::build_router(&cfg).map_err(|e| e.to_string())?);
+    let sandbox = Arc::new(Sandbox::new(cfg.sandbox_config()).map_err(|e| e.to_string())?);
+    let bar = indicatif::ProgressBar::new(todo.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}, eta {eta}]")
+            .expect("valid template"),
+    );
+    let file = std::sync::Mutex::new(
+        std::fs::OpenOptions::new().create(true).append(true).open(&results).map_err(|e| e.to_string())?,
+    );
+    let sem = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
+    let mut handles = Vec::new();
+    let file = Arc::new(file);
+    for (task, hidden, mode) in todo {
+        let (router, sandbox, cfg, sem, bar, file) =
+            (router.clone(), sandbox.clone(), cfg.clone(), sem.clone(), bar.clone(), file.clone());
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore open");
+            bar.set_message(format!("{} {mode}", task.task_id));
+            let row = run_one(&task, &hidden, mode, &cfg, router, sandbox).await;
+            let mut f = file.lock().expect("results lock");
+            let _ = writeln!(f, "{}", serde_json::to_string(&row).expect("row serializes"));
+            bar.inc(1);
+            row
+        }));
+    }
+    for h in handles {
+        rows.push(h.await.map_err(|e| e.to_string())?);
+    }
+    bar.finish_and_clear();
+    Ok(rows)
+}
+
+async fn run_one(
+    task: &BenchTask,
+    hidden: &HiddenTest,
+    mode: &str,
+    cfg: &Config,
+    router: Arc<Router>,
+    sandbox: Arc<Sandbox>,
+) -> Row {
+    let ws = tempfile::tempdir().expect("temp dir");
+    let root = ws.path().to_path_buf();
+    let _ = std::fs::create_dir(root.join(".git"));
+    let file = root.join("task.py");
+    let _ = std::fs::write(&file, &task.prompt);
+    let mut row = Row {
+        task_id: task.task_id.clone(),
+        mode: mode.to_string(),
+        passed: false,
+        attempts: 0,
+        llm_calls: 0,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        wall_ms: 0,
+        stage_ms: Default::default(),
+        dropped_tests: 0,
+        loop_status: String::new(),
+        reason: None,
+        score_error: None,
+    };
+    let started = Instant::now();
+    let code = if mode == "single" {
+        single(task, &router, &mut row).await
+    } else {
+        looped(task, &root, &file, cfg, router, sandbox.clone(), &mut row).await
+    };
+    row.wall_ms = started.elapsed().as_millis() as u64;
+    let (passed, err) = score(&sandbox, &code, task, hidden).await;
+    row.passed = passed;
+    row.score_error = err;
+    row
+}
+
+/// One greedy developer call with the loop's own developer prompt (no plan,
+/// no tests), spliced into the stub.
+async fn single(task: &BenchTask, router: &Router, row: &mut Row) -> String {
+    row.loop_status = "single".into();
+    row.attempts = 1;
+    let Ok(func) = python::find_function(&task.prompt, &task.entry_point) else {
+        row.reason = Some("entry point not found in the prompt".into());
+        return task.prompt.clone();
+    };
+    let stub = StubView {
+        name: task.entry_point.clone(),
+        source: python::function_source(&task.prompt, &task.entry_point).unwrap_or_default(),
+        imports: python::module_imports(&task.prompt),
+    };
+    let guide = Guidelines::builtin().for_role(Role::Developer, false);
+    let req = roles::code_request(&stub, &guide, &Plan::default(), None);
+    match router.complete(Role::Developer, &req, &CancellationToken::new()).await {
+        Ok((c, _)) => {
+            row.llm_calls = 1;
+            row.prompt_tokens = c.prompt_tokens as u64;
+            row.completion_tokens = c.completion_tokens as u64;
+            let gen = python::extract_code_block(&c.text);
+            match python::splice(&task.prompt, &func, &gen) {
+                Ok(s) => s.source,
+                Err(e) => {
+                    row.reason = Some(e.to_string());
+                    task.prompt.clone()
+                }
+            }
+        }
+        Err(e) => {
+            row.reason = Some(e.to_string());
+            task.prompt.clone()
+        }
+    }
+}
+
+/// The full pipeline, as `docsmith generate --yes`; returns the final (or best) code.
+async fn looped(
+    task: &BenchTask,
+    root: &Path,
+    file: &Path,
+    cfg: &Config,
+    router: Arc<Router>,
+    sandbox: Arc<Sandbox>,
+    row: &mut Row,
+) -> String {
+    let store = match Store::open(&root.join(".docsmith").join("docsmith.db")) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            row.loop_status = "failed".into();
+            row.reason = Some(e.to_string());
+            return task.prompt.clone();
+        }
+    };
+    let deps = Deps {
+        router,
+        sandbox,
+        store,
+        guidelines: Arc::new(Guidelines::builtin()),
+        settings: crate::pipeline::Settings {
+            max_refinements: cfg.max_refinements,
+            max_clarifications: cfg.max_clarifications,
+            max_generated_tests: cfg.max_generated_tests,
+            interactive: false,
+            python: PathBuf::from("python3"),
+            write_proposal_files: false,
+        },
+    };
+    let spec = TaskSpec {
+        workspace: root.to_path_buf(),
+        file: file.to_path_buf(),
+        source: task.prompt.clone(),
+        target: Target::Name(task.entry_point.clone()),
+        feedback: None,
+        kind: TaskKind::Bench,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let timer = tokio::spawn(async move {
+        // Stage times from the stage events' arrival.
+        let mut times = std::collections::BTreeMap::<String, u64>::new();
+        let mut last: Option<(String, Instant)> = None;
+        while let Some(ev) = rx.recv().await {
+            if let Event::Stage { stage, .. } = ev {
+                if let Some((s, t)) = last.take() {
+                    *times.entry(s).or_default() += t.elapsed().as_millis() as u64;
+                }
+                last = Some((stage.as_str().to_string(), Instant::now()));
+            }
+        }
+        if let Some((s, t)) = last {
+            *times.entry(s).or_default() += t.elapsed().as_millis() as u64;
+        }
+        times
+    });
+    let mut run = match TaskRun::start(spec, deps, Some(tx)) {
+        Ok(r) => r,
+        Err(e) => {
+            row.loop_status = "failed".into();
+            row.reason = Some(e.to_string());
+            return task.prompt.clone();
+        }
+    };
+    let cancel = CancellationToken::new();
+    let mut code = task.prompt.clone();
+    loop {
+        match run.advance(&cancel).await {
+            Ok(Pause::Question(_)) => {
+                let _ = run.reply(Reply::Assume);
+            }
+            Ok(Pause::Review(p)) => {
+                row.attempts = p.attempts;
+                row.llm_calls = p.llm_calls;
+                row.prompt_tokens = p.prompt_tokens;
+                row.completion_tokens = p.completion_tokens;
+                row.dropped_tests = p.dropped.len();
+                row.loop_status = if p.passing { "accepted" } else { "failing" }.into();
+                if !p.passing {
+                    row.reason = Some(p.reasons.join("; "));
+                }
+                code = p.new_source.clone();
+                let _ = run.reply(Reply::Accept);
+            }
+            Ok(Pause::Finished(_)) => break,
+            Err(e) => {
+                row.loop_status = "failed".into();
+                row.reason = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(run);
+    row.stage_ms = timer.await.unwrap_or_default();
+    code
+}
+
+/// Runs `code` + the hidden test + `check(entry_point)` once in the sandbox.
+/// Returns whether it exited 0, and the output tail otherwise.
+pub async fn score(sandbox: &Sandbox, code: &str, task: &BenchTask, hidden: &HiddenTest) -> (bool, Option<String>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = format!("{code}\n\n{}\n\ncheck({})\n", hidden.0, task.entry_point);
+    match sandbox.run_script(dir.path(), &script, &CancellationToken::new()).await {
+        Ok(o) if o.exit_code == Some(0) => (true, None),
+        Ok(o) => {
+            let tail: String = o.stderr_tail.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect();
+            (false, Some(format!("exit {:?}{}: {tail}", o.exit_code, o.killed.map(|k| format!(" ({k:?})")).unwrap_or_default())))
+        }
+        Err(e) => (false, Some(format!("sandbox: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_split_the_hidden_test_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        std::fs::write(
+            &p,
+            "{\"task_id\": \"T/0\", \"prompt\": \"def f(x):\\n    \\\"\\\"\\\"Id.\\\"\\\"\\\"\\n\", \"entry_point\": \"f\", \"test\": \"def check(c):\\n    assert c(1) == 1\\n\", \"canonical_solution\": \"x\"}\n\n",
+        )
+        .unwrap();
+        let d = read_dataset(&p).unwrap();
+        assert_eq!(d.len(), 1);
+        let json = serde_json::to_string(&d[0].0).unwrap();
+        assert!(!json.contains("check"), "the task the loop sees has no test: {json}");
+        assert!(d[0].1 .0.contains("assert c(1) == 1"));
+        std::fs::write(&p, "{\"task_id\": \"T/0\", \"prompt\": \"x\"}\n").unwrap();
+        assert!(read_dataset(&p).unwrap_err().contains("entry_point"));
+    }
+
+    #[tokio::test]
+    async fn scoring_runs_the_hidden_check_in_the_sandbox() {
+        let sandbox = Sandbox::new(crate::sandbox::SandboxConfig::default()).unwrap();
+        let task = BenchTask { task_id: "T".into(), prompt: String::new(), entry_point: "f".into() };
+        let hidden = HiddenTest("def check(c):\n    assert c(2) == 4\n".into());
+        assert!(score(&sandbox, "def f(x):\n    return x * 2\n", &task, &hidden).await.0);
+        let (ok, err) = score(&sandbox, "def f(x):\n    return x + 3\n", &task, &hidden).await;
+        assert!(!ok && err.unwrap().contains("AssertionError"));
+    }
+}
