@@ -93,6 +93,10 @@ fn main() {
         mock.delay_ms.store(2_000, std::sync::atomic::Ordering::SeqCst);
         let mut c = server(&root, _d.path());
         c.open(&file, &text);
+        let rss = std::fs::read_to_string(format!("/proc/{}/status", c.child.id()))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(|l| l.to_string()));
+        println!("server without a model loaded (500-line file open): {}", rss.unwrap_or_default());
         let line = text.lines().position(|l| l.starts_with("def target")).unwrap() as u32;
         let mut samples = Vec::new();
         for _ in 0..10 {

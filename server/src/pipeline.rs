@@ -1057,9 +1057,10 @@ impl TaskRun {
             self.judge_suspects(&suspects, n, cancel).await?;
         }
         let remaining = failures_of(&self.tests, Some(&run)).len();
-        if remaining == 0 && !self.tests.is_empty() {
-            Ok(Stage::Validate)
-        } else if self.tests.is_empty() && run.load_error.is_none() {
+        // Every active test passes, or there are none and the module loaded.
+        let tests_pass = remaining == 0 && !self.tests.is_empty();
+        let nothing_to_run = self.tests.is_empty() && run.load_error.is_none();
+        if tests_pass || nothing_to_run {
             Ok(Stage::Validate)
         } else {
             Ok(Stage::Critique)
