@@ -62,7 +62,7 @@ fn server(ws: &Ws) -> LspClient {
         &[
             ("HOME", ws.home.display().to_string()),
             ("XDG_STATE_HOME", ws.home.join("state").display().to_string()),
-            ("DOCSMITH_LOG", "info,llama-cpp-2=error".into()),
+            ("DOCSMITH_LOG", "warn,llama-cpp-2=error".into()),
         ],
     )
 }
