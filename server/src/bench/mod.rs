@@ -102,6 +102,9 @@ pub struct Row {
     /// Tail of the scorer's output when the hidden tests failed.
     #[serde(default)]
     pub score_error: Option<String>,
+    /// The code that was scored (the whole stub file with the function filled in).
+    #[serde(default)]
+    pub final_code: String,
 }
 
 /// Options of `docsmith bench`.
@@ -230,6 +233,7 @@ async fn run_one(
         loop_status: String::new(),
         reason: None,
         score_error: None,
+        final_code: String::new(),
     };
     let started = Instant::now();
     let code = if mode == "single" {
@@ -241,6 +245,7 @@ async fn run_one(
     let (passed, err) = score(&sandbox, &code, task, hidden).await;
     row.passed = passed;
     row.score_error = err;
+    row.final_code = code;
     row
 }
 

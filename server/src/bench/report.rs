@@ -169,7 +169,7 @@ mod tests {
             task_id: id.into(), mode: mode.into(), passed, attempts: 1, llm_calls: if mode == "loop" { 4 } else { 1 },
             prompt_tokens: 100, completion_tokens: 50, wall_ms: ms, stage_ms: Default::default(), dropped_tests: 0,
             loop_status: if passed { "accepted".into() } else { "failing".into() }, reason: (!passed).then(|| "tests fail".into()),
-            score_error: None,
+            score_error: None, final_code: String::new(),
         }
     }
 
