@@ -7,8 +7,11 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-if ! command -v nvim >/dev/null 2>&1; then
+# The tests run /usr/bin/nvim (Debian's), whatever else is on PATH.
+NVIM07=/usr/bin/nvim
+if [ ! -x "$NVIM07" ]; then
   echo "installing Debian's neovim (0.7.2)..." >&2
+  export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get install -y neovim >&2 || { $SUDO apt-get update >&2 && $SUDO apt-get install -y neovim >&2; }
 fi
 
@@ -23,5 +26,5 @@ if [ ! -x "$NVIM11" ]; then
   chmod +x "$NVIM11"
 fi
 
-echo "nvim-0.7: $(command -v nvim) ($(nvim --version | head -1))"
+echo "nvim-0.7: $NVIM07 ($("$NVIM07" --version | head -1))"
 echo "nvim-0.11: $NVIM11 ($("$NVIM11" --version | head -1))"

@@ -112,6 +112,7 @@ fn run(nvim: &Path, want_version: &str) {
     assert!(kinds.contains(&"end"), "{kinds:?}");
     assert!(obs["prompts"].as_array().unwrap().iter().any(|p| p["actions"][0] == "Accept"), "a review prompt");
     assert_eq!(obs["phase"], "accepted");
+    assert_eq!(obs["applied"], true, "the buffer still has the stub body after Accept");
 
     let text = std::fs::read_to_string(&file).unwrap();
     assert_eq!(text, obs["buffer"].as_str().unwrap(), "the written file is the buffer");

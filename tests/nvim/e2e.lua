@@ -42,6 +42,7 @@ local handlers = {
     local titles = {}
     for _, a in ipairs(params.actions or {}) do table.insert(titles, a.title) end
     table.insert(obs.prompts, { t = now(), message = params.message, actions = titles })
+    table.insert(obs.messages, { t = now(), type = params.type, message = params.message, actions = titles })
     for _, a in ipairs(params.actions or {}) do
       if a.title == 'Accept' then return a end
     end
@@ -66,19 +67,26 @@ local handlers = {
 vim.cmd('edit ' .. vim.fn.fnameescape(file))
 local bufnr = vim.api.nvim_get_current_buf()
 
-local client_id = vim.lsp.start_client({
+local config = {
   name = 'docsmith',
   cmd = { bin, 'serve' },
   root_dir = vim.fn.fnamemodify(file, ':p:h'),
   capabilities = vim.lsp.protocol.make_client_capabilities(),
   handlers = handlers,
   on_exit = function(code) obs.server_exit = code end,
-})
+}
+local client_id
+if vim.fn.has('nvim-0.10') == 1 then
+  -- vim.lsp.start_client() is deprecated from 0.11 (removal in 0.13).
+  client_id = vim.lsp.start(config, { bufnr = bufnr })
+else
+  client_id = vim.lsp.start_client(config)
+  if client_id then vim.lsp.buf_attach_client(bufnr, client_id) end
+end
 if not client_id then
-  table.insert(obs.errors, 'vim.lsp.start_client failed')
+  table.insert(obs.errors, 'starting the client failed')
   return finish(false)
 end
-vim.lsp.buf_attach_client(bufnr, client_id)
 local ready = vim.wait(60000, function()
   local c = vim.lsp.get_client_by_id(client_id)
   return c ~= nil and c.server_capabilities ~= nil and c.initialized
@@ -137,7 +145,22 @@ if not obs.task then
 end
 
 local terminal = { accepted = true, rejected = true, discarded = true, failed = true, cancelled = true, interrupted = true }
+local function stub_gone()
+  local text = table.concat(vim.api.nvim_buf_get_lines(bufnr, 0, -1, false), '\n') .. '\n'
+  return not text:find('\n    %.%.%.\n')
+end
+local function progress_ended()
+  for _, p in ipairs(obs.progress) do
+    if p.kind == 'end' then return true end
+  end
+  return false
+end
 vim.wait(timeout, function() return obs.phase ~= nil and terminal[obs.phase] == true end, 200)
+if obs.phase == 'accepted' then
+  -- The edit is applied before the server reports "accepted"; allow a moment anyway.
+  vim.wait(10000, function() return stub_gone() and progress_ended() end, 50)
+end
+obs.stub_gone = stub_gone()
 
 for _, p in ipairs(obs.progress) do
   if p.kind == 'begin' and not obs.t_first_progress_ms then obs.t_first_progress_ms = p.t end
@@ -147,8 +170,8 @@ for _, p in ipairs(obs.prompts) do
   if not obs.t_review_ms and vim.tbl_contains(p.actions, 'Accept') then obs.t_review_ms = p.t end
 end
 obs.buffer = table.concat(vim.api.nvim_buf_get_lines(bufnr, 0, -1, false), '\n') .. '\n'
-obs.applied = obs.phase == 'accepted'
-vim.cmd('write')
+obs.applied = obs.phase == 'accepted' and obs.stub_gone
+vim.cmd('silent write')
 vim.lsp.stop_client(client_id)
 vim.wait(5000, function() return obs.server_exit ~= nil end, 50)
 finish(obs.applied)

@@ -33,8 +33,11 @@ use crate::types::Role;
 /// What the loop may see of a record: no `test` field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BenchTask {
+    /// The record's id, e.g. `HumanEval/0`.
     pub task_id: String,
+    /// The stub: imports, signature and docstring (written to `task.py`).
     pub prompt: String,
+    /// The function to generate and to score.
     pub entry_point: String,
 }
 
@@ -71,9 +74,23 @@ pub fn read_dataset(path: &Path) -> Result<Vec<(BenchTask, HiddenTest)>, String>
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// One greedy developer call with the loop's first-attempt prompt.
     Single,
+    /// The full pipeline, as `docsmith generate --yes`.
     Loop,
+    /// Both, on each task, in the same run.
     Both,
+}
+
+impl Mode {
+    /// The row modes this choice runs, in order (`single` before `loop`).
+    pub fn rows(self) -> &'static [&'static str] {
+        match self {
+            Mode::Single => &["single"],
+            Mode::Loop => &["loop"],
+            Mode::Both => &["single", "loop"],
+        }
+    }
 }
 
 /// One task run in one mode.
@@ -84,15 +101,20 @@ pub struct Row {
     pub mode: String,
     /// The hidden tests passed.
     pub passed: bool,
+    /// Code attempts made (1 for `single`).
     pub attempts: u32,
+    /// Model calls made (all roles).
     pub llm_calls: u32,
+    /// Prompt tokens over all calls.
     pub prompt_tokens: u64,
+    /// Completion tokens over all calls.
     pub completion_tokens: u64,
     /// Wall time of generation (not scoring), ms.
     pub wall_ms: u64,
     /// Time spent in each stage, ms (loop mode).
     #[serde(default)]
     pub stage_ms: std::collections::BTreeMap<String, u64>,
+    /// Generated tests the loop dropped as wrong (count).
     pub dropped_tests: usize,
     /// `accepted` (the loop's own tests passed), `failing` (best attempt offered failing), `failed` (error), `single`.
     pub loop_status: String,
@@ -110,14 +132,23 @@ pub struct Row {
 /// Options of `docsmith bench`.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// HumanEval-format JSONL (`task_id`, `prompt`, `entry_point`, `test`).
     pub dataset: PathBuf,
+    /// Which modes to run on each task.
     pub mode: Mode,
+    /// Only the first N tasks (after `tasks`).
     pub limit: Option<usize>,
+    /// Only these task ids.
     pub tasks: Option<Vec<String>>,
+    /// Local model name or GGUF path, overriding the local provider's model.
     pub model: Option<String>,
+    /// Task/mode pairs run at once (at least 1).
     pub jobs: usize,
+    /// Output folder: `results.jsonl`, `command.txt` (and the caller's `summary.md`, charts).
     pub out: PathBuf,
+    /// Keep the rows already in `out/results.jsonl` and skip their task/mode pairs.
     pub resume: bool,
+    /// The command line, written to `command.txt`.
     pub command_line: String,
 }
 
@@ -146,32 +177,20 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
     if let Some(n) = opts.limit {
         data.truncate(n);
     }
+    if data.is_empty() {
+        return Err(format!("no tasks selected from {} (check --tasks and --limit)", opts.dataset.display()));
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     std::fs::write(opts.out.join("command.txt"), format!("{}\n", opts.command_line))
         .map_err(|e| e.to_string())?;
     let results = opts.out.join("results.jsonl");
-    let mut rows: Vec<Row> = Vec::new();
-    if opts.resume && results.exists() {
-        for l in std::fs::read_to_string(&results).map_err(|e| e.to_string())?.lines() {
-            if let Ok(r) = serde_json::from_str::<Row>(l) {
-                rows.push(r);
-            }
-        }
+    let previous = if opts.resume {
+        load_rows(&results)?
     } else {
         let _ = std::fs::remove_file(&results);
-    }
-    let done: HashSet<(String, String)> = rows.iter().map(|r| (r.task_id.clone(), r.mode.clone())).collect();
-    let modes: Vec<&str> = match opts.mode {
-        Mode::Single => vec!["single"],
-        Mode::Loop => vec!["loop"],
-        Mode::Both => vec!["single", "loop"],
+        Vec::new()
     };
-    let todo: Vec<(BenchTask, HiddenTest, &str)> = data
-        .iter()
-        .flat_map(|(t, h)| modes.iter().map(move |m| (t.clone(), h.clone(), *m)))
-        .filter(|(t, _, m)| !done.contains(&(t.task_id.clone(), m.to_string())))
-        .collect();
-
+    let (mut rows, todo) = plan_runs(&data, opts.mode, previous);
     let cfg = config_for(opts.model.as_deref())?;
     let router = Arc::new(crate::config::build_router(&cfg).map_err(|e| e.to_string())?);
     let sandbox = Arc::new(Sandbox::new(cfg.sandbox_config()).map_err(|e| e.to_string())?);
@@ -186,7 +205,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
     let mut handles = Vec::new();
     let file = Arc::new(file);
-    for (task, hidden, mode) in todo {
+    for (task, hidden, mode) in todo.into_iter().map(|(t, h, m)| (t.clone(), h.clone(), m)) {
         let (router, sandbox, cfg, sem, bar, file) =
             (router.clone(), sandbox.clone(), cfg.clone(), sem.clone(), bar.clone(), file.clone());
         handles.push(tokio::spawn(async move {
@@ -204,6 +223,43 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
     }
     bar.finish_and_clear();
     Ok(rows)
+}
+
+/// Rows already in a results file (lines that do not parse are skipped); none when it does not exist.
+pub fn load_rows(results: &Path) -> Result<Vec<Row>, String> {
+    if !results.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(results).map_err(|e| format!("{}: {e}", results.display()))?;
+    Ok(text.lines().filter_map(|l| serde_json::from_str::<Row>(l).ok()).collect())
+}
+
+/// Splits the work for `--resume`: the earlier rows that belong to the selected
+/// tasks and modes (kept, one per task and mode), and the task/mode pairs still to run.
+pub fn plan_runs(
+    data: &[(BenchTask, HiddenTest)],
+    mode: Mode,
+    previous: Vec<Row>,
+) -> (Vec<Row>, Vec<(&BenchTask, &HiddenTest, &'static str)>) {
+    let wanted: HashSet<(&str, &str)> = data
+        .iter()
+        .flat_map(|(t, _)| mode.rows().iter().map(move |m| (t.task_id.as_str(), *m)))
+        .collect();
+    let mut kept: Vec<Row> = Vec::new();
+    let mut done: HashSet<(String, String)> = HashSet::new();
+    for r in previous {
+        if wanted.contains(&(r.task_id.as_str(), r.mode.as_str()))
+            && done.insert((r.task_id.clone(), r.mode.clone()))
+        {
+            kept.push(r);
+        }
+    }
+    let todo = data
+        .iter()
+        .flat_map(|(t, h)| mode.rows().iter().map(move |m| (t, h, *m)))
+        .filter(|(t, _, m)| !done.contains(&(t.task_id.clone(), m.to_string())))
+        .collect();
+    (kept, todo)
 }
 
 async fn run_one(
@@ -420,6 +476,46 @@ mod tests {
         assert!(d[0].1 .0.contains("assert c(1) == 1"));
         std::fs::write(&p, "{\"task_id\": \"T/0\", \"prompt\": \"x\"}\n").unwrap();
         assert!(read_dataset(&p).unwrap_err().contains("entry_point"));
+    }
+
+    fn done_row(id: &str, mode: &str) -> Row {
+        Row {
+            task_id: id.into(), mode: mode.into(), passed: true, attempts: 1, llm_calls: 1,
+            prompt_tokens: 1, completion_tokens: 1, wall_ms: 1, stage_ms: Default::default(),
+            dropped_tests: 0, loop_status: "single".into(), reason: None, score_error: None,
+            final_code: String::new(),
+        }
+    }
+
+    #[test]
+    fn resume_skips_pairs_already_in_the_results_file() {
+        let data: Vec<(BenchTask, HiddenTest)> = ["T/0", "T/1"]
+            .iter()
+            .map(|id| {
+                let t = BenchTask { task_id: id.to_string(), prompt: String::new(), entry_point: "f".into() };
+                (t, HiddenTest(String::new()))
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("results.jsonl");
+        assert!(load_rows(&file).unwrap().is_empty());
+        let lines: Vec<String> = [done_row("T/0", "single"), done_row("T/0", "loop"), done_row("T/9", "single")]
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect();
+        std::fs::write(&file, format!("{}\nnot json\n", lines.join("\n"))).unwrap();
+        let previous = load_rows(&file).unwrap();
+        assert_eq!(previous.len(), 3);
+        let (kept, todo) = plan_runs(&data, Mode::Both, previous.clone());
+        let todo: Vec<(&str, &str)> = todo.iter().map(|(t, _, m)| (t.task_id.as_str(), *m)).collect();
+        assert_eq!(todo, vec![("T/1", "single"), ("T/1", "loop")]);
+        assert_eq!(kept.len(), 2, "T/9 is not selected and is not summarised");
+        let (kept, todo) = plan_runs(&data, Mode::Loop, previous);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(todo.len(), 1);
+        let (kept, todo) = plan_runs(&data, Mode::Single, Vec::new());
+        assert!(kept.is_empty());
+        assert_eq!(todo.len(), 2);
     }
 
     #[tokio::test]

@@ -12,15 +12,21 @@ use super::Row;
 /// Per-mode aggregates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModeSummary {
+    /// `single` or `loop`.
     pub mode: String,
+    /// Tasks run in this mode.
     pub n: usize,
+    /// Tasks whose hidden tests passed.
     pub passed: usize,
     /// 95% Wilson interval of pass@1, fractions.
     pub interval: (f64, f64),
-    /// Wall time per task, s.
+    /// Median wall time per task, s.
     pub median_s: f64,
+    /// 90th percentile of wall time per task, s.
     pub p90_s: f64,
+    /// Mean model calls per task.
     pub mean_calls: f64,
+    /// Mean tokens (prompt + completion) per task.
     pub mean_tokens: f64,
 }
 
@@ -81,6 +87,22 @@ pub fn markdown(rows: &[Row], command: &str) -> String {
             "\nPaired on {} tasks: pass@1 loop − single = {:+.1} points; solved only by the loop: {} ({}); only by single shot: {} ({}).\n",
             both.len(), 100.0 * diff, only_loop.len(), only_loop.join(", "), only_single.len(), only_single.join(", ")
         ));
+    }
+    // Mean time per stage over loop rows (from the pipeline's Stage events).
+    let loop_rows: Vec<&Row> = rows.iter().filter(|r| r.mode == "loop" && !r.stage_ms.is_empty()).collect();
+    if !loop_rows.is_empty() {
+        let mut total: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in &loop_rows {
+            for (k, v) in &r.stage_ms {
+                *total.entry(k.as_str()).or_default() += v;
+            }
+        }
+        let parts: Vec<String> = total
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k} {:.1} s", *v as f64 / 1000.0 / loop_rows.len() as f64))
+            .collect();
+        s.push_str(&format!("\nLoop time per stage (mean per task): {}.\n", parts.join(", ")));
     }
     let failing: Vec<&Row> = rows.iter().filter(|r| r.mode == "loop" && !r.passed).collect();
     if !failing.is_empty() {
@@ -185,6 +207,12 @@ mod tests {
         assert!(md.contains("| loop | 3 | 2/3 = 66.7% |"), "{md}");
         assert!(md.contains("solved only by the loop: 1 (T/2); only by single shot: 1 (T/4)"), "{md}");
         assert!(md.contains("- T/4: failing: tests fail"), "{md}");
+        assert!(md.contains("| single | 3 | 2/3 = 66.7% | 20.8% – 93.9% |"), "{md}");
+        assert!(md.contains("Wilson 1927"), "{md}");
+        let mut timed = rows.clone();
+        timed[1].stage_ms.insert("write_code".into(), 3000);
+        timed[3].stage_ms.insert("write_code".into(), 1000);
+        assert!(markdown(&timed, "x").contains("write_code 2.0 s"), "{}", markdown(&timed, "x"));
         let s = summarize(&rows);
         assert_eq!(s[0].mode, "single");
         assert_eq!(s[1].median_s, 90.0);
