@@ -355,15 +355,21 @@ pub fn build_deps_with_store(
         sandbox: Arc::new(sandbox),
         store,
         guidelines: Arc::new(Guidelines::load(Some(workspace))),
-        settings: Settings {
-            max_refinements: cfg.max_refinements,
-            max_clarifications: cfg.max_clarifications,
-            max_generated_tests: cfg.max_generated_tests,
-            interactive: false,
-            python: PathBuf::from("python3"),
-            write_proposal_files: true,
-        },
+        settings: pipeline_settings(cfg),
     })
+}
+
+/// The loop settings a configuration gives: its budgets, `python3`, proposal
+/// files written, not interactive (front ends that can ask set `interactive`).
+pub fn pipeline_settings(cfg: &Config) -> Settings {
+    Settings {
+        max_refinements: cfg.max_refinements,
+        max_clarifications: cfg.max_clarifications,
+        max_generated_tests: cfg.max_generated_tests,
+        interactive: false,
+        python: PathBuf::from("python3"),
+        write_proposal_files: true,
+    }
 }
 
 fn exit_code_for(e: &PipelineError) -> i32 {

@@ -35,20 +35,9 @@ fn critique() -> String {
     serde_json::json!({"root_cause": "wrong operator", "instructions": "use +"}).to_string()
 }
 
-/// Which role a request is for, from the system prompt's first words.
+/// Which role a request is for, from its system prompt.
 fn role_of(req: &CompletionRequest) -> &'static str {
-    let sys = &req.messages[0].content;
-    if sys.starts_with("You are the planner") {
-        "planner"
-    } else if sys.starts_with("You are the test designer") {
-        "tests"
-    } else if sys.starts_with("You are an expert Python developer") {
-        "developer"
-    } else if sys.starts_with("You are a strict reviewer of test cases") {
-        "judge"
-    } else {
-        "critic"
-    }
+    crate::roles::prompt_kind(&req.messages[0].content)
 }
 
 /// A script: for each role, the replies in order (the last one repeats).
@@ -66,6 +55,13 @@ struct Harness {
     calls: Arc<Mutex<Vec<&'static str>>>,
     _ws: tempfile::TempDir,
     ws: PathBuf,
+}
+
+impl Harness {
+    /// How many requests went to `role` so far.
+    fn calls_to(&self, role: &str) -> usize {
+        self.calls.lock().unwrap().iter().filter(|r| **r == role).count()
+    }
 }
 
 fn harness(script: Script, settings: Settings) -> Harness {
@@ -242,13 +238,7 @@ async fn a_spent_budget_still_offers_the_best_attempt_marked_failing() {
         "{:?}",
         p.reasons
     );
-    let devs = h
-        .calls
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| **r == "developer")
-        .count();
+    let devs = h.calls_to("developer");
     // Attempts 2 and 3 repeat attempt 1's code, so each is sampled once more, hotter.
     assert_eq!(devs, 5);
     assert!(
@@ -302,12 +292,7 @@ async fn a_generated_test_the_critic_upholds_sends_the_code_back() {
     assert!(!p.passing, "the upheld test keeps failing");
     assert!(stages.contains(&Stage::Critique));
     assert_eq!(
-        h.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| **r == "judge")
-            .count(),
+        h.calls_to("judge"),
         1,
         "each suspect is judged once"
     );
@@ -370,12 +355,7 @@ async fn a_question_pauses_the_loop_and_the_answer_goes_back_to_the_planner() {
         Pause::Review(_)
     ));
     assert_eq!(
-        h.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| **r == "planner")
-            .count(),
+        h.calls_to("planner"),
         2
     );
 }
@@ -465,13 +445,7 @@ async fn unusable_developer_output_is_repaired_once_then_counts_as_a_failed_atte
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(p.passing);
     assert_eq!(p.attempts, 2);
-    let devs = h
-        .calls
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| **r == "developer")
-        .count();
+    let devs = h.calls_to("developer");
     assert_eq!(devs, 3, "first reply, one repair, then the rewrite");
 }
 

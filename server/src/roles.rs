@@ -157,6 +157,29 @@ fn stub_block(stub: &StubView) -> String {
     format!("```python\n{s}\n```")
 }
 
+const PLANNER_LINE: &str = "You are the planner of a careful Python developer team.";
+const TEST_DESIGNER_LINE: &str = "You are the test designer of a careful Python developer team.";
+const DEVELOPER_LINE: &str =
+    "You are an expert Python developer. You write correct, simple, standard-library-only code.";
+const CRITIC_LINE: &str = "You are a senior Python reviewer.";
+const JUDGE_LINE: &str = "You are a strict reviewer of test cases.";
+
+/// Which prompt a system message opens: `planner`, `tests` (test designer),
+/// `developer`, `judge` (suspect-test review) or `critic`; `unknown` otherwise.
+/// Scripted providers in tests route on it.
+pub fn prompt_kind(system_prompt: &str) -> &'static str {
+    [
+        (PLANNER_LINE, "planner"),
+        (TEST_DESIGNER_LINE, "tests"),
+        (DEVELOPER_LINE, "developer"),
+        (JUDGE_LINE, "judge"),
+        (CRITIC_LINE, "critic"),
+    ]
+    .into_iter()
+    .find(|(line, _)| system_prompt.starts_with(line))
+    .map_or("unknown", |(_, kind)| kind)
+}
+
 fn system(guidelines: &str, role_line: &str) -> ChatMessage {
     let g = guidelines.trim();
     if g.is_empty() {
@@ -236,7 +259,7 @@ pub fn plan_request(
         vec![
             system(
                 guidelines,
-                "You are the planner of a careful Python developer team.",
+                PLANNER_LINE,
             ),
             ChatMessage::user(user),
         ],
@@ -305,7 +328,7 @@ pub fn tests_request(
         vec![
             system(
                 guidelines,
-                "You are the test designer of a careful Python developer team.",
+                TEST_DESIGNER_LINE,
             ),
             ChatMessage::user(user),
         ],
@@ -380,7 +403,7 @@ pub fn code_request(
         stub.name
     ));
     let mut req = request(
-        vec![system(guidelines, "You are an expert Python developer. You write correct, simple, standard-library-only code."), ChatMessage::user(user)],
+        vec![system(guidelines, DEVELOPER_LINE), ChatMessage::user(user)],
         CODE_MAX_TOKENS,
         None,
     );
@@ -472,7 +495,7 @@ pub fn critique_request(
     );
     request(
         vec![
-            system(guidelines, "You are a senior Python reviewer."),
+            system(guidelines, CRITIC_LINE),
             ChatMessage::user(user),
         ],
         CRITIQUE_MAX_TOKENS,
@@ -534,7 +557,7 @@ pub fn judge_tests_request(
     );
     request(
         vec![
-            system(guidelines, "You are a strict reviewer of test cases."),
+            system(guidelines, JUDGE_LINE),
             ChatMessage::user(user),
         ],
         CRITIQUE_MAX_TOKENS,

@@ -341,20 +341,9 @@ pub fn apply_edits(text: &str, edits: &[Value]) -> String {
     out
 }
 
-/// The role a chat request is for, from its system prompt (the prompts live in `server/src/roles.rs`).
+/// The role a chat request is for, from its system prompt (`roles::prompt_kind`).
 pub fn role_of(body: &Value) -> &'static str {
-    let sys = body["messages"][0]["content"].as_str().unwrap_or("");
-    if sys.starts_with("You are the planner") {
-        "planner"
-    } else if sys.starts_with("You are the test designer") {
-        "tests"
-    } else if sys.starts_with("You are an expert Python developer") {
-        "developer"
-    } else if sys.starts_with("You are a strict reviewer of test cases") {
-        "judge"
-    } else {
-        "critic"
-    }
+    docsmith::roles::prompt_kind(body["messages"][0]["content"].as_str().unwrap_or(""))
 }
 
 /// Scripted replies: (role, n-th call for that role from 0, request body) -> reply text.

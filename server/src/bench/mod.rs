@@ -366,12 +366,8 @@ async fn looped(
         store,
         guidelines: Arc::new(Guidelines::builtin()),
         settings: crate::pipeline::Settings {
-            max_refinements: cfg.max_refinements,
-            max_clarifications: cfg.max_clarifications,
-            max_generated_tests: cfg.max_generated_tests,
-            interactive: false,
-            python: PathBuf::from("python3"),
             write_proposal_files: false,
+            ..crate::cli::pipeline_settings(cfg)
         },
     };
     let spec = TaskSpec {

@@ -44,7 +44,6 @@ const EX_REJECT: &str = r#"{"task": 12, "feedback": "handle empty input"}"#;
 
 /// Runs one command. Errors are returned to the client as JSON-RPC errors.
 pub async fn execute(inner: &Arc<Inner>, p: ExecuteCommandParams) -> Result<Value, LspError> {
-    let json = |v: &dyn erased::Ser| v.to_value();
     match p.command.as_str() {
         proto::GENERATE => {
             let a: FunctionArgs = arg(&p, EX_FN)?;
@@ -101,16 +100,8 @@ pub async fn execute(inner: &Arc<Inner>, p: ExecuteCommandParams) -> Result<Valu
     }
 }
 
-mod erased {
-    /// Object-safe `Serialize` to JSON (keeps `execute`'s arms short).
-    pub trait Ser {
-        fn to_value(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_value(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-        }
-    }
+fn json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 fn live(inner: &Inner, task: i64) -> Result<Arc<TaskEntry>, LspError> {

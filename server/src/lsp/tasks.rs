@@ -185,21 +185,15 @@ async fn drive(
                 });
                 notify(inner, e, &v).await;
                 reporter.lock().await.report(v.message.clone(), v.percent).await;
-                let reply = if flags.message_request {
+                if flags.message_request {
                     tokio::spawn(ask_question(inner.clone(), e.clone(), q, v.pause));
-                    match wait(e, &mut replies, &mut run, v.pause).await {
-                        Some(()) => {}
-                        None => {
-                            end_message = cancelled(inner, e, &run);
-                            break 'run;
-                        }
+                    if wait(e, &mut replies, &mut run, v.pause).await.is_none() {
+                        end_message = cancelled(inner, e, &run);
+                        break 'run;
                     }
-                    None
                 } else {
-                    Some(Reply::Assume)
-                };
-                if let Some(r) = reply {
-                    let _ = run.reply(r);
+                    // A client that cannot ask gets the planner's assumptions.
+                    let _ = run.reply(Reply::Assume);
                 }
                 permit = acquire(inner, e).await;
             }
