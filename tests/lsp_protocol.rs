@@ -26,7 +26,9 @@ fn plan(question: &str, options: &[&str]) -> String {
 /// (after `wrong_first` wrong attempts), a critique for every critic call.
 fn script(wrong_first: usize, question: bool) -> Script {
     Arc::new(move |role, n, _body| match role {
-        "planner" if question && n == 0 => plan("Should floats be accepted?", &["ints only", "floats too"]),
+        "planner" if question && n == 0 => {
+            plan("Should floats be accepted?", &["ints only", "floats too"])
+        }
         "planner" => plan("", &[]),
         "tests" => json!({"tests": []}).to_string(),
         "developer" if n < wrong_first => "```python\ndef add(a, b):\n    return a - b\n```".into(),
@@ -52,7 +54,12 @@ fn workspace(mock: &MockLlm, extra_toml: &str) -> Ws {
     std::fs::write(&file, STUB).unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    Ws { _dir: dir, root, file, home }
+    Ws {
+        _dir: dir,
+        root,
+        file,
+        home,
+    }
 }
 
 fn server(ws: &Ws) -> LspClient {
@@ -61,7 +68,10 @@ fn server(ws: &Ws) -> LspClient {
         &ws.root,
         &[
             ("HOME", ws.home.display().to_string()),
-            ("XDG_STATE_HOME", ws.home.join("state").display().to_string()),
+            (
+                "XDG_STATE_HOME",
+                ws.home.join("state").display().to_string(),
+            ),
             ("DOCSMITH_LOG", "warn,llama-cpp-2=error".into()),
         ],
     )
@@ -99,7 +109,11 @@ fn task_status(ws: &Ws, task: i64) -> String {
 
 /// Makes the fake editor answer review prompts with `choice` and apply edits
 /// to its copy of the text; returns the shared copy and the edits seen.
-fn editor(c: &mut LspClient, text: &str, choice: Option<&'static str>) -> (Arc<Mutex<String>>, Arc<Mutex<Vec<Value>>>) {
+fn editor(
+    c: &mut LspClient,
+    text: &str,
+    choice: Option<&'static str>,
+) -> (Arc<Mutex<String>>, Arc<Mutex<Vec<Value>>>) {
     let doc = Arc::new(Mutex::new(text.to_string()));
     let edits = Arc::new(Mutex::new(Vec::new()));
     let (d, e) = (doc.clone(), edits.clone());
@@ -108,7 +122,11 @@ fn editor(c: &mut LspClient, text: &str, choice: Option<&'static str>) -> (Arc<M
             e.lock().unwrap().push(params.clone());
             let changes = &params["edit"]["documentChanges"][0];
             if let Some(edits) = changes["edits"].as_array() {
-                if changes["textDocument"]["uri"].as_str().unwrap_or("").ends_with("calc.py") {
+                if changes["textDocument"]["uri"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with("calc.py")
+                {
                     let mut t = d.lock().unwrap();
                     *t = apply_edits(&t, edits);
                 }
@@ -138,7 +156,10 @@ fn generate_progress_review_accept_applies_a_versioned_edit() {
     let ws = workspace(&mock, "max_refinements = 2");
     let mut c = server(&ws);
     let init = c.initialize(&ws.root, json!({}), Value::Null);
-    assert_eq!(init["capabilities"]["positionEncoding"], "utf-16", "UTF-16 unless the client offers UTF-8");
+    assert_eq!(
+        init["capabilities"]["positionEncoding"], "utf-16",
+        "UTF-16 unless the client offers UTF-8"
+    );
     assert!(init["capabilities"]["executeCommandProvider"]["commands"]
         .as_array()
         .unwrap()
@@ -152,12 +173,25 @@ fn generate_progress_review_accept_applies_a_versioned_edit() {
         .iter()
         .map(|a| a["title"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(titles, vec!["Generate `add` from docstring", "Refine `add` with feedback…"]);
+    assert_eq!(
+        titles,
+        vec![
+            "Generate `add` from docstring",
+            "Refine `add` with feedback…"
+        ]
+    );
     assert!(c.code_actions(&ws.file, 1).is_empty());
     let lenses = c
-        .request("textDocument/codeLens", json!({"textDocument": {"uri": file_uri(&ws.file)}}))
+        .request(
+            "textDocument/codeLens",
+            json!({"textDocument": {"uri": file_uri(&ws.file)}}),
+        )
         .unwrap();
-    assert_eq!(lenses.as_array().unwrap().len(), 1, "one Generate lens, above `add` only: {lenses}");
+    assert_eq!(
+        lenses.as_array().unwrap().len(),
+        1,
+        "one Generate lens, above `add` only: {lenses}"
+    );
 
     let since = c.log.len();
     let started = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap();
@@ -172,13 +206,28 @@ fn generate_progress_review_accept_applies_a_versioned_edit() {
         m["method"] == "docsmith/taskChanged" && m["params"]["phase"] == "accepted"
     });
     let creates = c.messages(since, "window/workDoneProgress/create");
-    assert_eq!(creates[0]["params"]["token"], json!(format!("docsmith/{task}/0")));
+    assert_eq!(
+        creates[0]["params"]["token"],
+        json!(format!("docsmith/{task}/0"))
+    );
     let kinds = progress_kinds(&c, since, task);
     assert_eq!(kinds.first().unwrap().0, "begin");
-    assert!(kinds.iter().any(|(k, m)| k == "report" && m.contains("writing code")), "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|(k, _)| k == "end").count(), 1, "{kinds:?}");
+    assert!(
+        kinds
+            .iter()
+            .any(|(k, m)| k == "report" && m.contains("writing code")),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|(k, _)| k == "end").count(),
+        1,
+        "{kinds:?}"
+    );
     let (_, end_msg) = kinds.iter().find(|(k, _)| k == "end").unwrap();
-    assert!(end_msg.starts_with("ready for review: PASSING: 2/2 tests passed"), "{end_msg}");
+    assert!(
+        end_msg.starts_with("ready for review: PASSING: 2/2 tests passed"),
+        "{end_msg}"
+    );
     let review = c.messages(since, "window/showMessageRequest");
     let actions: Vec<&str> = review[0]["params"]["actions"]
         .as_array()
@@ -186,16 +235,31 @@ fn generate_progress_review_accept_applies_a_versioned_edit() {
         .iter()
         .map(|a| a["title"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["Accept", "Reject with feedback", "Show diff", "Discard"]);
+    assert_eq!(
+        actions,
+        ["Accept", "Reject with feedback", "Show diff", "Discard"]
+    );
 
     let edits = edits.lock().unwrap();
     assert_eq!(edits.len(), 1);
     let td = &edits[0]["edit"]["documentChanges"][0]["textDocument"];
-    assert_eq!(td["version"], 1, "the edit names the document version it was computed on");
+    assert_eq!(
+        td["version"], 1,
+        "the edit names the document version it was computed on"
+    );
     let new_text = doc.lock().unwrap().clone();
-    assert!(new_text.contains("    \"\"\"Add two numbers — é😀.\n"), "docstring kept:\n{new_text}");
-    assert!(new_text.contains("    return a + b\n") && !new_text.contains("    ...\n"), "{new_text}");
-    assert!(new_text.ends_with("def other():\n    return 1\n"), "{new_text}");
+    assert!(
+        new_text.contains("    \"\"\"Add two numbers — é😀.\n"),
+        "docstring kept:\n{new_text}"
+    );
+    assert!(
+        new_text.contains("    return a + b\n") && !new_text.contains("    ...\n"),
+        "{new_text}"
+    );
+    assert!(
+        new_text.ends_with("def other():\n    return 1\n"),
+        "{new_text}"
+    );
     assert_eq!(task_status(&ws, task), "accepted");
     let proposal = ws.root.join(format!(".docsmith/proposals/{task}"));
     for f in ["add.py", "test_add.py", "proposal.diff", "report.md"] {
@@ -213,7 +277,9 @@ fn a_function_changed_since_the_task_began_is_not_applied() {
     let (_doc, edits) = editor(&mut c, STUB, None); // dismiss the review prompt
     c.open(&ws.file, STUB);
     let since = c.log.len();
-    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"].as_i64().unwrap();
+    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"]
+        .as_i64()
+        .unwrap();
     c.wait_for(since, LONG, "review", |m| {
         m["method"] == "docsmith/taskChanged" && m["params"]["phase"] == "review"
     });
@@ -231,11 +297,20 @@ fn a_function_changed_since_the_task_began_is_not_applied() {
         .collect();
     assert_eq!(titles[0], "Accept proposal for `add`");
     let r = c
-        .request("workspace/executeCommand", json!({"command": "docsmith.accept", "arguments": [{"task": task}]}))
+        .request(
+            "workspace/executeCommand",
+            json!({"command": "docsmith.accept", "arguments": [{"task": task}]}),
+        )
         .unwrap();
     assert_eq!(r["applied"], false);
-    assert!(r["reason"].as_str().unwrap().contains("docstring changed"), "{r}");
-    assert!(edits.lock().unwrap().is_empty(), "no workspace/applyEdit was sent");
+    assert!(
+        r["reason"].as_str().unwrap().contains("docstring changed"),
+        "{r}"
+    );
+    assert!(
+        edits.lock().unwrap().is_empty(),
+        "no workspace/applyEdit was sent"
+    );
     c.wait_for(since, LONG, "re-run offer", |m| {
         m["method"] == "window/showMessageRequest" && m["params"]["actions"][0]["title"] == "Re-run"
     });
@@ -252,13 +327,21 @@ fn reject_with_feedback_runs_another_round_and_the_critic_reads_it() {
     let (doc, _edits) = editor(&mut c, STUB, None);
     c.open(&ws.file, STUB);
     let since = c.log.len();
-    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"].as_i64().unwrap();
+    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"]
+        .as_i64()
+        .unwrap();
     c.wait_for(since, LONG, "review", |m| m["params"]["phase"] == "review");
     // Reject without feedback and without a `# docsmith:` comment: refused, says how.
     let e = c
-        .request("workspace/executeCommand", json!({"command": "docsmith.reject", "arguments": [{"task": task}]}))
+        .request(
+            "workspace/executeCommand",
+            json!({"command": "docsmith.reject", "arguments": [{"task": task}]}),
+        )
         .unwrap_err();
-    assert!(e["message"].as_str().unwrap().contains("# docsmith:"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("# docsmith:"),
+        "{e}"
+    );
     let mid = c.log.len();
     c.request(
         "workspace/executeCommand",
@@ -270,21 +353,38 @@ fn reject_with_feedback_runs_another_round_and_the_critic_reads_it() {
         m["params"]["token"] == round1 && m["params"]["value"]["kind"] == "end"
     });
     let critic_saw_feedback = mock.requests.lock().unwrap().iter().any(|(role, body)| {
-        role == "critic" && body.to_string().contains("also accept strings and concatenate them")
+        role == "critic"
+            && body
+                .to_string()
+                .contains("also accept strings and concatenate them")
     });
-    assert!(critic_saw_feedback, "the feedback reached the critic: {:?}", mock.roles());
+    assert!(
+        critic_saw_feedback,
+        "the feedback reached the critic: {:?}",
+        mock.roles()
+    );
     let tokens: Vec<String> = c
         .messages(mid, "window/workDoneProgress/create")
         .iter()
         .map(|m| m["params"]["token"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(tokens, vec![format!("docsmith/{task}/1")], "a new progress round");
+    assert_eq!(
+        tokens,
+        vec![format!("docsmith/{task}/1")],
+        "a new progress round"
+    );
     let store = docsmith::store::Store::open(&ws.root.join(".docsmith/docsmith.db")).unwrap();
     let detail = store.task(docsmith::store::TaskId(task)).unwrap().unwrap();
     assert_eq!(detail.feedback.len(), 1);
-    assert!(detail.attempts.len() >= 2, "each round is a new attempt of the same task");
+    assert!(
+        detail.attempts.len() >= 2,
+        "each round is a new attempt of the same task"
+    );
     let r = c
-        .request("workspace/executeCommand", json!({"command": "docsmith.accept", "arguments": [{"task": task}]}))
+        .request(
+            "workspace/executeCommand",
+            json!({"command": "docsmith.accept", "arguments": [{"task": task}]}),
+        )
         .unwrap();
     assert_eq!(r["applied"], true);
     assert!(doc.lock().unwrap().contains("return a + b"));
@@ -294,41 +394,59 @@ fn reject_with_feedback_runs_another_round_and_the_critic_reads_it() {
 #[test]
 fn cancel_from_the_progress_ui_stops_the_task() {
     let mock = MockLlm::start(script(0, false));
-    mock.delay_ms.store(3_000, std::sync::atomic::Ordering::SeqCst);
+    mock.delay_ms
+        .store(3_000, std::sync::atomic::Ordering::SeqCst);
     let ws = workspace(&mock, "max_concurrent_tasks = 1");
     let mut c = server(&ws);
     c.initialize(&ws.root, json!({}), Value::Null);
     c.open(&ws.file, STUB);
     let since = c.log.len();
-    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"].as_i64().unwrap();
+    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"]
+        .as_i64()
+        .unwrap();
     // A second request for the same function is refused with a clear message.
     let e = c
         .request("workspace/executeCommand", json!({"command": "docsmith.generate", "arguments": [{"uri": file_uri(&ws.file), "name": "add"}]}))
         .unwrap_err();
-    assert!(e["message"].as_str().unwrap().contains("already has a docsmith task"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("already has a docsmith task"),
+        "{e}"
+    );
     // A task for another function waits in the queue (limit 1).
     let other = c
         .request("workspace/executeCommand", json!({"command": "docsmith.refine", "arguments": [{"uri": file_uri(&ws.file), "name": "other", "feedback": "return 2"}]}))
         .unwrap();
     assert_eq!(other["queuedBehind"], 1, "{other}");
-    c.wait_for(since, LONG, "begin", |m| m["params"]["value"]["kind"] == "begin");
+    c.wait_for(since, LONG, "begin", |m| {
+        m["params"]["value"]["kind"] == "begin"
+    });
     let titles: Vec<String> = c
         .code_actions(&ws.file, DEF_LINE)
         .iter()
         .map(|a| a["title"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(titles, vec!["Cancel docsmith task"]);
-    c.notify("window/workDoneProgress/cancel", json!({"token": format!("docsmith/{task}/0")}));
+    c.notify(
+        "window/workDoneProgress/cancel",
+        json!({"token": format!("docsmith/{task}/0")}),
+    );
     c.wait_for(since, Duration::from_secs(20), "end after cancel", |m| {
         m["params"]["token"] == json!(format!("docsmith/{task}/0"))
             && m["params"]["value"]["kind"] == "end"
     });
     assert_eq!(task_status(&ws, task), "cancelled");
     let other_id = other["task"].as_i64().unwrap();
-    c.request("workspace/executeCommand", json!({"command": "docsmith.cancel", "arguments": [{"task": other_id}]}))
-        .unwrap();
+    c.request(
+        "workspace/executeCommand",
+        json!({"command": "docsmith.cancel", "arguments": [{"task": other_id}]}),
+    )
+    .unwrap();
     c.wait_for(since, Duration::from_secs(20), "other ends", |m| {
-        m["params"]["token"] == json!(format!("docsmith/{other_id}/0")) && m["params"]["value"]["kind"] == "end"
+        m["params"]["token"] == json!(format!("docsmith/{other_id}/0"))
+            && m["params"]["value"]["kind"] == "end"
     });
     assert_eq!(task_status(&ws, other_id), "cancelled");
     assert!(c.stop().success());
@@ -349,10 +467,17 @@ fn a_clarifying_question_is_asked_with_the_planners_options() {
     });
     c.open(&ws.file, STUB);
     let since = c.log.len();
-    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"].as_i64().unwrap();
+    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"]
+        .as_i64()
+        .unwrap();
     c.wait_for(since, LONG, "review", |m| m["params"]["phase"] == "review");
     let q = &c.messages(since, "window/showMessageRequest")[0];
-    let titles: Vec<&str> = q["params"]["actions"].as_array().unwrap().iter().map(|a| a["title"].as_str().unwrap()).collect();
+    let titles: Vec<&str> = q["params"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["title"].as_str().unwrap())
+        .collect();
     assert_eq!(titles, ["ints only", "floats too", "Answer…", "Cancel"]);
     let store = docsmith::store::Store::open(&ws.root.join(".docsmith/docsmith.db")).unwrap();
     let d = store.task(docsmith::store::TaskId(task)).unwrap().unwrap();
@@ -369,17 +494,21 @@ fn proposals_and_interrupted_tasks_survive_a_restart() {
     editor(&mut c, STUB, None);
     c.open(&ws.file, STUB);
     let since = c.log.len();
-    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"].as_i64().unwrap();
+    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"]
+        .as_i64()
+        .unwrap();
     c.wait_for(since, LONG, "review", |m| m["params"]["phase"] == "review");
     // A second task left running when the server dies.
-    mock.delay_ms.store(30_000, std::sync::atomic::Ordering::SeqCst);
+    mock.delay_ms
+        .store(30_000, std::sync::atomic::Ordering::SeqCst);
     let other = c
         .request("workspace/executeCommand", json!({"command": "docsmith.refine", "arguments": [{"uri": file_uri(&ws.file), "name": "other", "feedback": "return 2"}]}))
         .unwrap()["task"]
         .as_i64()
         .unwrap();
     c.wait_for(since, LONG, "other begins", |m| {
-        m["params"]["token"] == json!(format!("docsmith/{other}/0")) && m["params"]["value"]["kind"] == "begin"
+        m["params"]["token"] == json!(format!("docsmith/{other}/0"))
+            && m["params"]["value"]["kind"] == "begin"
     });
     c.child.kill().unwrap(); // no shutdown: a crash or a closed editor
     drop(c);
@@ -390,13 +519,28 @@ fn proposals_and_interrupted_tasks_survive_a_restart() {
     let (doc, _) = editor(&mut c, STUB, None);
     c.open(&ws.file, STUB);
     let lenses = c
-        .request("textDocument/codeLens", json!({"textDocument": {"uri": file_uri(&ws.file)}}))
+        .request(
+            "textDocument/codeLens",
+            json!({"textDocument": {"uri": file_uri(&ws.file)}}),
+        )
         .unwrap();
-    let lens_titles: Vec<&str> = lenses.as_array().unwrap().iter().map(|l| l["command"]["title"].as_str().unwrap()).collect();
+    let lens_titles: Vec<&str> = lenses
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["command"]["title"].as_str().unwrap())
+        .collect();
     assert!(lens_titles.contains(&"Accept"), "{lens_titles:?}");
-    assert!(lens_titles.iter().any(|t| t.starts_with("Re-run docsmith on `other`")), "{lens_titles:?}");
+    assert!(
+        lens_titles
+            .iter()
+            .any(|t| t.starts_with("Re-run docsmith on `other`")),
+        "{lens_titles:?}"
+    );
     assert_eq!(task_status(&ws, other), "interrupted");
-    let r = c.run_action(&ws.file, DEF_LINE, "Accept proposal for `add`").unwrap();
+    let r = c
+        .run_action(&ws.file, DEF_LINE, "Accept proposal for `add`")
+        .unwrap();
     assert_eq!(r["applied"], true, "{r}");
     assert!(doc.lock().unwrap().contains("    return a + b\n"));
     assert_eq!(task_status(&ws, task), "accepted");
@@ -408,7 +552,11 @@ fn utf8_is_negotiated_and_incremental_edits_keep_positions_right() {
     let mock = MockLlm::start(script(0, false));
     let ws = workspace(&mock, "");
     let mut c = server(&ws);
-    let init = c.initialize(&ws.root, json!({"general": {"positionEncodings": ["utf-8", "utf-16"]}}), Value::Null);
+    let init = c.initialize(
+        &ws.root,
+        json!({"general": {"positionEncodings": ["utf-8", "utf-16"]}}),
+        Value::Null,
+    );
     assert_eq!(init["capabilities"]["positionEncoding"], "utf-8");
     c.open(&ws.file, STUB);
     // Insert a line with emoji before `add` (UTF-8 columns), then a new stub at the end.
@@ -421,24 +569,56 @@ fn utf8_is_negotiated_and_incremental_edits_keep_positions_right() {
         ]}),
     );
     let titles = |c: &mut LspClient, line| -> Vec<String> {
-        c.code_actions(&ws.file, line).iter().map(|a| a["title"].as_str().unwrap().to_string()).collect()
+        c.code_actions(&ws.file, line)
+            .iter()
+            .map(|a| a["title"].as_str().unwrap().to_string())
+            .collect()
     };
-    assert_eq!(titles(&mut c, DEF_LINE + 1)[0], "Generate `add` from docstring");
+    assert_eq!(
+        titles(&mut c, DEF_LINE + 1)[0],
+        "Generate `add` from docstring"
+    );
     assert_eq!(titles(&mut c, 21)[0], "Generate `neg` from docstring");
     assert!(titles(&mut c, 16).iter().all(|t| t.contains("`other`")));
     // Malformed arguments get a clear error, and the server keeps serving.
     let e = c
-        .request("workspace/executeCommand", json!({"command": "docsmith.generate", "arguments": [{"uri": uri}]}))
+        .request(
+            "workspace/executeCommand",
+            json!({"command": "docsmith.generate", "arguments": [{"uri": uri}]}),
+        )
         .unwrap_err();
-    assert!(e["message"].as_str().unwrap().contains("missing field `name`"), "{e}");
-    let e = c.request("workspace/executeCommand", json!({"command": "docsmith.nope", "arguments": []})).unwrap_err();
-    assert!(e["message"].as_str().unwrap().contains("unknown command"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `name`"),
+        "{e}"
+    );
     let e = c
-        .request("workspace/executeCommand", json!({"command": "docsmith.generate", "arguments": [{"uri": uri, "name": "missing"}]}))
+        .request(
+            "workspace/executeCommand",
+            json!({"command": "docsmith.nope", "arguments": []}),
+        )
         .unwrap_err();
-    assert!(e["message"].as_str().unwrap().contains("add"), "names the functions that exist: {e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("unknown command"),
+        "{e}"
+    );
+    let e = c
+        .request(
+            "workspace/executeCommand",
+            json!({"command": "docsmith.generate", "arguments": [{"uri": uri, "name": "missing"}]}),
+        )
+        .unwrap_err();
+    assert!(
+        e["message"].as_str().unwrap().contains("add"),
+        "names the functions that exist: {e}"
+    );
     c.send_raw(b"Content-Length: 5\r\n\r\n{oops");
-    assert_eq!(titles(&mut c, DEF_LINE + 1)[0], "Generate `add` from docstring");
+    assert_eq!(
+        titles(&mut c, DEF_LINE + 1)[0],
+        "Generate `add` from docstring"
+    );
     assert!(c.stop().success());
 }
 
@@ -453,7 +633,9 @@ fn accept_with_change_annotations_and_tests_written_to_a_new_file() {
     c.open(&ws.file, STUB);
     let since = c.log.len();
     c.run_action(&ws.file, DEF_LINE, "Generate").unwrap();
-    c.wait_for(since, LONG, "accepted", |m| m["params"]["phase"] == "accepted");
+    c.wait_for(since, LONG, "accepted", |m| {
+        m["params"]["phase"] == "accepted"
+    });
     c.wait_for(since, LONG, "tests edit", |m| {
         m["method"] == "workspace/applyEdit"
             && m["params"]["edit"]["documentChanges"][0]["kind"] == "create"
@@ -465,12 +647,25 @@ fn accept_with_change_annotations_and_tests_written_to_a_new_file() {
     let (id, a) = ann.iter().next().unwrap();
     assert_eq!(a["needsConfirmation"], true);
     let e0 = &accept["documentChanges"][0]["edits"][0];
-    assert_eq!(e0["annotationId"], json!(id), "every edit carries the annotation");
+    assert_eq!(
+        e0["annotationId"],
+        json!(id),
+        "every edit carries the annotation"
+    );
     assert!(doc.lock().unwrap().contains("return a + b"));
     let tests = &edits[1]["edit"]["documentChanges"];
-    assert!(tests[0]["uri"].as_str().unwrap().ends_with("/tests/test_calc.py"), "{tests}");
+    assert!(
+        tests[0]["uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("/tests/test_calc.py"),
+        "{tests}"
+    );
     let body = tests[1]["edits"][0]["newText"].as_str().unwrap();
-    assert!(body.contains("from calc import *") && body.contains("def test_"), "{body}");
+    assert!(
+        body.contains("from calc import *") && body.contains("def test_"),
+        "{body}"
+    );
     assert!(c.stop().success());
 }
 
@@ -481,22 +676,45 @@ fn bad_settings_are_reported_and_the_last_good_ones_stay() {
     let ws = workspace(&mock, "");
     let mut c = server(&ws);
     c.initialize(&ws.root, json!({}), json!({"max_refinement": 2}));
-    let err = c.wait_for(0, LONG, "config error", |m| m["method"] == "window/showMessage");
+    let err = c.wait_for(0, LONG, "config error", |m| {
+        m["method"] == "window/showMessage"
+    });
     let msg = err["params"]["message"].as_str().unwrap();
-    assert!(msg.contains("max_refinement") && err["params"]["type"] == 1, "{msg}");
+    assert!(
+        msg.contains("max_refinement") && err["params"]["type"] == 1,
+        "{msg}"
+    );
     c.open(&ws.file, STUB);
     let e = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap_err();
-    assert!(e["message"].as_str().unwrap().contains("max_refinement"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("max_refinement"),
+        "{e}"
+    );
     assert!(c.stop().success());
 
     // A typo pushed later through didChangeConfiguration: reported, and the last good settings stay.
     let mut c = server(&ws);
-    c.initialize(&ws.root, json!({}), json!({"docsmith": {"max_refinements": 2}}));
+    c.initialize(
+        &ws.root,
+        json!({}),
+        json!({"docsmith": {"max_refinements": 2}}),
+    );
     editor(&mut c, STUB, None);
     let since = c.log.len();
-    c.notify("workspace/didChangeConfiguration", json!({"settings": {"docsmith": {"sandbox": {"cpu_secs": 3}}}}));
-    let err = c.wait_for(since, LONG, "config error", |m| m["method"] == "window/showMessage");
-    assert!(err["params"]["message"].as_str().unwrap().contains("cpu_secs"), "{err}");
+    c.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"docsmith": {"sandbox": {"cpu_secs": 3}}}}),
+    );
+    let err = c.wait_for(since, LONG, "config error", |m| {
+        m["method"] == "window/showMessage"
+    });
+    assert!(
+        err["params"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cpu_secs"),
+        "{err}"
+    );
     c.open(&ws.file, STUB);
     let r = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap();
     assert!(r["task"].as_i64().is_some());

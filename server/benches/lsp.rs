@@ -22,14 +22,25 @@ fn bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let b = dir.join("docsmith");
-    assert!(b.exists(), "build the binary first: cargo build (looked for {})", b.display());
+    assert!(
+        b.exists(),
+        "build the binary first: cargo build (looked for {})",
+        b.display()
+    );
     b
 }
 
 fn stats(mut v: Vec<f64>) -> String {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
-    format!("n={} median={:.2} ms p90={:.2} ms p99={:.2} ms max={:.2} ms", v.len(), q(0.5), q(0.9), q(0.99), v[v.len() - 1])
+    format!(
+        "n={} median={:.2} ms p90={:.2} ms p99={:.2} ms max={:.2} ms",
+        v.len(),
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        v[v.len() - 1]
+    )
 }
 
 /// A Python file of about `lines` lines: many small functions, a stub at the end.
@@ -78,26 +89,42 @@ fn code_action_ms(c: &mut LspClient, file: &Path, line: u32) -> f64 {
 }
 
 fn main() {
-    let mock = MockLlm::start(Arc::new(|role, _, _| match role {
+    let mock = MockLlm::start(Arc::new(|role, _, _| {
+        match role {
         "planner" => json!({"understanding": "u", "steps": [], "edge_cases": [], "assumptions": [], "question": "", "options": []}).to_string(),
         "tests" => json!({"tests": []}).to_string(),
         "developer" => "```python\ndef target(n):\n    return n * (n + 1) // 2\n```".into(),
         _ => json!({"root_cause": "", "instructions": ""}).to_string(),
+    }
     }));
-    println!("command: cargo bench --bench lsp   (binary: {})", bin().display());
+    println!(
+        "command: cargo bench --bench lsp   (binary: {})",
+        bin().display()
+    );
 
     // 1. Time to first progress.
     {
         let text = python_file(500);
         let (_d, root, file) = workspace(&mock.config_toml(""), &text);
-        mock.delay_ms.store(2_000, std::sync::atomic::Ordering::SeqCst);
+        mock.delay_ms
+            .store(2_000, std::sync::atomic::Ordering::SeqCst);
         let mut c = server(&root, _d.path());
         c.open(&file, &text);
         let rss = std::fs::read_to_string(format!("/proc/{}/status", c.child.id()))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(|l| l.to_string()));
-        println!("server without a model loaded (500-line file open): {}", rss.unwrap_or_default());
-        let line = text.lines().position(|l| l.starts_with("def target")).unwrap() as u32;
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS"))
+                    .map(|l| l.to_string())
+            });
+        println!(
+            "server without a model loaded (500-line file open): {}",
+            rss.unwrap_or_default()
+        );
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("def target"))
+            .unwrap() as u32;
         let mut samples = Vec::new();
         for _ in 0..10 {
             let since = c.log.len();
@@ -109,12 +136,21 @@ fn main() {
             });
             let at = c.log.iter().find(|(_, x)| x == &m).unwrap().0;
             samples.push(at.duration_since(t).as_secs_f64() * 1e3);
-            c.request("workspace/executeCommand", json!({"command": "docsmith.cancel", "arguments": [{"task": task}]})).unwrap();
-            c.wait_for(since, Duration::from_secs(30), "end", |m| m["params"]["value"]["kind"] == "end");
+            c.request(
+                "workspace/executeCommand",
+                json!({"command": "docsmith.cancel", "arguments": [{"task": task}]}),
+            )
+            .unwrap();
+            c.wait_for(since, Duration::from_secs(30), "end", |m| {
+                m["params"]["value"]["kind"] == "end"
+            });
             // wait for the function to be free again
             std::thread::sleep(Duration::from_millis(100));
         }
-        println!("code action (executeCommand docsmith.generate) -> first $/progress: {}", stats(samples));
+        println!(
+            "code action (executeCommand docsmith.generate) -> first $/progress: {}",
+            stats(samples)
+        );
         mock.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -126,12 +162,25 @@ fn main() {
         let (_d, root, file) = workspace("", &text);
         let mut c = server(&root, _d.path());
         c.open(&file, &text);
-        let target = text.lines().position(|l| l.starts_with("def target")).unwrap() as u32;
-        let mid = (text.lines().enumerate().skip(n_lines / 2).find(|(_, l)| l.starts_with("    total = 0")).unwrap().0) as u32;
+        let target = text
+            .lines()
+            .position(|l| l.starts_with("def target"))
+            .unwrap() as u32;
+        let mid = (text
+            .lines()
+            .enumerate()
+            .skip(n_lines / 2)
+            .find(|(_, l)| l.starts_with("    total = 0"))
+            .unwrap()
+            .0) as u32;
         let run = |c: &mut LspClient, label: &str| {
             let mut ca = Vec::new();
             for i in 0..200 {
-                ca.push(code_action_ms(c, &file, if i % 2 == 0 { mid } else { target }));
+                ca.push(code_action_ms(
+                    c,
+                    &file,
+                    if i % 2 == 0 { mid } else { target },
+                ));
             }
             let mut dc = Vec::new();
             for i in 0..200 {
@@ -145,13 +194,18 @@ fn main() {
                 dc.push(t.elapsed().as_secs_f64() * 1e3);
             }
             println!("{n_lines:>6} lines, {label}: codeAction {}", stats(ca));
-            println!("{n_lines:>6} lines, {label}: didChange + codeAction {}", stats(dc));
+            println!(
+                "{n_lines:>6} lines, {label}: didChange + codeAction {}",
+                stats(dc)
+            );
         };
         run(&mut c, "no task");
         if model_ok {
             let since = c.log.len();
             c.run_action(&file, target, "Generate").unwrap();
-            c.wait_for(since, Duration::from_secs(60), "begin", |m| m["params"]["value"]["kind"] == "begin");
+            c.wait_for(since, Duration::from_secs(60), "begin", |m| {
+                m["params"]["value"]["kind"] == "begin"
+            });
             // Let the model load and start generating.
             std::thread::sleep(Duration::from_secs(8));
             run(&mut c, "task running (real local model)");
@@ -160,7 +214,11 @@ fn main() {
         }
         let rss = std::fs::read_to_string(format!("/proc/{}/status", c.child.id()))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(|l| l.to_string()));
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS"))
+                    .map(|l| l.to_string())
+            });
         println!("{n_lines:>6} lines: server {}", rss.unwrap_or_default());
         drop(c);
     }

@@ -275,7 +275,11 @@ fn init_server_tracing(filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let file = crate::lsp::log_file().and_then(|p| {
         std::fs::create_dir_all(p.parent()?).ok()?;
-        std::fs::OpenOptions::new().create(true).append(true).open(p).ok()
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
     });
     match file {
         Some(f) => {

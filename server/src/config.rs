@@ -301,7 +301,8 @@ impl Config {
             }
             v => v,
         };
-        let mut base = serde_json::to_value(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut base =
+            serde_json::to_value(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         merge_json(&mut base, overlay);
         let cfg = Config::from_json(base)?;
         cfg.validate()?;
@@ -806,7 +807,9 @@ mod overlay_tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(cfg.concurrency(), 1, "local model: one task at a time");
-        let e = base.overlay(&serde_json::json!({"max_refinement": 5})).unwrap_err();
+        let e = base
+            .overlay(&serde_json::json!({"max_refinement": 5}))
+            .unwrap_err();
         assert!(e.to_string().contains("max_refinement"), "{e}");
         let remote = base
             .overlay(&serde_json::json!({

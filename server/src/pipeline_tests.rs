@@ -60,7 +60,12 @@ struct Harness {
 impl Harness {
     /// How many requests went to `role` so far.
     fn calls_to(&self, role: &str) -> usize {
-        self.calls.lock().unwrap().iter().filter(|r| **r == role).count()
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| **r == role)
+            .count()
     }
 }
 
@@ -291,11 +296,7 @@ async fn a_generated_test_the_critic_upholds_sends_the_code_back() {
     let (p, stages) = to_review(&mut run, &mut rx).await;
     assert!(!p.passing, "the upheld test keeps failing");
     assert!(stages.contains(&Stage::Critique));
-    assert_eq!(
-        h.calls_to("judge"),
-        1,
-        "each suspect is judged once"
-    );
+    assert_eq!(h.calls_to("judge"), 1, "each suspect is judged once");
 }
 
 #[tokio::test]
@@ -354,10 +355,7 @@ async fn a_question_pauses_the_loop_and_the_answer_goes_back_to_the_planner() {
         run.advance(&cancel).await.unwrap(),
         Pause::Review(_)
     ));
-    assert_eq!(
-        h.calls_to("planner"),
-        2
-    );
+    assert_eq!(h.calls_to("planner"), 2);
 }
 
 #[tokio::test]

@@ -256,13 +256,7 @@ pub fn plan_request(
     }
     user.push_str("Reply with JSON only.");
     request(
-        vec![
-            system(
-                guidelines,
-                PLANNER_LINE,
-            ),
-            ChatMessage::user(user),
-        ],
+        vec![system(guidelines, PLANNER_LINE), ChatMessage::user(user)],
         PLAN_MAX_TOKENS,
         Some(plan_schema()),
     )
@@ -326,10 +320,7 @@ pub fn tests_request(
     ));
     request(
         vec![
-            system(
-                guidelines,
-                TEST_DESIGNER_LINE,
-            ),
+            system(guidelines, TEST_DESIGNER_LINE),
             ChatMessage::user(user),
         ],
         TESTS_MAX_TOKENS,
@@ -494,10 +485,7 @@ pub fn critique_request(
         "\nFind the root cause (not the symptom) and say precisely what to change. Never suggest special-casing test inputs. Reply with JSON only.",
     );
     request(
-        vec![
-            system(guidelines, CRITIC_LINE),
-            ChatMessage::user(user),
-        ],
+        vec![system(guidelines, CRITIC_LINE), ChatMessage::user(user)],
         CRITIQUE_MAX_TOKENS,
         Some(critique_schema()),
     )
@@ -556,10 +544,7 @@ pub fn judge_tests_request(
          only if the test's expected value contradicts the docstring. Reply with JSON only.",
     );
     request(
-        vec![
-            system(guidelines, JUDGE_LINE),
-            ChatMessage::user(user),
-        ],
+        vec![system(guidelines, JUDGE_LINE), ChatMessage::user(user)],
         CRITIQUE_MAX_TOKENS,
         Some(verdicts_schema()),
     )

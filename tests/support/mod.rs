@@ -132,7 +132,10 @@ impl LspClient {
                     };
                 }
             }
-            assert!(Instant::now() < deadline, "no response to {method} within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "no response to {method} within 60 s"
+            );
             self.pump(Duration::from_millis(200));
         }
     }
@@ -181,7 +184,10 @@ impl LspClient {
             if Instant::now() >= deadline {
                 let methods: Vec<String> = self.log[since..]
                     .iter()
-                    .map(|(_, m)| m.get("method").map_or("<response>".into(), |v| v.to_string()))
+                    .map(|(_, m)| {
+                        m.get("method")
+                            .map_or("<response>".into(), |v| v.to_string())
+                    })
                     .collect();
                 panic!("timed out waiting for {what}; received since: {methods:?}");
             }
@@ -436,6 +442,11 @@ impl MockLlm {
     }
 
     pub fn roles(&self) -> Vec<String> {
-        self.requests.lock().unwrap().iter().map(|(r, _)| r.clone()).collect()
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(r, _)| r.clone())
+            .collect()
     }
 }

@@ -50,7 +50,11 @@ pub struct HiddenTest(String);
 pub fn read_dataset(path: &Path) -> Result<Vec<(BenchTask, HiddenTest)>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| format!("{}:{}: not JSON: {e}", path.display(), i + 1))?;
         let field = |k: &str| {
@@ -154,7 +158,8 @@ pub struct BenchOptions {
 
 fn config_for(model: Option<&str>) -> Result<Config, String> {
     let mut cfg = Config::default();
-    cfg.apply_env(|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+    cfg.apply_env(|k| std::env::var(k).ok())
+        .map_err(|e| e.to_string())?;
     if let Some(m) = model {
         if let Some(ProviderConfig::Local(l)) = cfg.providers.get_mut("local") {
             if m.ends_with(".gguf") || m.contains('/') {
@@ -178,11 +183,17 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
         data.truncate(n);
     }
     if data.is_empty() {
-        return Err(format!("no tasks selected from {} (check --tasks and --limit)", opts.dataset.display()));
+        return Err(format!(
+            "no tasks selected from {} (check --tasks and --limit)",
+            opts.dataset.display()
+        ));
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
-    std::fs::write(opts.out.join("command.txt"), format!("{}\n", opts.command_line))
-        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        opts.out.join("command.txt"),
+        format!("{}\n", opts.command_line),
+    )
+    .map_err(|e| e.to_string())?;
     let results = opts.out.join("results.jsonl");
     let previous = if opts.resume {
         load_rows(&results)?
@@ -196,24 +207,40 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
     let sandbox = Arc::new(Sandbox::new(cfg.sandbox_config()).map_err(|e| e.to_string())?);
     let bar = indicatif::ProgressBar::new(todo.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}, eta {eta}]")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}, eta {eta}]",
+        )
+        .expect("valid template"),
     );
     let file = std::sync::Mutex::new(
-        std::fs::OpenOptions::new().create(true).append(true).open(&results).map_err(|e| e.to_string())?,
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&results)
+            .map_err(|e| e.to_string())?,
     );
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
     let mut handles = Vec::new();
     let file = Arc::new(file);
     for (task, hidden, mode) in todo.into_iter().map(|(t, h, m)| (t.clone(), h.clone(), m)) {
-        let (router, sandbox, cfg, sem, bar, file) =
-            (router.clone(), sandbox.clone(), cfg.clone(), sem.clone(), bar.clone(), file.clone());
+        let (router, sandbox, cfg, sem, bar, file) = (
+            router.clone(),
+            sandbox.clone(),
+            cfg.clone(),
+            sem.clone(),
+            bar.clone(),
+            file.clone(),
+        );
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
             bar.set_message(format!("{} {mode}", task.task_id));
             let row = run_one(&task, &hidden, mode, &cfg, router, sandbox).await;
             let mut f = file.lock().expect("results lock");
-            let _ = writeln!(f, "{}", serde_json::to_string(&row).expect("row serializes"));
+            let _ = writeln!(
+                f,
+                "{}",
+                serde_json::to_string(&row).expect("row serializes")
+            );
             bar.inc(1);
             row
         }));
@@ -230,8 +257,12 @@ pub fn load_rows(results: &Path) -> Result<Vec<Row>, String> {
     if !results.exists() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(results).map_err(|e| format!("{}: {e}", results.display()))?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str::<Row>(l).ok()).collect())
+    let text =
+        std::fs::read_to_string(results).map_err(|e| format!("{}: {e}", results.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Row>(l).ok())
+        .collect())
 }
 
 /// Splits the work for `--resume`: the earlier rows that belong to the selected
@@ -321,7 +352,10 @@ async fn single(task: &BenchTask, router: &Router, row: &mut Row) -> String {
     };
     let guide = Guidelines::builtin().for_role(Role::Developer, false);
     let req = roles::code_request(&stub, &guide, &Plan::default(), None);
-    match router.complete(Role::Developer, &req, &CancellationToken::new()).await {
+    match router
+        .complete(Role::Developer, &req, &CancellationToken::new())
+        .await
+    {
         Ok((c, _)) => {
             row.llm_calls = 1;
             row.prompt_tokens = c.prompt_tokens as u64;
@@ -439,14 +473,37 @@ async fn looped(
 
 /// Runs `code` + the hidden test + `check(entry_point)` once in the sandbox.
 /// Returns whether it exited 0, and the output tail otherwise.
-pub async fn score(sandbox: &Sandbox, code: &str, task: &BenchTask, hidden: &HiddenTest) -> (bool, Option<String>) {
+pub async fn score(
+    sandbox: &Sandbox,
+    code: &str,
+    task: &BenchTask,
+    hidden: &HiddenTest,
+) -> (bool, Option<String>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let script = format!("{code}\n\n{}\n\ncheck({})\n", hidden.0, task.entry_point);
-    match sandbox.run_script(dir.path(), &script, &CancellationToken::new()).await {
+    match sandbox
+        .run_script(dir.path(), &script, &CancellationToken::new())
+        .await
+    {
         Ok(o) if o.exit_code == Some(0) => (true, None),
         Ok(o) => {
-            let tail: String = o.stderr_tail.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect();
-            (false, Some(format!("exit {:?}{}: {tail}", o.exit_code, o.killed.map(|k| format!(" ({k:?})")).unwrap_or_default())))
+            let tail: String = o
+                .stderr_tail
+                .chars()
+                .rev()
+                .take(500)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            (
+                false,
+                Some(format!(
+                    "exit {:?}{}: {tail}",
+                    o.exit_code,
+                    o.killed.map(|k| format!(" ({k:?})")).unwrap_or_default()
+                )),
+            )
         }
         Err(e) => (false, Some(format!("sandbox: {e}"))),
     }
@@ -468,7 +525,10 @@ mod tests {
         let d = read_dataset(&p).unwrap();
         assert_eq!(d.len(), 1);
         let json = serde_json::to_string(&d[0].0).unwrap();
-        assert!(!json.contains("check"), "the task the loop sees has no test: {json}");
+        assert!(
+            !json.contains("check"),
+            "the task the loop sees has no test: {json}"
+        );
         assert!(d[0].1 .0.contains("assert c(1) == 1"));
         std::fs::write(&p, "{\"task_id\": \"T/0\", \"prompt\": \"x\"}\n").unwrap();
         assert!(read_dataset(&p).unwrap_err().contains("entry_point"));
@@ -476,9 +536,19 @@ mod tests {
 
     fn done_row(id: &str, mode: &str) -> Row {
         Row {
-            task_id: id.into(), mode: mode.into(), passed: true, attempts: 1, llm_calls: 1,
-            prompt_tokens: 1, completion_tokens: 1, wall_ms: 1, stage_ms: Default::default(),
-            dropped_tests: 0, loop_status: "single".into(), reason: None, score_error: None,
+            task_id: id.into(),
+            mode: mode.into(),
+            passed: true,
+            attempts: 1,
+            llm_calls: 1,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            wall_ms: 1,
+            stage_ms: Default::default(),
+            dropped_tests: 0,
+            loop_status: "single".into(),
+            reason: None,
+            score_error: None,
             final_code: String::new(),
         }
     }
@@ -488,22 +558,33 @@ mod tests {
         let data: Vec<(BenchTask, HiddenTest)> = ["T/0", "T/1"]
             .iter()
             .map(|id| {
-                let t = BenchTask { task_id: id.to_string(), prompt: String::new(), entry_point: "f".into() };
+                let t = BenchTask {
+                    task_id: id.to_string(),
+                    prompt: String::new(),
+                    entry_point: "f".into(),
+                };
                 (t, HiddenTest(String::new()))
             })
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("results.jsonl");
         assert!(load_rows(&file).unwrap().is_empty());
-        let lines: Vec<String> = [done_row("T/0", "single"), done_row("T/0", "loop"), done_row("T/9", "single")]
-            .iter()
-            .map(|r| serde_json::to_string(r).unwrap())
-            .collect();
+        let lines: Vec<String> = [
+            done_row("T/0", "single"),
+            done_row("T/0", "loop"),
+            done_row("T/9", "single"),
+        ]
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
         std::fs::write(&file, format!("{}\nnot json\n", lines.join("\n"))).unwrap();
         let previous = load_rows(&file).unwrap();
         assert_eq!(previous.len(), 3);
         let (kept, todo) = plan_runs(&data, Mode::Both, previous.clone());
-        let todo: Vec<(&str, &str)> = todo.iter().map(|(t, _, m)| (t.task_id.as_str(), *m)).collect();
+        let todo: Vec<(&str, &str)> = todo
+            .iter()
+            .map(|(t, _, m)| (t.task_id.as_str(), *m))
+            .collect();
         assert_eq!(todo, vec![("T/1", "single"), ("T/1", "loop")]);
         assert_eq!(kept.len(), 2, "T/9 is not selected and is not summarised");
         let (kept, todo) = plan_runs(&data, Mode::Loop, previous);
@@ -517,9 +598,17 @@ mod tests {
     #[tokio::test]
     async fn scoring_runs_the_hidden_check_in_the_sandbox() {
         let sandbox = Sandbox::new(crate::sandbox::SandboxConfig::default()).unwrap();
-        let task = BenchTask { task_id: "T".into(), prompt: String::new(), entry_point: "f".into() };
+        let task = BenchTask {
+            task_id: "T".into(),
+            prompt: String::new(),
+            entry_point: "f".into(),
+        };
         let hidden = HiddenTest("def check(c):\n    assert c(2) == 4\n".into());
-        assert!(score(&sandbox, "def f(x):\n    return x * 2\n", &task, &hidden).await.0);
+        assert!(
+            score(&sandbox, "def f(x):\n    return x * 2\n", &task, &hidden)
+                .await
+                .0
+        );
         let (ok, err) = score(&sandbox, "def f(x):\n    return x + 3\n", &task, &hidden).await;
         assert!(!ok && err.unwrap().contains("AssertionError"));
     }

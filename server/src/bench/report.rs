@@ -43,7 +43,10 @@ pub fn summarize(rows: &[Row]) -> Vec<ModeSummary> {
             let passed = rs.iter().filter(|r| r.passed).count();
             let secs: Vec<f64> = rs.iter().map(|r| r.wall_ms as f64 / 1000.0).collect();
             let calls: Vec<f64> = rs.iter().map(|r| r.llm_calls as f64).collect();
-            let toks: Vec<f64> = rs.iter().map(|r| (r.prompt_tokens + r.completion_tokens) as f64).collect();
+            let toks: Vec<f64> = rs
+                .iter()
+                .map(|r| (r.prompt_tokens + r.completion_tokens) as f64)
+                .collect();
             ModeSummary {
                 mode: mode.to_string(),
                 n,
@@ -69,19 +72,54 @@ pub fn markdown(rows: &[Row], command: &str) -> String {
     for m in &ms {
         s.push_str(&format!(
             "| {} | {} | {}/{} = {:.1}% | {:.1}% – {:.1}% | {:.1} s | {:.1} s | {:.1} | {:.0} |\n",
-            m.mode, m.n, m.passed, m.n, 100.0 * m.passed as f64 / m.n.max(1) as f64,
-            100.0 * m.interval.0, 100.0 * m.interval.1, m.median_s, m.p90_s, m.mean_calls, m.mean_tokens
+            m.mode,
+            m.n,
+            m.passed,
+            m.n,
+            100.0 * m.passed as f64 / m.n.max(1) as f64,
+            100.0 * m.interval.0,
+            100.0 * m.interval.1,
+            m.median_s,
+            m.p90_s,
+            m.mean_calls,
+            m.mean_tokens
         ));
     }
     // Paired comparison on tasks run in both modes.
-    let single: BTreeMap<&str, &Row> = rows.iter().filter(|r| r.mode == "single").map(|r| (r.task_id.as_str(), r)).collect();
-    let lp: BTreeMap<&str, &Row> = rows.iter().filter(|r| r.mode == "loop").map(|r| (r.task_id.as_str(), r)).collect();
-    let both: Vec<&str> = single.keys().filter(|k| lp.contains_key(*k)).copied().collect();
+    let single: BTreeMap<&str, &Row> = rows
+        .iter()
+        .filter(|r| r.mode == "single")
+        .map(|r| (r.task_id.as_str(), r))
+        .collect();
+    let lp: BTreeMap<&str, &Row> = rows
+        .iter()
+        .filter(|r| r.mode == "loop")
+        .map(|r| (r.task_id.as_str(), r))
+        .collect();
+    let both: Vec<&str> = single
+        .keys()
+        .filter(|k| lp.contains_key(*k))
+        .copied()
+        .collect();
     if !both.is_empty() {
-        let only_loop: Vec<&str> = both.iter().filter(|k| lp[*k].passed && !single[*k].passed).copied().collect();
-        let only_single: Vec<&str> = both.iter().filter(|k| single[*k].passed && !lp[*k].passed).copied().collect();
-        let diff = (lp.values().filter(|r| r.passed && both.contains(&r.task_id.as_str())).count() as f64
-            - single.values().filter(|r| r.passed && both.contains(&r.task_id.as_str())).count() as f64)
+        let only_loop: Vec<&str> = both
+            .iter()
+            .filter(|k| lp[*k].passed && !single[*k].passed)
+            .copied()
+            .collect();
+        let only_single: Vec<&str> = both
+            .iter()
+            .filter(|k| single[*k].passed && !lp[*k].passed)
+            .copied()
+            .collect();
+        let diff = (lp
+            .values()
+            .filter(|r| r.passed && both.contains(&r.task_id.as_str()))
+            .count() as f64
+            - single
+                .values()
+                .filter(|r| r.passed && both.contains(&r.task_id.as_str()))
+                .count() as f64)
             / both.len() as f64;
         s.push_str(&format!(
             "\nPaired on {} tasks: pass@1 loop − single = {:+.1} points; solved only by the loop: {} ({}); only by single shot: {} ({}).\n",
@@ -89,7 +127,10 @@ pub fn markdown(rows: &[Row], command: &str) -> String {
         ));
     }
     // Mean time per stage over loop rows (from the pipeline's Stage events).
-    let loop_rows: Vec<&Row> = rows.iter().filter(|r| r.mode == "loop" && !r.stage_ms.is_empty()).collect();
+    let loop_rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.mode == "loop" && !r.stage_ms.is_empty())
+        .collect();
     if !loop_rows.is_empty() {
         let mut total: BTreeMap<&str, u64> = BTreeMap::new();
         for r in &loop_rows {
@@ -102,9 +143,15 @@ pub fn markdown(rows: &[Row], command: &str) -> String {
             .filter(|(_, v)| **v > 0)
             .map(|(k, v)| format!("{k} {:.1} s", *v as f64 / 1000.0 / loop_rows.len() as f64))
             .collect();
-        s.push_str(&format!("\nLoop time per stage (mean per task): {}.\n", parts.join(", ")));
+        s.push_str(&format!(
+            "\nLoop time per stage (mean per task): {}.\n",
+            parts.join(", ")
+        ));
     }
-    let failing: Vec<&Row> = rows.iter().filter(|r| r.mode == "loop" && !r.passed).collect();
+    let failing: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.mode == "loop" && !r.passed)
+        .collect();
     if !failing.is_empty() {
         s.push_str("\nLoop tasks failing the hidden tests (loop status: reason):\n\n");
         for r in failing {
@@ -112,7 +159,10 @@ pub fn markdown(rows: &[Row], command: &str) -> String {
                 "- {}: {}{}\n",
                 r.task_id,
                 r.loop_status,
-                r.reason.as_deref().map(|x| format!(": {}", x.chars().take(160).collect::<String>())).unwrap_or_default()
+                r.reason
+                    .as_deref()
+                    .map(|x| format!(": {}", x.chars().take(160).collect::<String>()))
+                    .unwrap_or_default()
             ));
         }
     }
@@ -130,11 +180,17 @@ pub fn chart(rows: &[Row], dir: &Path) -> Result<(), String> {
     let svg = dir.join("chart.svg");
     draw(SVGBackend::new(&svg, (900, 420)).into_drawing_area(), &ms)?;
     let png = dir.join("chart.png");
-    draw(BitMapBackend::new(&png, (900, 420)).into_drawing_area(), &ms)?;
+    draw(
+        BitMapBackend::new(&png, (900, 420)).into_drawing_area(),
+        &ms,
+    )?;
     Ok(())
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, ms: &[ModeSummary]) -> Result<(), String>
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    ms: &[ModeSummary],
+) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
@@ -146,36 +202,69 @@ where
     {
         let mut c = ChartBuilder::on(&left)
             .caption("pass@1 (95% Wilson interval)", ("sans-serif", 18))
-            .margin(12).x_label_area_size(30).y_label_area_size(40)
-            .build_cartesian_2d(0f64..n, 0f64..100f64).map_err(|x| e(&x))?;
-        c.configure_mesh().disable_x_mesh().x_labels(0).y_desc("%").draw().map_err(|x| e(&x))?;
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0f64..n, 0f64..100f64)
+            .map_err(|x| e(&x))?;
+        c.configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc("%")
+            .draw()
+            .map_err(|x| e(&x))?;
         for (i, m) in ms.iter().enumerate() {
             let p = 100.0 * m.passed as f64 / m.n.max(1) as f64;
             let col = colors[i % 2];
-            c.draw_series(std::iter::once(Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, p)], col.mix(0.6).filled())))
-                .map_err(|x| e(&x))?;
+            c.draw_series(std::iter::once(Rectangle::new(
+                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, p)],
+                col.mix(0.6).filled(),
+            )))
+            .map_err(|x| e(&x))?;
             c.draw_series(std::iter::once(PathElement::new(
-                vec![(i as f64 + 0.5, 100.0 * m.interval.0), (i as f64 + 0.5, 100.0 * m.interval.1)],
+                vec![
+                    (i as f64 + 0.5, 100.0 * m.interval.0),
+                    (i as f64 + 0.5, 100.0 * m.interval.1),
+                ],
                 BLACK.stroke_width(2),
             )))
             .map_err(|x| e(&x))?;
-            c.draw_series(std::iter::once(Text::new(format!("{} {:.0}%", m.mode, p), (i as f64 + 0.2, p.min(92.0) + 3.0), ("sans-serif", 15))))
-                .map_err(|x| e(&x))?;
+            c.draw_series(std::iter::once(Text::new(
+                format!("{} {:.0}%", m.mode, p),
+                (i as f64 + 0.2, p.min(92.0) + 3.0),
+                ("sans-serif", 15),
+            )))
+            .map_err(|x| e(&x))?;
         }
     }
     {
         let max_s = ms.iter().map(|m| m.p90_s).fold(1.0, f64::max) * 1.15;
         let mut c = ChartBuilder::on(&right)
             .caption("wall time per task (median, p90)", ("sans-serif", 18))
-            .margin(12).x_label_area_size(30).y_label_area_size(50)
-            .build_cartesian_2d(0f64..n, 0f64..max_s).map_err(|x| e(&x))?;
-        c.configure_mesh().disable_x_mesh().x_labels(0).y_desc("s").draw().map_err(|x| e(&x))?;
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..n, 0f64..max_s)
+            .map_err(|x| e(&x))?;
+        c.configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc("s")
+            .draw()
+            .map_err(|x| e(&x))?;
         for (i, m) in ms.iter().enumerate() {
             let col = colors[i % 2];
-            c.draw_series(std::iter::once(Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, m.median_s)], col.mix(0.6).filled())))
-                .map_err(|x| e(&x))?;
-            c.draw_series(std::iter::once(Text::new(format!("{} {:.0}s / {:.0}s", m.mode, m.median_s, m.p90_s), (i as f64 + 0.2, m.median_s + max_s * 0.03), ("sans-serif", 15))))
-                .map_err(|x| e(&x))?;
+            c.draw_series(std::iter::once(Rectangle::new(
+                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, m.median_s)],
+                col.mix(0.6).filled(),
+            )))
+            .map_err(|x| e(&x))?;
+            c.draw_series(std::iter::once(Text::new(
+                format!("{} {:.0}s / {:.0}s", m.mode, m.median_s, m.p90_s),
+                (i as f64 + 0.2, m.median_s + max_s * 0.03),
+                ("sans-serif", 15),
+            )))
+            .map_err(|x| e(&x))?;
         }
     }
     root.present().map_err(|x| e(&x))?;
@@ -188,37 +277,71 @@ mod tests {
 
     fn row(id: &str, mode: &str, passed: bool, ms: u64) -> Row {
         Row {
-            task_id: id.into(), mode: mode.into(), passed, attempts: 1, llm_calls: if mode == "loop" { 4 } else { 1 },
-            prompt_tokens: 100, completion_tokens: 50, wall_ms: ms, stage_ms: Default::default(), dropped_tests: 0,
-            loop_status: if passed { "accepted".into() } else { "failing".into() }, reason: (!passed).then(|| "tests fail".into()),
-            score_error: None, final_code: String::new(),
+            task_id: id.into(),
+            mode: mode.into(),
+            passed,
+            attempts: 1,
+            llm_calls: if mode == "loop" { 4 } else { 1 },
+            prompt_tokens: 100,
+            completion_tokens: 50,
+            wall_ms: ms,
+            stage_ms: Default::default(),
+            dropped_tests: 0,
+            loop_status: if passed {
+                "accepted".into()
+            } else {
+                "failing".into()
+            },
+            reason: (!passed).then(|| "tests fail".into()),
+            score_error: None,
+            final_code: String::new(),
         }
     }
 
     #[test]
     fn summary_reports_pass_rates_intervals_and_the_paired_difference() {
         let rows = vec![
-            row("T/0", "single", true, 2000), row("T/0", "loop", true, 60000),
-            row("T/2", "single", false, 3000), row("T/2", "loop", true, 90000),
-            row("T/4", "single", true, 1000), row("T/4", "loop", false, 120000),
+            row("T/0", "single", true, 2000),
+            row("T/0", "loop", true, 60000),
+            row("T/2", "single", false, 3000),
+            row("T/2", "loop", true, 90000),
+            row("T/4", "single", true, 1000),
+            row("T/4", "loop", false, 120000),
         ];
         let md = markdown(&rows, "docsmith bench --mode both");
         assert!(md.contains("| single | 3 | 2/3 = 66.7% |"), "{md}");
         assert!(md.contains("| loop | 3 | 2/3 = 66.7% |"), "{md}");
-        assert!(md.contains("solved only by the loop: 1 (T/2); only by single shot: 1 (T/4)"), "{md}");
+        assert!(
+            md.contains("solved only by the loop: 1 (T/2); only by single shot: 1 (T/4)"),
+            "{md}"
+        );
         assert!(md.contains("- T/4: failing: tests fail"), "{md}");
-        assert!(md.contains("| single | 3 | 2/3 = 66.7% | 20.8% – 93.9% |"), "{md}");
+        assert!(
+            md.contains("| single | 3 | 2/3 = 66.7% | 20.8% – 93.9% |"),
+            "{md}"
+        );
         assert!(md.contains("Wilson 1927"), "{md}");
         let mut timed = rows.clone();
         timed[1].stage_ms.insert("write_code".into(), 3000);
         timed[3].stage_ms.insert("write_code".into(), 1000);
-        assert!(markdown(&timed, "x").contains("write_code 2.0 s"), "{}", markdown(&timed, "x"));
+        assert!(
+            markdown(&timed, "x").contains("write_code 2.0 s"),
+            "{}",
+            markdown(&timed, "x")
+        );
         let s = summarize(&rows);
         assert_eq!(s[0].mode, "single");
         assert_eq!(s[1].median_s, 90.0);
         let dir = tempfile::tempdir().unwrap();
         chart(&rows, dir.path()).unwrap();
-        assert!(std::fs::read_to_string(dir.path().join("chart.svg")).unwrap().contains("<svg"));
-        assert!(std::fs::metadata(dir.path().join("chart.png")).unwrap().len() > 1000);
+        assert!(std::fs::read_to_string(dir.path().join("chart.svg"))
+            .unwrap()
+            .contains("<svg"));
+        assert!(
+            std::fs::metadata(dir.path().join("chart.png"))
+                .unwrap()
+                .len()
+                > 1000
+        );
     }
 }

@@ -43,12 +43,18 @@ mod tests {
     #[test]
     fn wilson_matches_known_values() {
         let (lo, hi) = wilson95(8, 10);
-        assert!((lo - 0.490).abs() < 0.001 && (hi - 0.943).abs() < 0.001, "{lo} {hi}");
+        assert!(
+            (lo - 0.490).abs() < 0.001 && (hi - 0.943).abs() < 0.001,
+            "{lo} {hi}"
+        );
         let (lo, hi) = wilson95(0, 10);
         assert!(lo == 0.0 && (hi - 0.278).abs() < 0.001, "{hi}");
         assert_eq!(wilson95(0, 0), (0.0, 1.0));
         let (lo, hi) = wilson95(41, 82);
-        assert!((lo - 0.394).abs() < 0.001 && (hi - 0.606).abs() < 0.001, "{lo} {hi}");
+        assert!(
+            (lo - 0.394).abs() < 0.001 && (hi - 0.606).abs() < 0.001,
+            "{lo} {hi}"
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ enum FnState {
 }
 
 fn state_of(inner: &Inner, uri: &Uri, name: &str) -> FnState {
-    if let Some(id) = inner.active.get(&(uri.clone(), name.to_string())).map(|r| *r) {
+    if let Some(id) = inner
+        .active
+        .get(&(uri.clone(), name.to_string()))
+        .map(|r| *r)
+    {
         if let Some(e) = inner.tasks.get(&id) {
             let v = e.view();
             return FnState::Live(id, v.phase, v.message);
@@ -64,21 +68,39 @@ fn commands_for(inner: &Inner, uri: &Uri, f: &FunctionInfo) -> Vec<Command> {
     let review = |task: i64| {
         let t = json!({ "task": task });
         vec![
-            command(format!("Accept proposal for `{name}`"), proto::ACCEPT, t.clone()),
-            command(format!("Reject proposal for `{name}`…"), proto::REJECT, t.clone()),
-            command(format!("Show proposal diff for `{name}`"), proto::SHOW_DIFF, t.clone()),
+            command(
+                format!("Accept proposal for `{name}`"),
+                proto::ACCEPT,
+                t.clone(),
+            ),
+            command(
+                format!("Reject proposal for `{name}`…"),
+                proto::REJECT,
+                t.clone(),
+            ),
+            command(
+                format!("Show proposal diff for `{name}`"),
+                proto::SHOW_DIFF,
+                t.clone(),
+            ),
             command(format!("Discard proposal for `{name}`"), proto::DISCARD, t),
         ]
     };
     match state_of(inner, uri, name) {
-        FnState::Live(task, TaskPhase::Review, _) | FnState::RestoredReview(task, _) => review(task),
+        FnState::Live(task, TaskPhase::Review, _) | FnState::RestoredReview(task, _) => {
+            review(task)
+        }
         FnState::Live(task, TaskPhase::Question, _) => vec![
             command(
                 format!("Answer docsmith's question about `{name}` with its assumptions"),
                 proto::ANSWER,
                 json!({ "task": task }),
             ),
-            command("Cancel docsmith task".into(), proto::CANCEL, json!({ "task": task })),
+            command(
+                "Cancel docsmith task".into(),
+                proto::CANCEL,
+                json!({ "task": task }),
+            ),
         ],
         FnState::Live(task, _, _) => vec![command(
             "Cancel docsmith task".into(),

@@ -85,7 +85,9 @@ pub async fn execute(inner: &Arc<Inner>, p: ExecuteCommandParams) -> Result<Valu
         }
         proto::SHOW_DIFF => {
             let a: ShowDiffArgs = arg(&p, EX_TASK)?;
-            Ok(json(&show_diff(inner, a.task, a.open.unwrap_or(true)).await?))
+            Ok(json(
+                &show_diff(inner, a.task, a.open.unwrap_or(true)).await?,
+            ))
         }
         proto::CANCEL => {
             let a: TaskArgs = arg(&p, EX_TASK)?;
@@ -175,8 +177,8 @@ pub fn start(
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let run = TaskRun::start(spec, rt.deps.clone(), Some(tx))?;
         let id = run.task_id().0;
-        let stub_source = crate::python::function_source(&text, &run.function().name)
-            .unwrap_or_default();
+        let stub_source =
+            crate::python::function_source(&text, &run.function().name).unwrap_or_default();
         let (entry, replies) = TaskEntry::new(id, uri.clone(), path, name.clone(), stub_source);
         // Tasks ahead in the queue: those already waiting, plus one running
         // task when no slot is free.
@@ -265,10 +267,15 @@ fn ready(inner: &Inner, task: i64) -> Result<Ready, LspError> {
         });
     }
     let code = r.row.final_code.clone().ok_or_else(|| {
-        LspError::Internal(format!("task {task} awaits review but the store has no code for it"))
+        LspError::Internal(format!(
+            "task {task} awaits review but the store has no code for it"
+        ))
     })?;
     let tests_file = r.row.proposal_dir.as_ref().and_then(|d| {
-        let module = std::path::Path::new(&r.row.file).file_stem()?.to_string_lossy().into_owned();
+        let module = std::path::Path::new(&r.row.file)
+            .file_stem()?
+            .to_string_lossy()
+            .into_owned();
         let t = std::fs::read_to_string(
             std::path::Path::new(d).join(format!("test_{}.py", r.row.function)),
         )
@@ -310,7 +317,10 @@ pub async fn accept(inner: &Arc<Inner>, task: i64) -> Result<Applied, LspError> 
     let doc_positions = Document::new(version.unwrap_or(0), "python", &text);
     let enc = session.encoding;
     let annotate = session.flags.change_annotations
-        && inner.runtime().map(|rt| rt.config.confirm_edits).unwrap_or(true);
+        && inner
+            .runtime()
+            .map(|rt| rt.config.confirm_edits)
+            .unwrap_or(true);
     let annotation_id: ChangeAnnotationIdentifier = format!("docsmith-accept-{task}");
     let text_edits: Vec<OneOf<TextEdit, AnnotatedTextEdit>> = plan
         .hunks
@@ -373,7 +383,10 @@ pub async fn accept(inner: &Arc<Inner>, task: i64) -> Result<Applied, LspError> 
         });
         inner
             .client
-            .show_message(MessageType::WARNING, format!("docsmith: `{}` not applied: {reason}", r.name))
+            .show_message(
+                MessageType::WARNING,
+                format!("docsmith: `{}` not applied: {reason}", r.name),
+            )
             .await;
         return Ok(Applied {
             applied: false,
@@ -385,16 +398,25 @@ pub async fn accept(inner: &Arc<Inner>, task: i64) -> Result<Applied, LspError> 
         None => {
             inner.restored.remove(&task);
             if let Some(store) = inner.store() {
-                let _ = store.set_task_status(crate::store::TaskId(task), TaskStatus::Accepted, None);
+                let _ =
+                    store.set_task_status(crate::store::TaskId(task), TaskStatus::Accepted, None);
             }
             inner.refresh_lenses().await;
         }
     }
-    if inner.runtime().map(|rt| rt.config.write_tests).unwrap_or(false) && r.tests_file.is_some() {
+    if inner
+        .runtime()
+        .map(|rt| rt.config.write_tests)
+        .unwrap_or(false)
+        && r.tests_file.is_some()
+    {
         if let Err(e) = write_tests_text(inner, &r).await {
             inner
                 .client
-                .show_message(MessageType::WARNING, format!("docsmith: tests not written: {e}"))
+                .show_message(
+                    MessageType::WARNING,
+                    format!("docsmith: tests not written: {e}"),
+                )
                 .await;
         }
     }
@@ -440,7 +462,11 @@ fn offer_rerun(inner: Arc<Inner>, uri: Uri, name: String, task: i64, stale: &Sta
 /// Rejects a proposal with feedback (from the argument, else a `# docsmith:`
 /// comment): a live task starts another round; a restored one is superseded
 /// by a new refine task.
-pub async fn reject(inner: &Arc<Inner>, task: i64, feedback: Option<String>) -> Result<(), LspError> {
+pub async fn reject(
+    inner: &Arc<Inner>,
+    task: i64,
+    feedback: Option<String>,
+) -> Result<(), LspError> {
     let r = ready(inner, task)?;
     let feedback = match feedback.filter(|f| !f.trim().is_empty()) {
         Some(f) => f,
@@ -478,9 +504,16 @@ pub async fn discard(inner: &Arc<Inner>, task: i64) -> Result<(), LspError> {
         }
         return Ok(());
     }
-    let (_, r) = inner.restored.remove(&task).ok_or(LspError::UnknownTask(task))?;
+    let (_, r) = inner
+        .restored
+        .remove(&task)
+        .ok_or(LspError::UnknownTask(task))?;
     if let Some(store) = inner.store() {
-        let _ = store.set_task_status(r.row.id, TaskStatus::Discarded, Some("discarded by the user"));
+        let _ = store.set_task_status(
+            r.row.id,
+            TaskStatus::Discarded,
+            Some("discarded by the user"),
+        );
     }
     inner.refresh_lenses().await;
     Ok(())
@@ -488,7 +521,11 @@ pub async fn discard(inner: &Arc<Inner>, task: i64) -> Result<(), LspError> {
 
 /// The proposal's files; opens the diff with `window/showDocument` when the
 /// client can, else logs the diff to the client's log.
-pub async fn show_diff(inner: &Arc<Inner>, task: i64, open: bool) -> Result<ProposalFiles, LspError> {
+pub async fn show_diff(
+    inner: &Arc<Inner>,
+    task: i64,
+    open: bool,
+) -> Result<ProposalFiles, LspError> {
     let (dir, name) = if let Some(e) = inner.tasks.get(&task).map(|e| e.clone()) {
         let v = e.view();
         let dir = v
@@ -498,7 +535,11 @@ pub async fn show_diff(inner: &Arc<Inner>, task: i64, open: bool) -> Result<Prop
             .ok_or_else(|| wrong_phase(&e, "it has no proposal files yet"))?;
         (dir, e.name.clone())
     } else {
-        let r = inner.restored.get(&task).map(|r| r.clone()).ok_or(LspError::UnknownTask(task))?;
+        let r = inner
+            .restored
+            .get(&task)
+            .map(|r| r.clone())
+            .ok_or(LspError::UnknownTask(task))?;
         let dir = r
             .row
             .proposal_dir
@@ -538,13 +579,19 @@ pub async fn show_diff(inner: &Arc<Inner>, task: i64, open: bool) -> Result<Prop
         let diff = std::fs::read_to_string(&files.diff).unwrap_or_default();
         inner
             .client
-            .log_message(MessageType::INFO, format!("docsmith: proposal diff ({}):\n{diff}", files.diff))
+            .log_message(
+                MessageType::INFO,
+                format!("docsmith: proposal diff ({}):\n{diff}", files.diff),
+            )
             .await;
         inner
             .client
             .show_message(
                 MessageType::INFO,
-                format!("docsmith: the proposal is in {} (diff: {})", files.dir, files.diff),
+                format!(
+                    "docsmith: the proposal is in {} (diff: {})",
+                    files.dir, files.diff
+                ),
             )
             .await;
     }
@@ -559,7 +606,10 @@ pub async fn write_tests(inner: &Arc<Inner>, task: i64) -> Result<Applied, LspEr
 
 async fn write_tests_text(inner: &Arc<Inner>, r: &Ready) -> Result<Applied, LspError> {
     let session = inner.session()?.clone();
-    let text = r.tests_file.clone().ok_or_else(|| LspError::Internal("no tests to write".into()))?;
+    let text = r
+        .tests_file
+        .clone()
+        .ok_or_else(|| LspError::Internal("no tests to write".into()))?;
     let module = uri_path(&r.uri)?
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -581,20 +631,25 @@ async fn write_tests_text(inner: &Arc<Inner>, r: &Ready) -> Result<Applied, LspE
     let (insert_at, new_text) = if exists {
         let (cur, _) = inner.snapshot(&uri)?;
         let d = Document::new(0, "python", &cur);
-        (d.byte_to_position(cur.len(), session.encoding), format!("\n\n{text}"))
+        (
+            d.byte_to_position(cur.len(), session.encoding),
+            format!("\n\n{text}"),
+        )
     } else {
         (Position::new(0, 0), text)
     };
     let mut ops = Vec::new();
     if !exists {
-        ops.push(DocumentChangeOperation::Op(ResourceOp::Create(CreateFile {
-            uri: uri.clone(),
-            options: Some(CreateFileOptions {
-                overwrite: Some(false),
-                ignore_if_exists: Some(true),
-            }),
-            annotation_id: None,
-        })));
+        ops.push(DocumentChangeOperation::Op(ResourceOp::Create(
+            CreateFile {
+                uri: uri.clone(),
+                options: Some(CreateFileOptions {
+                    overwrite: Some(false),
+                    ignore_if_exists: Some(true),
+                }),
+                annotation_id: None,
+            },
+        )));
     }
     ops.push(DocumentChangeOperation::Edit(TextDocumentEdit {
         text_document: OptionalVersionedTextDocumentIdentifier {

@@ -242,9 +242,13 @@ fn parse_rope(rope: &Rope, old: Option<&Tree>) -> Tree {
 mod tests {
     use super::*;
 
-    fn change(range: Option<((u32, u32), (u32, u32))>, text: &str) -> TextDocumentContentChangeEvent {
+    fn change(
+        range: Option<((u32, u32), (u32, u32))>,
+        text: &str,
+    ) -> TextDocumentContentChangeEvent {
         TextDocumentContentChangeEvent {
-            range: range.map(|((a, b), (c, d))| Range::new(Position::new(a, b), Position::new(c, d))),
+            range: range
+                .map(|((a, b), (c, d))| Range::new(Position::new(a, b), Position::new(c, d))),
             range_length: None,
             text: text.to_string(),
         }
@@ -254,8 +258,14 @@ mod tests {
     fn negotiation_prefers_utf8_then_utf32_then_defaults_to_utf16() {
         use PositionEncodingKind as K;
         assert_eq!(Encoding::negotiate(None), Encoding::Utf16);
-        assert_eq!(Encoding::negotiate(Some(&[K::UTF16, K::UTF8])), Encoding::Utf8);
-        assert_eq!(Encoding::negotiate(Some(&[K::UTF32, K::UTF16])), Encoding::Utf32);
+        assert_eq!(
+            Encoding::negotiate(Some(&[K::UTF16, K::UTF8])),
+            Encoding::Utf8
+        );
+        assert_eq!(
+            Encoding::negotiate(Some(&[K::UTF32, K::UTF16])),
+            Encoding::Utf32
+        );
         assert_eq!(Encoding::negotiate(Some(&[K::UTF16])), Encoding::Utf16);
     }
 
@@ -264,7 +274,10 @@ mod tests {
         // 'é' is 2 bytes / 1 UTF-16 unit; '😀' is 4 bytes / 2 UTF-16 units / 1 scalar.
         let d = Document::new(1, "python", "s = 'é😀x'\nnext\n");
         let x = "s = 'é😀".len();
-        assert_eq!(d.byte_to_position(x, Encoding::Utf8), Position::new(0, x as u32));
+        assert_eq!(
+            d.byte_to_position(x, Encoding::Utf8),
+            Position::new(0, x as u32)
+        );
         assert_eq!(d.byte_to_position(x, Encoding::Utf16), Position::new(0, 8));
         assert_eq!(d.byte_to_position(x, Encoding::Utf32), Position::new(0, 7));
         for enc in [Encoding::Utf8, Encoding::Utf16, Encoding::Utf32] {
@@ -272,21 +285,41 @@ mod tests {
             assert_eq!(d.position_to_byte(p, enc), x, "{enc:?}");
         }
         // Past the end of a line: the end of that line, before the break.
-        assert_eq!(d.position_to_byte(Position::new(0, 99), Encoding::Utf16), "s = 'é😀x'".len());
+        assert_eq!(
+            d.position_to_byte(Position::new(0, 99), Encoding::Utf16),
+            "s = 'é😀x'".len()
+        );
         // Past the last line: the end of the text.
-        assert_eq!(d.position_to_byte(Position::new(9, 0), Encoding::Utf16), d.text().len());
+        assert_eq!(
+            d.position_to_byte(Position::new(9, 0), Encoding::Utf16),
+            d.text().len()
+        );
         // Inside a surrogate pair or a UTF-8 sequence: rounded down.
-        assert_eq!(d.position_to_byte(Position::new(0, 7), Encoding::Utf16), "s = 'é".len());
-        assert_eq!(d.position_to_byte(Position::new(0, 6), Encoding::Utf8), "s = '".len());
+        assert_eq!(
+            d.position_to_byte(Position::new(0, 7), Encoding::Utf16),
+            "s = 'é".len()
+        );
+        assert_eq!(
+            d.position_to_byte(Position::new(0, 6), Encoding::Utf8),
+            "s = '".len()
+        );
     }
 
     #[test]
     fn incremental_edits_with_emoji_match_a_fresh_parse() {
         let mut d = Document::new(1, "python", "def f():\n    \"\"\"Doc 😀.\"\"\"\n    ...\n");
         // Replace `...` (line 2, UTF-16 col 4..7) with a return that holds an emoji.
-        d.apply_changes(2, vec![change(Some(((2, 4), (2, 7))), "return '🎉é'")], Encoding::Utf16);
+        d.apply_changes(
+            2,
+            vec![change(Some(((2, 4), (2, 7))), "return '🎉é'")],
+            Encoding::Utf16,
+        );
         // Insert a parameter after the emoji line was edited.
-        d.apply_changes(3, vec![change(Some(((0, 6), (0, 6))), "x")], Encoding::Utf16);
+        d.apply_changes(
+            3,
+            vec![change(Some(((0, 6), (0, 6))), "x")],
+            Encoding::Utf16,
+        );
         // Two changes in one notification, applied in order.
         d.apply_changes(
             4,
@@ -296,11 +329,15 @@ mod tests {
             ],
             Encoding::Utf16,
         );
-        let want = "def f(x):\n    \"\"\"Doc 😀.\"\"\"\n    return '🎉é' + x\n\ndef g():\n    return 1\n";
+        let want =
+            "def f(x):\n    \"\"\"Doc 😀.\"\"\"\n    return '🎉é' + x\n\ndef g():\n    return 1\n";
         assert_eq!(&*d.text(), want);
         assert_eq!(d.version, 4);
         let fresh = Document::new(0, "python", want);
-        assert_eq!(d.tree().root_node().to_sexp(), fresh.tree().root_node().to_sexp());
+        assert_eq!(
+            d.tree().root_node().to_sexp(),
+            fresh.tree().root_node().to_sexp()
+        );
         let names: Vec<_> = crate::python::functions_in_tree(d.tree(), &d.text())
             .into_iter()
             .map(|f| (f.name, f.start_line))
@@ -313,12 +350,27 @@ mod tests {
         let mut d = Document::new(1, "python", "a = 1\r\nb = 2\r\n");
         assert_eq!(d.line_start_byte(1), 7);
         assert_eq!(d.position_to_byte(Position::new(0, 50), Encoding::Utf16), 5);
-        d.apply_changes(2, vec![change(Some(((1, 4), (1, 5))), "3")], Encoding::Utf16);
+        d.apply_changes(
+            2,
+            vec![change(Some(((1, 4), (1, 5))), "3")],
+            Encoding::Utf16,
+        );
         assert_eq!(&*d.text(), "a = 1\r\nb = 3\r\n");
-        d.apply_changes(3, vec![change(None, "def h():\n    pass\n")], Encoding::Utf16);
-        assert_eq!(crate::python::functions_in_tree(d.tree(), &d.text())[0].name, "h");
+        d.apply_changes(
+            3,
+            vec![change(None, "def h():\n    pass\n")],
+            Encoding::Utf16,
+        );
+        assert_eq!(
+            crate::python::functions_in_tree(d.tree(), &d.text())[0].name,
+            "h"
+        );
         // A range beyond the text is clamped, not a panic.
-        d.apply_changes(4, vec![change(Some(((40, 2), (90, 0))), "#")], Encoding::Utf8);
+        d.apply_changes(
+            4,
+            vec![change(Some(((40, 2), (90, 0))), "#")],
+            Encoding::Utf8,
+        );
         assert!(d.text().ends_with("pass\n#"));
     }
 

@@ -47,8 +47,8 @@ pub fn plan_accept(
     stub_source: &str,
     code: &str,
 ) -> Result<PlannedEdit, StaleError> {
-    let func = python::find_function(current, name)
-        .map_err(|_| StaleError::Missing(name.to_string()))?;
+    let func =
+        python::find_function(current, name).map_err(|_| StaleError::Missing(name.to_string()))?;
     let now = python::function_source(current, name).unwrap_or_default();
     if now != stub_source {
         return Err(StaleError::Changed {
@@ -174,7 +174,10 @@ mod tests {
         let code = "import math\n\ndef add(a, b):\n    \"\"\"Other doc.\"\"\"\n    return math.fsum([a, b])\n";
         let plan = plan_accept(FILE, "add", &stub(), code).unwrap();
         assert!(plan.new_source.contains("import math\n"));
-        assert!(plan.new_source.contains("    >>> add(1, 2)\n"), "user's docstring kept");
+        assert!(
+            plan.new_source.contains("    >>> add(1, 2)\n"),
+            "user's docstring kept"
+        );
         assert!(plan.new_source.contains("return math.fsum([a, b])"));
         assert!(plan.new_source.contains("def keep():\n    return 1\n"));
         assert!(plan.new_source.ends_with("TAIL = 1\n"));
@@ -197,7 +200,10 @@ mod tests {
         let e = plan_accept(&body, "add", &stub(), code).unwrap_err();
         assert!(e.to_string().contains("body"), "{e}");
         let gone = FILE.replace("def add(a, b)", "def plus(a, b)");
-        assert_eq!(plan_accept(&gone, "add", &stub(), code).unwrap_err(), StaleError::Missing("add".into()));
+        assert_eq!(
+            plan_accept(&gone, "add", &stub(), code).unwrap_err(),
+            StaleError::Missing("add".into())
+        );
         // Edits elsewhere in the file do not make the proposal stale.
         let elsewhere = FILE.replace("TAIL = 1", "TAIL = 2\nMORE = 3");
         let plan = plan_accept(&elsewhere, "add", &stub(), code).unwrap();
@@ -208,12 +214,19 @@ mod tests {
     fn feedback_comes_from_comments_above_or_inside() {
         let src = "# docsmith: handle negative numbers\n# docsmith: and zero\ndef f(x):\n    \"\"\"F.\"\"\"\n    return x\n";
         let f = python::find_function(src, "f").unwrap();
-        assert_eq!(feedback_comment(src, &f).as_deref(), Some("handle negative numbers and zero"));
+        assert_eq!(
+            feedback_comment(src, &f).as_deref(),
+            Some("handle negative numbers and zero")
+        );
         let src2 = "def f(x):\n    \"\"\"F.\"\"\"\n    # docsmith: use a loop\n    return x\n";
         let f2 = python::find_function(src2, "f").unwrap();
         assert_eq!(feedback_comment(src2, &f2).as_deref(), Some("use a loop"));
         let src3 = "# docsmith: not mine\n\ndef f(x):\n    return x\n";
         let f3 = python::find_function(src3, "f").unwrap();
-        assert_eq!(feedback_comment(src3, &f3), None, "a blank line separates it");
+        assert_eq!(
+            feedback_comment(src3, &f3),
+            None,
+            "a blank line separates it"
+        );
     }
 }

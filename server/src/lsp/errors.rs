@@ -21,7 +21,9 @@ pub enum LspError {
         message: String,
         example: &'static str,
     },
-    #[error("no docsmith task #{0} is live or restored (it ended, or belongs to another workspace)")]
+    #[error(
+        "no docsmith task #{0} is live or restored (it ended, or belongs to another workspace)"
+    )]
     UnknownTask(i64),
     #[error("task #{task} is {phase}; {wanted}")]
     WrongPhase {

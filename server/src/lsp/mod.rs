@@ -88,7 +88,9 @@ impl ClientFlags {
             configuration: ws.and_then(|w| w.configuration).unwrap_or(false),
             apply_edit: ws.and_then(|w| w.apply_edit).unwrap_or(false),
             document_changes: we.and_then(|e| e.document_changes).unwrap_or(false),
-            change_annotations: we.and_then(|e| e.change_annotation_support.as_ref()).is_some(),
+            change_annotations: we
+                .and_then(|e| e.change_annotation_support.as_ref())
+                .is_some(),
             create_files: we
                 .and_then(|e| e.resource_operations.as_ref())
                 .is_some_and(|ops| ops.contains(&ResourceOperationKind::Create)),
@@ -197,7 +199,9 @@ impl Inner {
         let mut cfg = Config::load(&session.root).map_err(|e| LspError::Config(e.to_string()))?;
         let init = self.init_options.lock().expect("init options lock").clone();
         for o in [init.as_ref(), overlay].into_iter().flatten() {
-            cfg = cfg.overlay(o).map_err(|e| LspError::Config(e.to_string()))?;
+            cfg = cfg
+                .overlay(o)
+                .map_err(|e| LspError::Config(e.to_string()))?;
         }
         let previous = self.runtime.read().expect("runtime lock").clone();
         let store = match self.store.get() {
@@ -222,7 +226,8 @@ impl Inner {
             }
         }
         self.set_concurrency(cfg.concurrency());
-        *self.runtime.write().expect("runtime lock") = Some(Arc::new(Runtime { config: cfg, deps }));
+        *self.runtime.write().expect("runtime lock") =
+            Some(Arc::new(Runtime { config: cfg, deps }));
         *self.runtime_error.write().expect("runtime error lock") = None;
         Ok(())
     }
@@ -262,7 +267,11 @@ impl Inner {
 
     /// Asks the client to re-request code lenses, when it can.
     pub async fn refresh_lenses(&self) {
-        if self.session.get().is_some_and(|s| s.flags.code_lens_refresh) {
+        if self
+            .session
+            .get()
+            .is_some_and(|s| s.flags.code_lens_refresh)
+        {
             let _ = self.client.code_lens_refresh().await;
         }
     }
@@ -274,10 +283,9 @@ impl Inner {
         if let Err(e) = store.mark_running_as_interrupted() {
             tracing::warn!("cannot mark interrupted tasks: {e}");
         }
-        let rows = match store.tasks_with_status(
-            &[TaskStatus::AwaitingReview, TaskStatus::Interrupted],
-            200,
-        ) {
+        let rows = match store
+            .tasks_with_status(&[TaskStatus::AwaitingReview, TaskStatus::Interrupted], 200)
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("cannot restore tasks: {e}");
@@ -344,7 +352,11 @@ impl LanguageServer for Backend {
         *self.inner.init_options.lock().expect("init options lock") =
             params.initialization_options.clone();
         if let Err(e) = self.inner.configure(None) {
-            *self.inner.runtime_error.write().expect("runtime error lock") = Some(e.to_string());
+            *self
+                .inner
+                .runtime_error
+                .write()
+                .expect("runtime error lock") = Some(e.to_string());
         }
         self.inner.restore();
         Ok(InitializeResult {
@@ -433,7 +445,10 @@ impl LanguageServer for Backend {
         };
         match self.inner.docs.get_mut(&p.text_document.uri) {
             Some(mut d) => d.apply_changes(p.text_document.version, p.content_changes, enc),
-            None => tracing::warn!(uri = p.text_document.uri.as_str(), "didChange for a document that is not open; ignored"),
+            None => tracing::warn!(
+                uri = p.text_document.uri.as_str(),
+                "didChange for a document that is not open; ignored"
+            ),
         }
     }
 
@@ -458,7 +473,10 @@ impl LanguageServer for Backend {
     }
 
     async fn code_lens(&self, p: CodeLensParams) -> RpcResult<Option<Vec<CodeLens>>> {
-        Ok(Some(actions::code_lenses(&self.inner, &p.text_document.uri)))
+        Ok(Some(actions::code_lenses(
+            &self.inner,
+            &p.text_document.uri,
+        )))
     }
 
     async fn execute_command(&self, p: ExecuteCommandParams) -> RpcResult<Option<Value>> {
@@ -521,7 +539,10 @@ pub async fn serve() {
     let (service, socket) = LspService::build(|client| Backend {
         inner: Arc::new(Inner::new(client)),
     })
-    .custom_method("window/workDoneProgress/cancel", Backend::work_done_progress_cancel)
+    .custom_method(
+        "window/workDoneProgress/cancel",
+        Backend::work_done_progress_cancel,
+    )
     .finish();
     Server::new(stdin, stdout, socket).serve(service).await;
 }

@@ -57,7 +57,9 @@ impl Reporter {
             match created {
                 Ok(Ok(())) => token_ok = Some(t),
                 Ok(Err(e)) => tracing::warn!("client refused progress token: {e}"),
-                Err(_) => tracing::warn!("client did not answer window/workDoneProgress/create within 10 s"),
+                Err(_) => tracing::warn!(
+                    "client did not answer window/workDoneProgress/create within 10 s"
+                ),
             }
         }
         let r = Reporter {

@@ -30,7 +30,15 @@ pub const WRITE_TESTS: &str = "docsmith.writeTests";
 
 /// Every command the server registers in `executeCommandProvider`.
 pub const COMMANDS: &[&str] = &[
-    GENERATE, REFINE, ANSWER, ACCEPT, REJECT, DISCARD, SHOW_DIFF, CANCEL, WRITE_TESTS,
+    GENERATE,
+    REFINE,
+    ANSWER,
+    ACCEPT,
+    REJECT,
+    DISCARD,
+    SHOW_DIFF,
+    CANCEL,
+    WRITE_TESTS,
 ];
 
 /// The function a command is about: a document and a function name in it
@@ -198,7 +206,11 @@ mod tests {
         assert_eq!(a.feedback.as_deref(), Some("handle None"));
         let bad = serde_json::from_value::<TaskArgs>(serde_json::json!({"taks": 1}));
         assert!(bad.is_err());
-        let s = serde_json::to_value(Started { task: 3, queued_behind: 1 }).unwrap();
+        let s = serde_json::to_value(Started {
+            task: 3,
+            queued_behind: 1,
+        })
+        .unwrap();
         assert_eq!(s, serde_json::json!({"task": 3, "queuedBehind": 1}));
     }
 }

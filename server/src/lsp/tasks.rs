@@ -118,7 +118,9 @@ pub fn spawn(
         let id = entry.id;
         drive(&inner, &entry, run, replies, events).await;
         inner.tasks.remove(&id);
-        inner.active.remove(&(entry.uri.clone(), entry.name.clone()));
+        inner
+            .active
+            .remove(&(entry.uri.clone(), entry.name.clone()));
         inner.refresh_lenses().await;
     });
 }
@@ -155,11 +157,24 @@ async fn drive(
     let title = format!("docsmith: {}", e.name);
     let mut round = 0u32;
     let reporter = Arc::new(tokio::sync::Mutex::new(
-        Reporter::begin(&inner.client, flags.progress, e.id, round, title.clone(), "queued".into()).await,
+        Reporter::begin(
+            &inner.client,
+            flags.progress,
+            e.id,
+            round,
+            title.clone(),
+            "queued".into(),
+        )
+        .await,
     ));
     let v = e.view();
     notify(inner, e, &v).await;
-    let forwarder = tokio::spawn(forward_events(inner.clone(), e.clone(), reporter.clone(), events));
+    let forwarder = tokio::spawn(forward_events(
+        inner.clone(),
+        e.clone(),
+        reporter.clone(),
+        events,
+    ));
 
     let mut permit = acquire(inner, e).await;
     let end_message: String;
@@ -184,7 +199,11 @@ async fn drive(
                     v.pause += 1;
                 });
                 notify(inner, e, &v).await;
-                reporter.lock().await.report(v.message.clone(), v.percent).await;
+                reporter
+                    .lock()
+                    .await
+                    .report(v.message.clone(), v.percent)
+                    .await;
                 if flags.message_request {
                     tokio::spawn(ask_question(inner.clone(), e.clone(), q, v.pause));
                     if wait(e, &mut replies, &mut run, v.pause).await.is_none() {
@@ -286,7 +305,10 @@ async fn drive(
 /// Records the cancellation (or, while the server shuts down, the interruption).
 fn cancelled(inner: &Inner, e: &TaskEntry, run: &TaskRun) -> String {
     let (status, why) = if inner.shutting_down.load(Ordering::SeqCst) {
-        (TaskStatus::Interrupted, "the server shut down while the task was running")
+        (
+            TaskStatus::Interrupted,
+            "the server shut down while the task was running",
+        )
     } else {
         (TaskStatus::Cancelled, "cancelled by the user")
     };
@@ -336,7 +358,9 @@ async fn forward_events(
 ) {
     while let Some(ev) = events.recv().await {
         match ev {
-            Event::Stage { message, percent, .. } => {
+            Event::Stage {
+                message, percent, ..
+            } => {
                 let v = e.update(|v| {
                     v.message = message.clone();
                     v.percent = percent;
@@ -344,7 +368,12 @@ async fn forward_events(
                 reporter.lock().await.report(message, percent).await;
                 notify(&inner, &e, &v).await;
             }
-            Event::Tests { passed, total, attempt, .. } => {
+            Event::Tests {
+                passed,
+                total,
+                attempt,
+                ..
+            } => {
                 let msg = format!("attempt {attempt}: {passed}/{total} tests passed");
                 let pct = e.view().percent;
                 reporter.lock().await.report(msg, pct).await;
@@ -352,15 +381,23 @@ async fn forward_events(
             Event::Note { message, .. } => {
                 inner
                     .client
-                    .log_message(MessageType::INFO, format!("docsmith: `{}`: {message}", e.name))
+                    .log_message(
+                        MessageType::INFO,
+                        format!("docsmith: `{}`: {message}", e.name),
+                    )
                     .await;
             }
-            Event::TestDropped { test_id, reason, .. } => {
+            Event::TestDropped {
+                test_id, reason, ..
+            } => {
                 inner
                     .client
                     .log_message(
                         MessageType::INFO,
-                        format!("docsmith: `{}`: dropped generated test {test_id}: {reason}", e.name),
+                        format!(
+                            "docsmith: `{}`: dropped generated test {test_id}: {reason}",
+                            e.name
+                        ),
                     )
                     .await;
             }
@@ -375,8 +412,14 @@ fn tagged_action(title: &str, task: i64, kind: &str) -> MessageActionItem {
     MessageActionItem {
         title: title.to_string(),
         properties: [
-            (super::protocol::ACTION_TASK_KEY.to_string(), P::Integer(task as i32)),
-            (super::protocol::ACTION_KIND_KEY.to_string(), P::String(kind.to_string())),
+            (
+                super::protocol::ACTION_TASK_KEY.to_string(),
+                P::Integer(task as i32),
+            ),
+            (
+                super::protocol::ACTION_KIND_KEY.to_string(),
+                P::String(kind.to_string()),
+            ),
         ]
         .into_iter()
         .collect(),
@@ -438,11 +481,7 @@ async fn ask_review(inner: Arc<Inner>, e: Arc<TaskEntry>, p: Box<Proposal>, paus
     } else {
         MessageType::WARNING
     };
-    let msg = format!(
-        "docsmith: proposal for `{}` ready: {}",
-        e.name,
-        p.summary()
-    );
+    let msg = format!("docsmith: proposal for `{}` ready: {}", e.name, p.summary());
     // Show diff and a reject without feedback come back to the same question.
     for _ in 0..4 {
         let actions = [REVIEW_ACCEPT, REVIEW_REJECT, REVIEW_DIFF, REVIEW_DISCARD]

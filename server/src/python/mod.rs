@@ -377,9 +377,7 @@ pub fn function_at_line_in_tree(
     let first = rest
         .find(|c: char| c != ' ' && c != '\t')
         .map_or(line_start_byte, |i| line_start_byte + i);
-    let mut node = tree
-        .root_node()
-        .descendant_for_byte_range(first, first)?;
+    let mut node = tree.root_node().descendant_for_byte_range(first, first)?;
     loop {
         if node.kind() == "function_definition" {
             let f = function_info(node, source)?;
