@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]')" != 20 ]; then
+  echo "e2e: code-server 4.100.3 needs Node.js 20 and npm (found: $(node --version 2>/dev/null || echo none)); install Node 20 and re-run" >&2
+  exit 1
+fi
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v rg >/dev/null || need+=(ripgrep)
