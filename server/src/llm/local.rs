@@ -24,7 +24,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio_util::sync::CancellationToken;
 
-use super::{Completion, CompletionRequest, FinishReason, LlmError, Provider};
+use super::{Completion, CompletionRequest, FinishReason, LlmError, PhaseTimes, Provider};
 
 /// The fix named by [`LlmError::ModelMissing`] for a missing GGUF file.
 pub const MODEL_MISSING_FIX: &str = "run `docsmith model install` or set DOCSMITH_MODEL_PATH";
@@ -92,8 +92,13 @@ pub fn default_threads_batch() -> i32 {
         .min(8) as i32
 }
 
-/// The process-wide llama.cpp backend. Logs go to `tracing` (never stdout).
-fn backend() -> Result<&'static LlamaBackend, LlmError> {
+/// The process-wide llama.cpp backend, initialised on first use. Logs go to
+/// `tracing` (never stdout). llama.cpp allows one backend per process, so code
+/// that drives `llama-cpp-2` directly beside a provider (the inference
+/// benchmark's bare decode loop) must take it from here.
+///
+/// Errors: [`LlmError::Config`] when llama.cpp cannot initialise.
+pub fn backend() -> Result<&'static LlamaBackend, LlmError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -236,6 +241,7 @@ impl Provider for LocalProvider {
             provider: "local".to_string(),
             model: self.model_name.clone(),
             finish_reason: out.finish_reason,
+            phases: Some(out.phases),
         })
     }
 }
@@ -246,6 +252,7 @@ struct Generated {
     prompt_tokens: u32,
     completion_tokens: u32,
     finish_reason: FinishReason,
+    phases: PhaseTimes,
 }
 
 /// Renders `req.messages` with the model's chat template, assistant turn opened.
@@ -400,10 +407,9 @@ fn generate(
             path: loaded.path.clone(),
             message: format!("cannot create a context of {} tokens: {e}", opts.n_ctx),
         })?;
-    tracing::debug!(
-        ms = t_ctx.elapsed().as_millis() as u64,
-        "created llama context"
-    );
+    let setup_ms = ms_since(t_ctx);
+    tracing::debug!(ms = setup_ms, "created llama context");
+    let t_prompt = Instant::now();
 
     let decode_err = |e: llama_cpp_2::DecodeError| {
         LlmError::BadResponse(format!("llama.cpp decode failed: {e}"))
@@ -426,7 +432,9 @@ fn generate(
         }
         ctx.decode(&mut batch).map_err(decode_err)?;
     }
+    let prompt_ms = ms_since(t_prompt);
 
+    let t_decode = Instant::now();
     let mut sampler = build_sampler(req);
     let mut grammar = build_grammar(model, req);
     let mut bytes: Vec<u8> = Vec::new();
@@ -474,7 +482,17 @@ fn generate(
         prompt_tokens,
         completion_tokens,
         finish_reason,
+        phases: PhaseTimes {
+            setup_ms,
+            prompt_ms,
+            decode_ms: ms_since(t_decode),
+        },
     })
+}
+
+/// Milliseconds since `t`, with sub-millisecond precision.
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 #[cfg(test)]
@@ -572,6 +590,14 @@ mod tests {
         assert!(c.text.contains("def add"), "{}", c.text);
         assert_eq!(c.finish_reason, FinishReason::Stop, "{}", c.text);
         assert!(c.prompt_tokens > 10 && c.completion_tokens > 5, "{c:?}");
+        let ph = c.phases.expect("local reports phase times");
+        assert!(
+            ph.prompt_ms > 0.0
+                && ph.decode_ms > 0.0
+                && ph.setup_ms + ph.prompt_ms + ph.decode_ms <= c.latency_ms as f64 + 1.0,
+            "{ph:?} vs {} ms",
+            c.latency_ms
+        );
         assert_eq!(
             (c.provider.as_str(), c.model.as_str()),
             ("local", "qwen2.5-coder-0.5b")

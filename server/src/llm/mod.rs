@@ -155,6 +155,22 @@ pub struct Completion {
     pub model: String,
     /// Why generation ended.
     pub finish_reason: FinishReason,
+    /// Where the time went inside an in-process generation (`local` only; `None`
+    /// for remote providers, whose servers do not report it per phase).
+    pub phases: Option<PhaseTimes>,
+}
+
+/// Wall time of the phases of one in-process generation, in milliseconds.
+/// `setup_ms + prompt_ms + decode_ms` is at most the call's `latency_ms`; the
+/// rest is chat-template rendering, tokenization and thread hand-off.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PhaseTimes {
+    /// Creating the `LlamaContext` (KV cache allocation), ms.
+    pub setup_ms: f64,
+    /// Ingesting the prompt (`prompt_tokens` in batches of 512), ms.
+    pub prompt_ms: f64,
+    /// Sampling and decoding the completion (`completion_tokens`, one per step), ms.
+    pub decode_ms: f64,
 }
 
 /// A source of chat completions. Implementations must be cheap to share

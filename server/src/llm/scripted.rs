@@ -101,6 +101,7 @@ impl Provider for ScriptedProvider {
             provider: "scripted".to_string(),
             model: "script".to_string(),
             finish_reason,
+            phases: None,
         })
     }
 }
