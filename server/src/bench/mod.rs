@@ -146,7 +146,11 @@ pub struct BenchOptions {
     pub tasks: Option<Vec<String>>,
     /// Local model name or GGUF path, overriding the local provider's model.
     pub model: Option<String>,
-    /// Task/mode pairs run at once (at least 1).
+    /// Task/mode pairs run at once (at least 1). Each job gets its own router,
+    /// so with the local provider each loads its own copy of the model (about
+    /// 1.1 GB for the default 1.5B Q4_K_M) and generations of different jobs
+    /// run in parallel; unless configured, each local model then uses
+    /// `cores / jobs` threads for generation and for prompt ingestion.
     pub jobs: usize,
     /// Output folder: `results.jsonl`, `command.txt` (and the caller's `summary.md`, charts).
     pub out: PathBuf,
@@ -156,7 +160,7 @@ pub struct BenchOptions {
     pub command_line: String,
 }
 
-fn config_for(model: Option<&str>) -> Result<Config, String> {
+fn config_for(model: Option<&str>, jobs: usize) -> Result<Config, String> {
     let mut cfg = Config::default();
     cfg.apply_env(|k| std::env::var(k).ok())
         .map_err(|e| e.to_string())?;
@@ -166,6 +170,18 @@ fn config_for(model: Option<&str>) -> Result<Config, String> {
                 l.path = Some(PathBuf::from(m));
             } else {
                 l.model = m.to_string();
+            }
+        }
+    }
+    if jobs > 1 {
+        // Parallel jobs share the cores: threads that wait on each other every
+        // token collapse when a neighbour is busy (see `default_threads`).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let share = (cores / jobs).max(1) as i32;
+        for p in cfg.providers.values_mut() {
+            if let ProviderConfig::Local(l) = p {
+                l.threads.get_or_insert(share);
+                l.threads_batch.get_or_insert(share);
             }
         }
     }
@@ -202,8 +218,17 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
         Vec::new()
     };
     let (mut rows, todo) = plan_runs(&data, opts.mode, previous);
-    let cfg = config_for(opts.model.as_deref())?;
-    let router = Arc::new(crate::config::build_router(&cfg).map_err(|e| e.to_string())?);
+    let jobs = opts.jobs.max(1);
+    let cfg = config_for(opts.model.as_deref(), jobs)?;
+    // One router per job: a local provider serialises its generations, so jobs
+    // sharing one would only overlap their sandbox time.
+    let mut routers = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        routers.push(Arc::new(
+            crate::config::build_router(&cfg).map_err(|e| e.to_string())?,
+        ));
+    }
+    let routers = Arc::new(std::sync::Mutex::new(routers));
     let sandbox = Arc::new(Sandbox::new(cfg.sandbox_config()).map_err(|e| e.to_string())?);
     let bar = indicatif::ProgressBar::new(todo.len() as u64);
     bar.set_style(
@@ -219,12 +244,12 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
             .open(&results)
             .map_err(|e| e.to_string())?,
     );
-    let sem = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
+    let sem = Arc::new(tokio::sync::Semaphore::new(jobs));
     let mut handles = Vec::new();
     let file = Arc::new(file);
     for (task, hidden, mode) in todo.into_iter().map(|(t, h, m)| (t.clone(), h.clone(), m)) {
-        let (router, sandbox, cfg, sem, bar, file) = (
-            router.clone(),
+        let (routers, sandbox, cfg, sem, bar, file) = (
+            routers.clone(),
             sandbox.clone(),
             cfg.clone(),
             sem.clone(),
@@ -233,8 +258,15 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
         );
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
+            // As many routers as permits: a permit holder always finds one free.
+            let router = routers
+                .lock()
+                .expect("router pool lock")
+                .pop()
+                .expect("a free router per permit");
             bar.set_message(format!("{} {mode}", task.task_id));
-            let row = run_one(&task, &hidden, mode, &cfg, router, sandbox).await;
+            let row = run_one(&task, &hidden, mode, &cfg, router.clone(), sandbox).await;
+            routers.lock().expect("router pool lock").push(router);
             let mut f = file.lock().expect("results lock");
             let _ = writeln!(
                 f,
