@@ -148,6 +148,7 @@ pub fn markdown(rows: &[Row], command: &str) -> String {
             parts.join(", ")
         ));
     }
+    s.push_str(&verdicts(rows));
     let failing: Vec<&Row> = rows
         .iter()
         .filter(|r| r.mode == "loop" && !r.passed)
@@ -168,6 +169,35 @@ pub fn markdown(rows: &[Row], command: &str) -> String {
     }
     s.push_str("\nIntervals: Wilson score interval, z = 1.96 (Wilson 1927). Wall time covers generation, not scoring.\n");
     s
+}
+
+/// Where the loop wins and loses: its own verdict (`accepted` when its tests
+/// passed, anything else when the budget ran out or it failed) against the
+/// hidden tests, as a Markdown table. "Accepted, hidden fails" counts tasks
+/// whose generated tests missed the bug (test design lost them); "not accepted,
+/// hidden passes" counts correct code the loop's own tests rejected (wrong
+/// generated tests, which the suspect-test judge did not drop). Empty without loop rows.
+pub fn verdicts(rows: &[Row]) -> String {
+    let lp: Vec<&Row> = rows.iter().filter(|r| r.mode == "loop").collect();
+    if lp.is_empty() {
+        return String::new();
+    }
+    let count = |acc: bool, pass: bool| {
+        lp.iter()
+            .filter(|r| (r.loop_status == "accepted") == acc && r.passed == pass)
+            .count()
+    };
+    format!(
+        "\nLoop verdict against the hidden tests ({} loop tasks):\n\n\
+         | loop's own verdict | hidden tests pass | hidden tests fail |\n|---|---|---|\n\
+         | accepted (its tests pass) | {} | {} (its tests missed the bug) |\n\
+         | not accepted (budget spent or failed) | {} (its tests were wrong) | {} |\n",
+        lp.len(),
+        count(true, true),
+        count(true, false),
+        count(false, true),
+        count(false, false)
+    )
 }
 
 /// Writes `chart.svg` and `chart.png`: pass@1 with its interval and median wall time per mode.
@@ -316,6 +346,19 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("- T/4: failing: tests fail"), "{md}");
+        let mut v = rows.clone();
+        v[3].loop_status = "accepted".into(); // T/4: accepted, hidden fails
+        let t = verdicts(&v);
+        assert!(t.contains("(3 loop tasks)"), "{t}");
+        assert!(
+            t.contains("| accepted (its tests pass) | 2 | 1 (its tests missed the bug) |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| not accepted (budget spent or failed) | 0 (its tests were wrong) | 0 |"),
+            "{t}"
+        );
+        assert!(verdicts(&rows[..1]).is_empty());
         assert!(
             md.contains("| single | 3 | 2/3 = 66.7% | 20.8% – 93.9% |"),
             "{md}"
