@@ -586,6 +586,23 @@ mod tests {
     }
 
     #[test]
+    fn parallel_jobs_split_the_cores_between_local_models() {
+        let local = |cfg: &Config| match cfg.providers.get("local") {
+            Some(ProviderConfig::Local(l)) => (l.threads, l.threads_batch),
+            _ => panic!("the default config has a local provider"),
+        };
+        let one = config_for(None, 1).unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
+        let share = Some((cores / 2).max(1));
+        let two = config_for(None, 2).unwrap();
+        // One job keeps the provider's own defaults (or the environment's).
+        if std::env::var_os("DOCSMITH_THREADS").is_none() {
+            assert_eq!(local(&one), (None, None));
+            assert_eq!(local(&two), (share, share));
+        }
+    }
+
+    #[test]
     fn resume_skips_pairs_already_in_the_results_file() {
         let data: Vec<(BenchTask, HiddenTest)> = ["T/0", "T/1"]
             .iter()

@@ -347,7 +347,7 @@ mod tests {
         );
         assert!(md.contains("- T/4: failing: tests fail"), "{md}");
         let mut v = rows.clone();
-        v[3].loop_status = "accepted".into(); // T/4: accepted, hidden fails
+        v[5].loop_status = "accepted".into(); // T/4: accepted, hidden fails
         let t = verdicts(&v);
         assert!(t.contains("(3 loop tasks)"), "{t}");
         assert!(
