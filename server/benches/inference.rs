@@ -26,13 +26,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use docsmith::bench::read_dataset;
+use docsmith::bench::stats::quantile;
 use docsmith::llm::local::{
     backend, default_threads, default_threads_batch, LocalOptions, LocalProvider,
 };
 use docsmith::llm::{CompletionRequest, Provider};
-use docsmith::python;
 use docsmith::rag::Guidelines;
-use docsmith::roles::{self, Plan, StubView};
+use docsmith::roles::{self, Plan};
 use docsmith::types::Role;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -153,16 +153,6 @@ async fn provider_run(p: &LocalProvider, req: &CompletionRequest) -> Run {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn requests(n: usize) -> Vec<(String, CompletionRequest)> {
     let data =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/humaneval-dev.jsonl");
@@ -172,12 +162,7 @@ fn requests(n: usize) -> Vec<(String, CompletionRequest)> {
         .into_iter()
         .take(n)
         .map(|(t, _hidden)| {
-            let stub = StubView {
-                name: t.entry_point.clone(),
-                source: python::function_source(&t.prompt, &t.entry_point).unwrap_or_default(),
-                imports: python::module_imports(&t.prompt),
-            };
-            let mut req = roles::code_request(&stub, &guide, &Plan::default(), None);
+            let mut req = roles::code_request(&t.stub_view(), &guide, &Plan::default(), None);
             // Greedy on both sides; no stop sequences so both generate the same count.
             req.temperature = 0.0;
             req.stop.clear();
@@ -253,7 +238,9 @@ async fn main() {
         prov.extend([a, a2]);
         raw.extend([b1, b2]);
     }
-    let med = |v: &[Run], f: fn(&Run) -> f64| median(v.iter().map(f).collect());
+    let med = |v: &[Run], f: fn(&Run) -> f64| {
+        quantile(&v.iter().map(f).collect::<Vec<_>>(), 0.5).expect("runs were made")
+    };
     let p_prompt = med(&prov, Run::prompt_tps);
     let b_prompt = med(&raw, Run::prompt_tps);
     let p_gen = med(&prov, Run::gen_tps);

@@ -41,6 +41,18 @@ pub struct BenchTask {
     pub entry_point: String,
 }
 
+impl BenchTask {
+    /// The stub as the developer role sees it: the entry point's source (empty
+    /// when the prompt lacks it) and the prompt's imports.
+    pub fn stub_view(&self) -> StubView {
+        StubView {
+            name: self.entry_point.clone(),
+            source: python::function_source(&self.prompt, &self.entry_point).unwrap_or_default(),
+            imports: python::module_imports(&self.prompt),
+        }
+    }
+}
+
 /// The record's hidden test (`def check(candidate): ...`), used only by [`score`].
 #[derive(Debug, Clone)]
 pub struct HiddenTest(String);
@@ -377,11 +389,7 @@ async fn single(task: &BenchTask, router: &Router, row: &mut Row) -> String {
         row.reason = Some("entry point not found in the prompt".into());
         return task.prompt.clone();
     };
-    let stub = StubView {
-        name: task.entry_point.clone(),
-        source: python::function_source(&task.prompt, &task.entry_point).unwrap_or_default(),
-        imports: python::module_imports(&task.prompt),
-    };
+    let stub = task.stub_view();
     let guide = Guidelines::builtin().for_role(Role::Developer, false);
     let req = roles::code_request(&stub, &guide, &Plan::default(), None);
     match router
