@@ -238,7 +238,12 @@ async fn bench(a: BenchArgs) -> i32 {
         jobs: a.jobs,
         out: out.clone(),
         resume: a.resume,
-        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        command_line: crate::bench::command_line(
+            &std::env::args().collect::<Vec<_>>(),
+            &std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect::<Vec<_>>(),
+        ),
     };
     match crate::bench::run(&opts).await {
         Ok(rows) => {

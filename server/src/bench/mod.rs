@@ -172,6 +172,47 @@ pub struct BenchOptions {
     pub command_line: String,
 }
 
+/// Unprefixed variables that `Config::apply_env` also reads (aliases kept from
+/// the seed project's environment).
+const CONFIG_ENV_ALIASES: &[&str] = &[
+    "MAX_REFINEMENTS",
+    "MAX_PLANNER_ITERATIONS",
+    "ARCHITECT_LLM_MODEL",
+    "TESTER_LLM_MODEL",
+    "DEVELOPER_LLM_MODEL",
+    "CRITIC_LLM_MODEL",
+];
+
+/// The command line as a shell can rerun it, for `command.txt` and the summary:
+/// the configuration variables set in `env` (`DOCSMITH_*` and
+/// [`CONFIG_ENV_ALIASES`], sorted, as `NAME=value`) before `args`, each word
+/// shell-quoted where needed. A run configured by the environment (say
+/// `DOCSMITH_MAX_REFINEMENTS=0`) is otherwise not reproducible from its record.
+/// Variables whose name looks like a secret (contains `KEY`, `TOKEN`, `SECRET`
+/// or `PASSWORD`, unless it ends in `_ENV`, which names another variable) are
+/// left out, so an API key is never written to the results.
+pub fn command_line(args: &[String], env: &[(String, String)]) -> String {
+    let secret = |k: &str| {
+        !k.ends_with("_ENV")
+            && ["KEY", "TOKEN", "SECRET", "PASSWORD"]
+                .iter()
+                .any(|s| k.contains(s))
+    };
+    let quote = |w: &str| shlex::try_quote(w).map_or_else(|_| format!("{w:?}"), |q| q.into_owned());
+    let mut vars: Vec<&(String, String)> = env
+        .iter()
+        .filter(|(k, _)| {
+            (k.starts_with("DOCSMITH_") || CONFIG_ENV_ALIASES.contains(&k.as_str())) && !secret(k)
+        })
+        .collect();
+    vars.sort();
+    vars.iter()
+        .map(|(k, v)| format!("{k}={}", quote(v)))
+        .chain(args.iter().map(|a| quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn config_for(model: Option<&str>, jobs: usize) -> Result<Config, String> {
     let mut cfg = Config::default();
     cfg.apply_env(|k| std::env::var(k).ok())
@@ -552,6 +593,33 @@ pub async fn score(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_line_records_configuration_variables_but_not_secrets() {
+        let args: Vec<String> = ["docsmith", "bench", "--dataset", "my data.jsonl"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let env: Vec<(String, String)> = [
+            ("PATH", "/usr/bin"),
+            ("DOCSMITH_MAX_REFINEMENTS", "0"),
+            ("MAX_PLANNER_ITERATIONS", "1"),
+            ("DOCSMITH_OPENAI_API_KEY_ENV", "VLLM_API_KEY"),
+            ("DOCSMITH_API_KEY", "sk-secret"),
+            ("VLLM_API_KEY", "sk-secret"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let line = command_line(&args, &env);
+        assert_eq!(
+            line,
+            "DOCSMITH_MAX_REFINEMENTS=0 DOCSMITH_OPENAI_API_KEY_ENV=VLLM_API_KEY \
+             MAX_PLANNER_ITERATIONS=1 docsmith bench --dataset 'my data.jsonl'"
+        );
+        assert!(!line.contains("sk-secret"));
+        assert_eq!(command_line(&args[..2], &[]), "docsmith bench");
+    }
 
     #[test]
     fn records_split_the_hidden_test_off() {
