@@ -172,40 +172,31 @@ pub struct BenchOptions {
     pub command_line: String,
 }
 
-/// Unprefixed variables that `Config::apply_env` also reads (aliases kept from
-/// the seed project's environment).
-const CONFIG_ENV_ALIASES: &[&str] = &[
-    "MAX_REFINEMENTS",
-    "MAX_PLANNER_ITERATIONS",
-    "ARCHITECT_LLM_MODEL",
-    "TESTER_LLM_MODEL",
-    "DEVELOPER_LLM_MODEL",
-    "CRITIC_LLM_MODEL",
-];
-
 /// The command line as a shell can rerun it, for `command.txt` and the summary:
-/// the configuration variables set in `env` (`DOCSMITH_*` and
-/// [`CONFIG_ENV_ALIASES`], sorted, as `NAME=value`) before `args`, each word
-/// shell-quoted where needed. A run configured by the environment (say
-/// `DOCSMITH_MAX_REFINEMENTS=0`) is otherwise not reproducible from its record.
-/// Variables whose name looks like a secret (contains `KEY`, `TOKEN`, `SECRET`
-/// or `PASSWORD`, unless it ends in `_ENV`, which names another variable) are
-/// left out, so an API key is never written to the results.
+/// the environment variables in `env` that configured the run, sorted, as
+/// `NAME=value`, before `args`, each word shell-quoted where needed. A run
+/// configured by the environment (say `DOCSMITH_MAX_REFINEMENTS=0`) is otherwise
+/// not reproducible from its record. Which variables count is decided by
+/// [`Config::apply_env`] itself: those it reads and finds set. It never reads an
+/// API key (keys are read at request time from the variable an `api_key_env`
+/// names), so no key is written to the results.
 pub fn command_line(args: &[String], env: &[(String, String)]) -> String {
-    let secret = |k: &str| {
-        !k.ends_with("_ENV")
-            && ["KEY", "TOKEN", "SECRET", "PASSWORD"]
-                .iter()
-                .any(|s| k.contains(s))
-    };
-    let quote = |w: &str| shlex::try_quote(w).map_or_else(|_| format!("{w:?}"), |q| q.into_owned());
-    let mut vars: Vec<&(String, String)> = env
-        .iter()
-        .filter(|(k, _)| {
-            (k.starts_with("DOCSMITH_") || CONFIG_ENV_ALIASES.contains(&k.as_str())) && !secret(k)
-        })
-        .collect();
+    let used = std::cell::RefCell::new(Vec::new());
+    // Only the names matter here; `config_for` reports a bad value.
+    let _ = Config::default().apply_env(|k| {
+        let v = env
+            .iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.clone())?;
+        if !v.trim().is_empty() {
+            used.borrow_mut().push((k.to_string(), v.clone()));
+        }
+        Some(v)
+    });
+    let mut vars = used.into_inner();
     vars.sort();
+    vars.dedup();
+    let quote = |w: &str| shlex::try_quote(w).map_or_else(|_| format!("{w:?}"), |q| q.into_owned());
     vars.iter()
         .map(|(k, v)| format!("{k}={}", quote(v)))
         .chain(args.iter().map(|a| quote(a)))
