@@ -32,7 +32,7 @@ use docsmith::llm::local::{
 };
 use docsmith::llm::{CompletionRequest, Provider};
 use docsmith::rag::Guidelines;
-use docsmith::roles::{self, Plan};
+use docsmith::roles;
 use docsmith::types::Role;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -144,7 +144,9 @@ async fn provider_run(p: &LocalProvider, req: &CompletionRequest) -> Run {
     let total_ms = ms(t);
     let ph = c.phases.expect("the local provider reports phases");
     Run {
-        prompt_tokens: c.prompt_tokens,
+        // Only what was ingested: the provider keeps its KV cache between
+        // calls, so a repeated prompt is mostly cached.
+        prompt_tokens: c.prompt_tokens - ph.cached_tokens,
         completion_tokens: c.completion_tokens,
         setup_ms: ph.setup_ms,
         prompt_ms: ph.prompt_ms,
@@ -162,7 +164,8 @@ fn requests(n: usize) -> Vec<(String, CompletionRequest)> {
         .into_iter()
         .take(n)
         .map(|(t, _hidden)| {
-            let mut req = roles::code_request(&t.stub_view(), &guide, &Plan::default(), None);
+            let mut req =
+                roles::code_request(&t.stub_view(), roles::CodePrompt::Guided, &guide, None);
             // Greedy on both sides; no stop sequences so both generate the same count.
             req.temperature = 0.0;
             req.stop.clear();
@@ -170,6 +173,72 @@ fn requests(n: usize) -> Vec<(String, CompletionRequest)> {
             (t.task_id, req)
         })
         .collect()
+}
+
+/// `DOCSMITH_BENCH_MODE=batch`: aggregate generation speed of k sequences of
+/// one batch (the greedy one plus k-1 sampled at temperature 0.8, top-p 0.95)
+/// sharing the prompt's KV cache, for k = 1, 2, 4, 8 and 1 or 2 generation
+/// threads. Prints completion tokens per second of decoding, summed over the
+/// sequences, and the wall time per call; the medians choose the loop's k.
+async fn batch_mode(path: &std::path::Path, name: &str, n_tasks: usize) {
+    let reqs = requests(n_tasks);
+    let max_tokens: u32 = std::env::var("DOCSMITH_BENCH_MAX_TOKENS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    println!("| threads | k | task | prompt tok | cached | gen tok (all seqs) | decode ms | aggregate gen tok/s | call ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut summary = Vec::new();
+    for threads in [1, 2] {
+        let opts = LocalOptions {
+            threads: Some(threads),
+            ..LocalOptions::default()
+        };
+        let provider = LocalProvider::new(path.to_path_buf(), name.to_string(), opts);
+        provider.load_now().expect("model loads");
+        for k in [1u32, 2, 4, 8] {
+            let mut tps = Vec::new();
+            let mut call = Vec::new();
+            for (id, req) in &reqs {
+                let mut req = req.clone();
+                req.max_tokens = max_tokens;
+                req.samples = (k > 1).then_some(docsmith::llm::Samples {
+                    n: k - 1,
+                    temperature: 0.8,
+                    top_p: 0.95,
+                });
+                let t = Instant::now();
+                let c = provider
+                    .complete(&req, &CancellationToken::new())
+                    .await
+                    .expect("local completion");
+                let call_ms = ms(t);
+                let ph = c.phases.expect("phases");
+                let agg = c.completion_tokens as f64 / (ph.decode_ms / 1000.0);
+                println!(
+                    "| {threads} | {k} | {id} | {} | {} | {} | {:.0} | {agg:.1} | {call_ms:.0} |",
+                    c.prompt_tokens, ph.cached_tokens, c.completion_tokens, ph.decode_ms
+                );
+                tps.push(agg);
+                call.push(call_ms);
+            }
+            summary.push((
+                threads,
+                k,
+                quantile(&tps, 0.5).unwrap_or(0.0),
+                quantile(&call, 0.5).unwrap_or(0.0),
+            ));
+        }
+    }
+    println!(
+        "\nmedians over {} tasks (max_tokens {max_tokens} per sequence):",
+        reqs.len()
+    );
+    println!("| threads | k | aggregate gen tok/s | call ms |");
+    println!("|---|---|---|---|");
+    for (threads, k, tps, call) in summary {
+        println!("| {threads} | {k} | {tps:.1} | {call:.0} |");
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -189,6 +258,11 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
+    if std::env::var("DOCSMITH_BENCH_MODE").as_deref() == Ok("batch") {
+        println!("model {name} ({}), batched sequences", path.display());
+        batch_mode(&path, &name, n_tasks).await;
+        return;
+    }
     println!(
         "model {name} ({}), threads gen={} batch={}, n_ctx={N_CTX}, n_batch={N_BATCH}",
         path.display(),

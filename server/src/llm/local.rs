@@ -8,7 +8,14 @@
 //! installs it) nor what the prompts mean.
 //!
 //! One generation runs at a time per provider (a mutex), on a blocking thread
-//! (`tokio::task::spawn_blocking`), with a fresh `LlamaContext` per request.
+//! (`tokio::task::spawn_blocking`), in one `LlamaContext` kept for the life of
+//! the model: its KV cache still holds the last prompt, so a new prompt
+//! ingests only what follows their longest common prefix (system prompts and
+//! stubs repeat across a task's calls). A request with
+//! [`Samples`](super::Samples) decodes its extra completions as further
+//! sequences of the same batches, sharing the prompt's cells (llama.cpp's
+//! `examples/batched` pattern: one prompt evaluation, then one token per
+//! sequence per `llama_decode`).
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -16,6 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -24,7 +32,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio_util::sync::CancellationToken;
 
-use super::{Completion, CompletionRequest, FinishReason, LlmError, PhaseTimes, Provider};
+use super::{Choice, Completion, CompletionRequest, FinishReason, LlmError, PhaseTimes, Provider};
 
 /// The fix named by [`LlmError::ModelMissing`] for a missing GGUF file.
 pub const MODEL_MISSING_FIX: &str = "run `docsmith model install` or set DOCSMITH_MODEL_PATH";
@@ -35,23 +43,25 @@ const N_BATCH: u32 = 512;
 /// Options for [`LocalProvider`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalOptions {
-    /// Context window in tokens (prompt + completion). Default 4096.
+    /// Context window in tokens, shared by the prompt and every sequence's
+    /// completion of one request. Default 8192.
     pub n_ctx: u32,
+    /// Most sequences decoded together for one request (1 + extra samples).
+    /// Default 8.
+    pub max_sequences: u32,
     /// Threads used for generation; `None` means [`default_threads`].
     pub threads: Option<i32>,
     /// Threads used for prompt ingestion; `None` means the same as generation.
     pub threads_batch: Option<i32>,
-    /// Layers offloaded to a GPU (0 = CPU only; only effective in GPU builds). Default 0.
-    pub gpu_layers: u32,
 }
 
 impl Default for LocalOptions {
     fn default() -> Self {
         LocalOptions {
-            n_ctx: 4096,
+            n_ctx: 8192,
+            max_sequences: 8,
             threads: None,
             threads_batch: None,
-            gpu_layers: 0,
         }
     }
 }
@@ -109,11 +119,33 @@ pub fn backend() -> Result<&'static LlamaBackend, LlmError> {
         .map_err(|e| LlmError::Config(format!("cannot initialise llama.cpp: {e}")))
 }
 
-/// A loaded model and the chat template it carries.
+/// A loaded model and the chat template it carries. Boxed inside [`Engine`]
+/// so its address is stable: the engine's context borrows it.
 struct Loaded {
     path: PathBuf,
     model: LlamaModel,
     template: LlamaChatTemplate,
+}
+
+/// One loaded model with its persistent context.
+///
+/// Field order matters: `session` borrows `*loaded` and is declared first, so
+/// it is dropped first.
+struct Engine {
+    session: Option<Session>,
+    loaded: Box<Loaded>,
+}
+
+/// A llama.cpp context kept between requests, and what its KV cache holds.
+struct Session {
+    /// SAFETY: really borrows `Engine::loaded.model` (boxed, never moved or
+    /// dropped while this lives, see [`Engine`]); `'static` only because Rust
+    /// cannot name a borrow of a sibling field.
+    ctx: LlamaContext<'static>,
+    /// The tokens whose keys and values sequence 0 holds, from position 0.
+    /// A new prompt re-ingests only what follows its longest common prefix
+    /// with these.
+    cached: Vec<LlamaToken>,
 }
 
 /// A [`Provider`] running a GGUF model in this process. Name `local`.
@@ -124,8 +156,8 @@ pub struct LocalProvider {
     path: PathBuf,
     model_name: String,
     opts: LocalOptions,
-    /// The loaded model; the mutex also serialises generations.
-    state: Arc<Mutex<Option<Arc<Loaded>>>>,
+    /// The loaded model and its context; the mutex also serialises generations.
+    state: Arc<Mutex<Option<Engine>>>,
 }
 
 impl std::fmt::Debug for LocalProvider {
@@ -156,48 +188,49 @@ impl LocalProvider {
     /// [`LlmError::ModelLoad`] when llama.cpp rejects it.
     pub fn load_now(&self) -> Result<(), LlmError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        ensure_loaded(&mut state, &self.path, &self.opts).map(|_| ())
+        ensure_loaded(&mut state, &self.path).map(|_| ())
     }
 }
 
 /// Loads the model into `state` unless it is there already.
-fn ensure_loaded(
-    state: &mut Option<Arc<Loaded>>,
+fn ensure_loaded<'s>(
+    state: &'s mut Option<Engine>,
     path: &PathBuf,
-    opts: &LocalOptions,
-) -> Result<Arc<Loaded>, LlmError> {
-    if let Some(l) = state {
-        return Ok(l.clone());
-    }
-    if !path.is_file() {
-        return Err(LlmError::ModelMissing {
-            path: path.clone(),
-            fix: MODEL_MISSING_FIX.to_string(),
+) -> Result<&'s mut Engine, LlmError> {
+    if state.is_none() {
+        if !path.is_file() {
+            return Err(LlmError::ModelMissing {
+                path: path.clone(),
+                fix: MODEL_MISSING_FIX.to_string(),
+            });
+        }
+        let backend = backend()?;
+        let start = Instant::now();
+        let params = LlamaModelParams::default();
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
+            LlmError::ModelLoad {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let template = match model.chat_template(None) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "model has no chat template; using chatml");
+                LlamaChatTemplate::new("chatml").expect("static name has no NUL")
+            }
+        };
+        tracing::info!(path = %path.display(), ms = start.elapsed().as_millis() as u64, "loaded local model");
+        *state = Some(Engine {
+            session: None,
+            loaded: Box::new(Loaded {
+                path: path.clone(),
+                model,
+                template,
+            }),
         });
     }
-    let backend = backend()?;
-    let start = Instant::now();
-    let params = LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers);
-    let model =
-        LlamaModel::load_from_file(backend, path, &params).map_err(|e| LlmError::ModelLoad {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-    let template = match model.chat_template(None) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "model has no chat template; using chatml");
-            LlamaChatTemplate::new("chatml").expect("static name has no NUL")
-        }
-    };
-    tracing::info!(path = %path.display(), ms = start.elapsed().as_millis() as u64, "loaded local model");
-    let loaded = Arc::new(Loaded {
-        path: path.clone(),
-        model,
-        template,
-    });
-    *state = Some(loaded.clone());
-    Ok(loaded)
+    Ok(state.as_mut().expect("just loaded"))
 }
 
 #[async_trait::async_trait]
@@ -223,35 +256,45 @@ impl Provider for LocalProvider {
         let path = self.path.clone();
         let opts = self.opts.clone();
         let req2 = req.clone();
-        let out = tokio::task::spawn_blocking(move || {
+        let mut out = tokio::task::spawn_blocking(move || {
             let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
             if token.is_cancelled() {
                 return Err(LlmError::Cancelled);
             }
-            let loaded = ensure_loaded(&mut state, &path, &opts)?;
-            generate(&loaded, &opts, &req2, &token)
+            let engine = ensure_loaded(&mut state, &path)?;
+            let result = generate(engine, &opts, &req2, &token);
+            if result.is_err() {
+                // The KV cache may hold half a batch: start the next request clean.
+                if let Some(s) = engine.session.as_mut() {
+                    s.ctx.clear_kv_cache();
+                    s.cached.clear();
+                }
+            }
+            result
         })
         .await
         .map_err(|e| LlmError::BadResponse(format!("local generation thread failed: {e}")))??;
+        let first = out.choices.remove(0);
+        let completion_tokens =
+            first.completion_tokens + out.choices.iter().map(|c| c.completion_tokens).sum::<u32>();
         Ok(Completion {
-            text: out.text,
+            text: first.text,
             prompt_tokens: out.prompt_tokens,
-            completion_tokens: out.completion_tokens,
+            completion_tokens,
             latency_ms: start.elapsed().as_millis() as u64,
             provider: "local".to_string(),
             model: self.model_name.clone(),
-            finish_reason: out.finish_reason,
+            finish_reason: first.finish_reason,
+            alternatives: out.choices,
             phases: Some(out.phases),
         })
     }
 }
 
-/// What one generation produced.
+/// What one generation produced: one choice per sequence, sequence 0 first.
 struct Generated {
-    text: String,
+    choices: Vec<Choice>,
     prompt_tokens: u32,
-    completion_tokens: u32,
-    finish_reason: FinishReason,
     phases: PhaseTimes,
 }
 
@@ -285,15 +328,31 @@ fn build_grammar(model: &LlamaModel, req: &CompletionRequest) -> Option<LlamaSam
     }
 }
 
-/// Greedy, or temperature + dist(seed).
-fn build_sampler(req: &CompletionRequest) -> LlamaSampler {
-    if req.temperature <= 0.0 {
-        LlamaSampler::greedy()
-    } else {
-        LlamaSampler::chain_simple([
-            LlamaSampler::temp(req.temperature),
-            LlamaSampler::dist(req.seed),
-        ])
+/// Top-k applied before top-p and temperature on sampled sequences, so the
+/// sort behind top-p sees 40 tokens instead of the whole vocabulary (about
+/// 150k for Qwen2.5). llama.cpp's own default (`common_params_sampling::top_k`).
+const SAMPLED_TOP_K: i32 = 40;
+
+/// Greedy, or temperature + dist(seed) for sequence 0 (the request's own
+/// settings); top-k, top-p, temperature and dist(seed + seq) for the samples.
+fn build_sampler(req: &CompletionRequest, seq: u32) -> LlamaSampler {
+    match (seq, req.samples) {
+        (0, _) | (_, None) => {
+            if req.temperature <= 0.0 {
+                LlamaSampler::greedy()
+            } else {
+                LlamaSampler::chain_simple([
+                    LlamaSampler::temp(req.temperature),
+                    LlamaSampler::dist(req.seed),
+                ])
+            }
+        }
+        (s, Some(samples)) => LlamaSampler::chain_simple([
+            LlamaSampler::top_k(SAMPLED_TOP_K),
+            LlamaSampler::top_p(samples.top_p.clamp(0.01, 1.0), 1),
+            LlamaSampler::temp(samples.temperature.max(0.01)),
+            LlamaSampler::dist(req.seed.wrapping_add(s)),
+        ]),
     }
 }
 
@@ -362,13 +421,80 @@ fn find_stop(text: &[u8], stops: &[String], from: usize) -> Option<usize> {
         .min()
 }
 
-/// Runs one request on `loaded`. Blocking; checks `cancel` before every token.
+/// Length of the longest common prefix of two token lists.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// One sequence being decoded in the batch.
+struct Seq {
+    id: i32,
+    sampler: LlamaSampler,
+    grammar: Option<LlamaSampler>,
+    bytes: Vec<u8>,
+    completion_tokens: u32,
+    /// The token sampled last and not yet decoded.
+    next: Option<LlamaToken>,
+    /// Index of this sequence's logits in the last decoded batch.
+    logits_at: i32,
+    finish: Option<FinishReason>,
+}
+
+/// Creates the engine's persistent context when it has none.
+fn ensure_session(engine: &mut Engine, opts: &LocalOptions) -> Result<f64, LlmError> {
+    if engine.session.is_some() {
+        return Ok(0.0);
+    }
+    let t_ctx = Instant::now();
+    let threads = opts.threads.unwrap_or_else(default_threads).max(1);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(opts.n_ctx))
+        .with_n_batch(N_BATCH)
+        .with_n_ubatch(N_BATCH)
+        .with_n_seq_max(opts.max_sequences.max(1))
+        // One pool of KV cells shared by every sequence: copying the prompt
+        // to another sequence only tags its cells, and each sequence may use
+        // as much of the context as the others leave free.
+        .with_kv_unified(true)
+        .with_n_threads(threads)
+        .with_n_threads_batch(
+            opts.threads_batch
+                .unwrap_or_else(default_threads_batch)
+                .max(1),
+        );
+    let backend = backend()?;
+    let loaded: &Loaded = &engine.loaded;
+    let ctx = loaded
+        .model
+        .new_context(backend, params)
+        .map_err(|e| LlmError::ModelLoad {
+            path: loaded.path.clone(),
+            message: format!("cannot create a context of {} tokens: {e}", opts.n_ctx),
+        })?;
+    // SAFETY: see `Session::ctx`: the model is boxed in the engine, which drops
+    // the session before it.
+    let ctx: LlamaContext<'static> = unsafe { std::mem::transmute(ctx) };
+    engine.session = Some(Session {
+        ctx,
+        cached: Vec::new(),
+    });
+    let ms = ms_since(t_ctx);
+    tracing::debug!(ms, n_ctx = opts.n_ctx, "created llama context");
+    Ok(ms)
+}
+
+/// Runs one request on `engine`: sequence 0 with the request's own sampling,
+/// plus `req.samples.n` sampled sequences in the same batches. Blocking;
+/// checks `cancel` before every decode.
 fn generate(
-    loaded: &Loaded,
+    engine: &mut Engine,
     opts: &LocalOptions,
     req: &CompletionRequest,
     cancel: &CancellationToken,
 ) -> Result<Generated, LlmError> {
+    let setup_ms = ensure_session(engine, opts)?;
+    let loaded: &Loaded = &engine.loaded;
+    let session = engine.session.as_mut().expect("session exists");
     let model = &loaded.model;
     let vocab = model.vocab();
     let prompt = render_prompt(loaded, req)?;
@@ -381,42 +507,49 @@ fn generate(
     if prompt_tokens == 0 {
         return Err(LlmError::Config("empty prompt".to_string()));
     }
-    if prompt_tokens as u64 + req.max_tokens as u64 > opts.n_ctx as u64 {
+    let room = |n: u32| prompt_tokens as u64 + n as u64 * req.max_tokens as u64;
+    if room(1) > opts.n_ctx as u64 {
         return Err(LlmError::ContextOverflow {
             prompt_tokens,
             n_ctx: opts.n_ctx,
         });
     }
-
-    let threads = opts.threads.unwrap_or_else(default_threads).max(1);
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(opts.n_ctx))
-        .with_n_batch(N_BATCH)
-        .with_n_ubatch(N_BATCH)
-        .with_n_threads(threads)
-        .with_n_threads_batch(
-            opts.threads_batch
-                .unwrap_or_else(default_threads_batch)
-                .max(1),
+    // As many sequences as asked for, the sequence limit and the context allow.
+    let mut n_seq = req.n_choices().min(opts.max_sequences.max(1));
+    while n_seq > 1 && room(n_seq) > opts.n_ctx as u64 {
+        n_seq -= 1;
+    }
+    if n_seq < req.n_choices() {
+        tracing::warn!(
+            asked = req.n_choices(),
+            decoded = n_seq,
+            n_ctx = opts.n_ctx,
+            max_sequences = opts.max_sequences,
+            "fewer sequences than asked for fit the context"
         );
-    let t_ctx = Instant::now();
-    let backend = backend()?;
-    let mut ctx = model
-        .new_context(backend, params)
-        .map_err(|e| LlmError::ModelLoad {
-            path: loaded.path.clone(),
-            message: format!("cannot create a context of {} tokens: {e}", opts.n_ctx),
-        })?;
-    let setup_ms = ms_since(t_ctx);
-    tracing::debug!(ms = setup_ms, "created llama context");
-    let t_prompt = Instant::now();
+    }
 
+    let ctx = &mut session.ctx;
+
+    // Reuse the cached prefix; at least the last prompt token is decoded again
+    // so its logits exist.
+    let reuse = common_prefix(&session.cached, &tokens).min(tokens.len() - 1);
+    ctx.clear_kv_cache_seq(Some(0), Some(reuse as u32), None)
+        .map_err(|e| LlmError::BadResponse(format!("KV cache: {e}")))?;
+    for s in 1..opts.max_sequences.max(1) {
+        ctx.clear_kv_cache_seq(Some(s), None, None)
+            .map_err(|e| LlmError::BadResponse(format!("KV cache: {e}")))?;
+    }
+    session.cached.truncate(reuse);
+
+    let t_prompt = Instant::now();
     let decode_err = |e: llama_cpp_2::DecodeError| {
         LlmError::BadResponse(format!("llama.cpp decode failed: {e}"))
     };
-    let mut batch = LlamaBatch::new(N_BATCH as usize, 1);
-    let chunks: Vec<&[LlamaToken]> = tokens.chunks(N_BATCH as usize).collect();
-    let mut pos: i32 = 0;
+    let mut batch = LlamaBatch::new(N_BATCH as usize, n_seq as i32);
+    let fresh = &tokens[reuse..];
+    let chunks: Vec<&[LlamaToken]> = fresh.chunks(N_BATCH as usize).collect();
+    let mut pos = reuse as i32;
     for (ci, chunk) in chunks.iter().enumerate() {
         if cancel.is_cancelled() {
             return Err(LlmError::Cancelled);
@@ -431,61 +564,104 @@ fn generate(
             pos += 1;
         }
         ctx.decode(&mut batch).map_err(decode_err)?;
+        session.cached.extend_from_slice(chunk);
     }
     let prompt_ms = ms_since(t_prompt);
+    // The other sequences start from the same prompt cells.
+    for s in 1..n_seq as i32 {
+        ctx.kv_cache_seq_cp(0, s, None, None)
+            .map_err(|e| LlmError::BadResponse(format!("KV cache: {e}")))?;
+    }
 
     let t_decode = Instant::now();
-    let mut sampler = build_sampler(req);
-    let mut grammar = build_grammar(model, req);
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut completion_tokens: u32 = 0;
-    let finish_reason;
+    let first_logits = batch.n_tokens() - 1;
+    let mut seqs: Vec<Seq> = (0..n_seq)
+        .map(|s| Seq {
+            id: s as i32,
+            sampler: build_sampler(req, s),
+            grammar: build_grammar(model, req),
+            bytes: Vec::new(),
+            completion_tokens: 0,
+            next: None,
+            logits_at: first_logits,
+            finish: None,
+        })
+        .collect();
     loop {
         if cancel.is_cancelled() {
             return Err(LlmError::Cancelled);
         }
-        if completion_tokens >= req.max_tokens {
-            finish_reason = FinishReason::Length;
+        // Sample every live sequence from its logits of the last decode.
+        for seq in seqs.iter_mut().filter(|s| s.finish.is_none()) {
+            if seq.completion_tokens >= req.max_tokens {
+                seq.finish = Some(FinishReason::Length);
+                continue;
+            }
+            let tok = sample_next(
+                ctx,
+                seq.logits_at,
+                &mut seq.sampler,
+                seq.grammar.as_mut(),
+                vocab.eos(),
+            );
+            seq.completion_tokens += 1;
+            if vocab.is_eog(tok) {
+                seq.finish = Some(FinishReason::Stop);
+                continue;
+            }
+            let before = seq.bytes.len();
+            vocab.token_to_piece_into(tok, &mut seq.bytes, false, None);
+            if let Some(at) = find_stop(&seq.bytes, &req.stop, before) {
+                seq.bytes.truncate(at);
+                seq.finish = Some(FinishReason::StopSequence);
+                continue;
+            }
+            seq.next = Some(tok);
+        }
+        if seqs.iter().all(|s| s.finish.is_some()) {
             break;
         }
-        let tok = sample_next(
-            &ctx,
-            batch.n_tokens() - 1,
-            &mut sampler,
-            grammar.as_mut(),
-            vocab.eos(),
-        );
-        completion_tokens += 1;
-        if vocab.is_eog(tok) {
-            finish_reason = FinishReason::Stop;
-            break;
-        }
-        let before = bytes.len();
-        vocab.token_to_piece_into(tok, &mut bytes, false, None);
-        if let Some(at) = find_stop(&bytes, &req.stop, before) {
-            bytes.truncate(at);
-            finish_reason = FinishReason::StopSequence;
-            break;
-        }
+        // One token per live sequence, all at the same position.
         batch.clear();
-        batch
-            .add(tok, pos, &[0], true)
-            .map_err(|e| LlmError::BadResponse(e.to_string()))?;
+        for seq in seqs.iter_mut().filter(|s| s.finish.is_none()) {
+            let tok = seq.next.take().expect("a live sequence has a next token");
+            seq.logits_at = batch.n_tokens();
+            batch
+                .add(tok, pos, &[seq.id], true)
+                .map_err(|e| LlmError::BadResponse(e.to_string()))?;
+            if seq.id == 0 {
+                session.cached.push(tok);
+            }
+        }
         pos += 1;
         ctx.decode(&mut batch).map_err(decode_err)?;
     }
-    // Bytes were accumulated across tokens, so characters split between tokens
-    // decode whole; only a truncated final character is replaced.
-    let (text, _) = encoding_rs::UTF_8.decode_without_bom_handling(&bytes);
+    // Keep only sequence 0 (prompt + its completion) for the next prefix match.
+    for s in 1..n_seq {
+        ctx.clear_kv_cache_seq(Some(s), None, None)
+            .map_err(|e| LlmError::BadResponse(format!("KV cache: {e}")))?;
+    }
+    let choices = seqs
+        .into_iter()
+        .map(|s| {
+            // Bytes were accumulated across tokens, so characters split between
+            // tokens decode whole; only a truncated final character is replaced.
+            let (text, _) = encoding_rs::UTF_8.decode_without_bom_handling(&s.bytes);
+            Choice {
+                text: text.into_owned(),
+                completion_tokens: s.completion_tokens,
+                finish_reason: s.finish.unwrap_or(FinishReason::Length),
+            }
+        })
+        .collect();
     Ok(Generated {
-        text: text.into_owned(),
+        choices,
         prompt_tokens,
-        completion_tokens,
-        finish_reason,
         phases: PhaseTimes {
             setup_ms,
             prompt_ms,
             decode_ms: ms_since(t_decode),
+            cached_tokens: reuse as u32,
         },
     })
 }
@@ -685,13 +861,13 @@ mod tests {
             start.elapsed()
         );
 
-        let r = ask("hi", 4090);
+        let r = ask("hi", 8190);
         let err = provider()
             .complete(&r, &CancellationToken::new())
             .await
             .unwrap_err();
         assert!(
-            matches!(err, LlmError::ContextOverflow { n_ctx: 4096, .. }),
+            matches!(err, LlmError::ContextOverflow { n_ctx: 8192, .. }),
             "{err}"
         );
     }

@@ -95,6 +95,37 @@ pub struct CompletionRequest {
     pub json_schema: Option<serde_json::Value>,
     /// Sampling seed (used when `temperature > 0`, and passed to remote APIs).
     pub seed: u32,
+    /// Extra sampled completions of the same prompt (the candidates of one
+    /// round); `None` for one completion. The request's own `temperature`
+    /// decides the first completion ([`Completion::text`]); these go to
+    /// [`Completion::alternatives`].
+    pub samples: Option<Samples>,
+}
+
+/// How to sample extra completions of one prompt.
+///
+/// The local provider decodes them as sequences of one llama.cpp batch that
+/// share the prompt's KV cache; OpenAI-compatible providers use the `n`
+/// parameter (vLLM supports it) or parallel requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Samples {
+    /// How many extra completions (0 = none).
+    pub n: u32,
+    /// Their temperature (> 0).
+    pub temperature: f32,
+    /// Nucleus (top-p) threshold, 0 < p <= 1; 1.0 disables it.
+    pub top_p: f32,
+}
+
+/// One extra completion of a [`CompletionRequest`] with [`Samples`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// The generated text (stop sequence trimmed).
+    pub text: String,
+    /// Tokens generated for this choice.
+    pub completion_tokens: u32,
+    /// Why this choice ended.
+    pub finish_reason: FinishReason,
 }
 
 impl CompletionRequest {
@@ -107,7 +138,13 @@ impl CompletionRequest {
             stop: Vec::new(),
             json_schema: None,
             seed: 0,
+            samples: None,
         }
+    }
+
+    /// Number of completions this request asks for: 1 plus the extra samples.
+    pub fn n_choices(&self) -> u32 {
+        1 + self.samples.map_or(0, |s| s.n)
     }
 }
 
@@ -145,7 +182,8 @@ pub struct Completion {
     pub text: String,
     /// Tokens in the rendered prompt (exact for `local`; as reported by remote APIs, 0 if absent).
     pub prompt_tokens: u32,
-    /// Tokens generated (exact for `local`; as reported by remote APIs, 0 if absent).
+    /// Tokens generated for all choices together (exact for `local`; as
+    /// reported by remote APIs, 0 if absent).
     pub completion_tokens: u32,
     /// Wall-clock time of the call in milliseconds, retries included.
     pub latency_ms: u64,
@@ -153,8 +191,11 @@ pub struct Completion {
     pub provider: String,
     /// The model's name as configured.
     pub model: String,
-    /// Why generation ended.
+    /// Why generation of the first choice ended.
     pub finish_reason: FinishReason,
+    /// The extra sampled choices asked for by [`CompletionRequest::samples`]
+    /// (empty otherwise). Providers return exactly `samples.n` of them.
+    pub alternatives: Vec<Choice>,
     /// Where the time went inside an in-process generation (`local` only; `None`
     /// for remote providers, whose servers do not report it per phase).
     pub phases: Option<PhaseTimes>,
@@ -171,6 +212,9 @@ pub struct PhaseTimes {
     pub prompt_ms: f64,
     /// Sampling and decoding the completion (`completion_tokens`, one per step), ms.
     pub decode_ms: f64,
+    /// Prompt tokens whose KV cache was reused from the previous request
+    /// (the longest common prefix), so not ingested again.
+    pub cached_tokens: u32,
 }
 
 /// A source of chat completions. Implementations must be cheap to share

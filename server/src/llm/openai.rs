@@ -314,6 +314,7 @@ impl Provider for OpenAiProvider {
             provider: self.opts.name.clone(),
             model: self.opts.model.clone(),
             finish_reason,
+            alternatives: Vec::new(),
             phases: None,
         })
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Completion, CompletionRequest, LlmError, Provider};
+use super::{Choice, Completion, CompletionRequest, LlmError, Provider};
 use crate::types::Role;
 
 /// Every role's providers, first choice first.
@@ -77,7 +77,7 @@ impl Router {
             if cancel.is_cancelled() {
                 return Err(LlmError::Cancelled);
             }
-            match p.complete(req, cancel).await {
+            match complete_all(p.as_ref(), req, cancel).await {
                 Ok(c) => {
                     if !failures.is_empty() {
                         tracing::info!(role = %role, provider = %label(p.as_ref()), "fallback provider succeeded");
@@ -114,6 +114,39 @@ impl Router {
             .collect::<Vec<_>>()
             .join(" -> ")
     }
+}
+
+/// `p.complete(req)`, topped up with single sampled calls when the provider
+/// returned fewer [`Completion::alternatives`] than `req.samples` asks for
+/// (an OpenAI-compatible server without `n` support, say). The top-up calls
+/// vary the seed so they differ; their tokens and latency are added in.
+async fn complete_all(
+    p: &dyn Provider,
+    req: &CompletionRequest,
+    cancel: &CancellationToken,
+) -> Result<Completion, LlmError> {
+    let mut c = p.complete(req, cancel).await?;
+    let Some(samples) = req.samples else {
+        return Ok(c);
+    };
+    let mut k = c.alternatives.len() as u32;
+    while k < samples.n {
+        let mut one = req.clone();
+        one.samples = None;
+        one.temperature = samples.temperature;
+        one.seed = req.seed.wrapping_add(1 + k);
+        let extra = p.complete(&one, cancel).await?;
+        c.latency_ms += extra.latency_ms;
+        c.completion_tokens += extra.completion_tokens;
+        c.alternatives.push(Choice {
+            text: extra.text,
+            completion_tokens: extra.completion_tokens,
+            finish_reason: extra.finish_reason,
+        });
+        k += 1;
+    }
+    c.alternatives.truncate(samples.n as usize);
+    Ok(c)
 }
 
 /// `name:model` of a provider.

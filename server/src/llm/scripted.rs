@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{word_count, Completion, CompletionRequest, FinishReason, LlmError, Provider};
+use super::{word_count, Choice, Completion, CompletionRequest, FinishReason, LlmError, Provider};
 
 type Script = Box<dyn Fn(&CompletionRequest) -> Result<String, LlmError> + Send + Sync>;
 
@@ -86,21 +86,33 @@ impl Provider for ScriptedProvider {
         if cancel.is_cancelled() {
             return Err(LlmError::Cancelled);
         }
-        let mut text = (self.script)(req)?;
-        let mut finish_reason = FinishReason::Stop;
-        if let Some(pos) = req.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            text.truncate(pos);
-            finish_reason = FinishReason::StopSequence;
+        // One script reply per choice: the first, then one per extra sample.
+        let mut choices = Vec::new();
+        for _ in 0..req.n_choices() {
+            let mut text = (self.script)(req)?;
+            let mut finish_reason = FinishReason::Stop;
+            if let Some(pos) = req.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(pos);
+                finish_reason = FinishReason::StopSequence;
+            }
+            choices.push(Choice {
+                completion_tokens: word_count(&text),
+                text,
+                finish_reason,
+            });
         }
+        let first = choices.remove(0);
         let prompt_tokens = req.messages.iter().map(|m| word_count(&m.content)).sum();
         Ok(Completion {
             prompt_tokens,
-            completion_tokens: word_count(&text),
-            text,
+            completion_tokens: first.completion_tokens
+                + choices.iter().map(|c| c.completion_tokens).sum::<u32>(),
+            text: first.text,
             latency_ms: start.elapsed().as_millis() as u64,
             provider: "scripted".to_string(),
             model: "script".to_string(),
-            finish_reason,
+            finish_reason: first.finish_reason,
+            alternatives: choices,
             phases: None,
         })
     }
