@@ -373,6 +373,11 @@ pub fn build_deps_with_store(
 pub fn pipeline_settings(cfg: &Config) -> Settings {
     Settings {
         max_refinements: cfg.max_refinements,
+        candidates: cfg.candidates,
+        sample_temperature: cfg.sample_temperature,
+        top_p: cfg.top_p,
+        code_prompt: crate::roles::CodePrompt::parse(&cfg.code_prompt)
+            .unwrap_or(crate::roles::CodePrompt::Plain),
         max_clarifications: cfg.max_clarifications,
         max_generated_tests: cfg.max_generated_tests,
         interactive: false,
@@ -634,7 +639,14 @@ async fn render_events(mut rx: mpsc::UnboundedReceiver<Event>, tty: bool) {
                 passed,
                 total,
                 ..
-            } => format!("attempt {attempt}: {passed}/{total} tests passed"),
+            } => format!("candidate {attempt}: {passed}/{total} tests passed"),
+            Event::Selected {
+                round,
+                samples,
+                distinct,
+                reason,
+                ..
+            } => format!("round {round}: {samples} samples, {distinct} distinct: {reason}"),
             Event::TestDropped {
                 test_id, reason, ..
             } => format!("dropped generated test {test_id}: {reason}"),

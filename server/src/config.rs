@@ -8,7 +8,11 @@
 //! `workspace/configuration` through [`Config::from_json`].
 //!
 //! ```toml
-//! max_refinements = 3          # DOCSMITH_MAX_REFINEMENTS (alias MAX_REFINEMENTS)
+//! max_refinements = 1          # repair rounds (DOCSMITH_MAX_REFINEMENTS, alias MAX_REFINEMENTS)
+//! candidates = 5               # k per round: greedy + k-1 sampled (DOCSMITH_CANDIDATES)
+//! sample_temperature = 0.8     # DOCSMITH_SAMPLE_TEMPERATURE
+//! top_p = 0.95
+//! code_prompt = "plain"         # plain | spec | guided (DOCSMITH_CODE_PROMPT)
 //! max_clarifications = 2       # DOCSMITH_MAX_CLARIFICATIONS (alias MAX_PLANNER_ITERATIONS)
 //! max_generated_tests = 8      # DOCSMITH_MAX_GENERATED_TESTS
 //!
@@ -27,7 +31,8 @@
 //! path = "/any/model.gguf"     # ... or any GGUF path (DOCSMITH_MODEL_PATH); path wins
 //! threads = 1                  # generation threads (DOCSMITH_THREADS)
 //! threads_batch = 2            # prompt-processing threads
-//! n_ctx = 4096
+//! n_ctx = 8192                 # shared by the prompt and every candidate of one batch
+//! max_sequences = 8            # most candidates decoded together
 //!
 //! [providers.vllm]
 //! kind = "openai"              # any OpenAI-compatible chat-completions endpoint
@@ -86,8 +91,18 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Rewrites allowed after the first attempt in one round.
+    /// Repair rounds after the first round of candidates, when no candidate
+    /// passes the docstring's examples (each round samples `candidates` again).
     pub max_refinements: u32,
+    /// Candidates per round (k): the greedy one plus k-1 sampled in the same batch.
+    pub candidates: u32,
+    /// Temperature of the sampled candidates.
+    pub sample_temperature: f32,
+    /// Top-p (nucleus) threshold of the sampled candidates.
+    pub top_p: f32,
+    /// The developer prompt of the first round: `plain` (default), `spec` or
+    /// `guided` (with the developer guidelines); see `roles::CodePrompt`.
+    pub code_prompt: String,
     /// Clarifying questions before the planner must state assumptions.
     pub max_clarifications: u32,
     /// Cap on test cases the test designer may add.
@@ -117,7 +132,11 @@ impl Default for Config {
             ProviderConfig::Local(LocalConfig::default()),
         );
         Config {
-            max_refinements: 3,
+            max_refinements: 1,
+            candidates: 5,
+            sample_temperature: 0.8,
+            top_p: 0.95,
+            code_prompt: "plain".to_string(),
             max_clarifications: 2,
             max_generated_tests: 8,
             sandbox: SandboxSettings::default(),
@@ -180,8 +199,11 @@ pub struct LocalConfig {
     pub threads: Option<i32>,
     /// Prompt-processing threads.
     pub threads_batch: Option<i32>,
-    /// Context size, tokens.
+    /// Context size, tokens, shared by the prompt and all sequences of one
+    /// request. Default 8192.
     pub n_ctx: u32,
+    /// Most sequences (candidates) decoded together in one batch. Default 8.
+    pub max_sequences: u32,
 }
 
 impl Default for LocalConfig {
@@ -191,7 +213,8 @@ impl Default for LocalConfig {
             path: None,
             threads: None,
             threads_batch: None,
-            n_ctx: 4096,
+            n_ctx: 8192,
+            max_sequences: 8,
         }
     }
 }
@@ -338,6 +361,19 @@ impl Config {
         if let Some((k, v)) = get(&["DOCSMITH_MAX_REFINEMENTS", "MAX_REFINEMENTS"]) {
             self.max_refinements = num(k, v)?;
         }
+        if let Some((k, v)) = get(&["DOCSMITH_CANDIDATES"]) {
+            self.candidates = num(k, v)?;
+        }
+        if let Some((k, v)) = get(&["DOCSMITH_SAMPLE_TEMPERATURE"]) {
+            self.sample_temperature = v.parse().map_err(|_| ConfigError::Env {
+                var: k,
+                value: v,
+                message: "expected a number such as 0.8".into(),
+            })?;
+        }
+        if let Some((_, v)) = get(&["DOCSMITH_CODE_PROMPT"]) {
+            self.code_prompt = v;
+        }
         if let Some((k, v)) = get(&["DOCSMITH_MAX_CLARIFICATIONS", "MAX_PLANNER_ITERATIONS"]) {
             self.max_clarifications = num(k, v)?;
         }
@@ -445,6 +481,30 @@ impl Config {
     /// Checks numbers and names: unknown role keys, routes to undefined providers,
     /// empty URLs. Errors name the key and the fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=16).contains(&self.candidates) {
+            return Err(ConfigError::Invalid(format!(
+                "candidates = {} must be between 1 and 16",
+                self.candidates
+            )));
+        }
+        if !(self.sample_temperature > 0.0 && self.sample_temperature <= 2.0) {
+            return Err(ConfigError::Invalid(format!(
+                "sample_temperature = {} must be above 0 and at most 2",
+                self.sample_temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "top_p = {} must be above 0 and at most 1",
+                self.top_p
+            )));
+        }
+        if crate::roles::CodePrompt::parse(&self.code_prompt).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "code_prompt = {:?}: use plain, spec or guided",
+                self.code_prompt
+            )));
+        }
         for (name, route) in &self.roles {
             if Role::parse(name).is_none() {
                 return Err(ConfigError::Invalid(format!(
@@ -591,6 +651,7 @@ fn build_local(l: &LocalConfig, model: Option<&str>) -> Result<Arc<dyn Provider>
     };
     let opts = LocalOptions {
         n_ctx: l.n_ctx,
+        max_sequences: l.max_sequences.max(1),
         threads: l.threads,
         threads_batch: l.threads_batch,
         ..LocalOptions::default()
@@ -618,7 +679,7 @@ mod tests {
     #[test]
     fn defaults_route_every_role_to_the_local_default_model() {
         let c = Config::default();
-        assert_eq!(c.max_refinements, 3);
+        assert_eq!(c.max_refinements, 1);
         assert_eq!(c.max_clarifications, 2);
         for r in Role::ALL {
             assert_eq!(c.route(r).provider, "local");
@@ -632,7 +693,7 @@ mod tests {
 
     #[test]
     fn a_local_provider_parses() {
-        let c = Config::from_toml_str("[providers.local]\nkind = \"local\"\npath = \"/m/x.gguf\"\nthreads = 1\nn_ctx = 8192\n", "t").unwrap();
+        let c = Config::from_toml_str("[providers.local]\nkind = \"local\"\npath = \"/m/x.gguf\"\nthreads = 1\nn_ctx = 4096\nmax_sequences = 4\n", "t").unwrap();
         assert_eq!(
             c.providers["local"],
             ProviderConfig::Local(LocalConfig {
@@ -640,7 +701,8 @@ mod tests {
                 path: Some("/m/x.gguf".into()),
                 threads: Some(1),
                 threads_batch: None,
-                n_ctx: 8192
+                n_ctx: 4096,
+                max_sequences: 4,
             })
         );
     }
@@ -802,7 +864,7 @@ mod overlay_tests {
         match &cfg.providers["local"] {
             ProviderConfig::Local(l) => {
                 assert_eq!(l.model, "qwen2.5-coder-0.5b");
-                assert_eq!(l.n_ctx, 4096, "unset keys keep their values");
+                assert_eq!(l.n_ctx, 8192, "unset keys keep their values");
             }
             other => panic!("{other:?}"),
         }

@@ -12,15 +12,16 @@ use serde_json::{json, Value};
 use crate::llm::{ChatMessage, CompletionRequest};
 use crate::types::{Finding, TestCase, TestResult};
 
-/// Completion-token caps per role (tokens). A 1.5B model at about 30 tokens/s
-/// (FACTS.md) writes 600 tokens in about 20 s; larger caps mostly buy rambling.
-pub const PLAN_MAX_TOKENS: u32 = 350;
+/// Completion-token caps per role (tokens). A 1.5B model at about 18 tokens/s
+/// on one core (`bench/results/inference/`) writes 500 tokens in about 28 s;
+/// larger caps mostly buy rambling.
+pub const PLAN_MAX_TOKENS: u32 = 250;
 /// See [`PLAN_MAX_TOKENS`].
-pub const TESTS_MAX_TOKENS: u32 = 700;
+pub const TESTS_MAX_TOKENS: u32 = 500;
+/// See [`PLAN_MAX_TOKENS`]. Also bounds a runaway sample in a batch of candidates.
+pub const CODE_MAX_TOKENS: u32 = 768;
 /// See [`PLAN_MAX_TOKENS`].
-pub const CODE_MAX_TOKENS: u32 = 900;
-/// See [`PLAN_MAX_TOKENS`].
-pub const CRITIQUE_MAX_TOKENS: u32 = 400;
+pub const CRITIQUE_MAX_TOKENS: u32 = 300;
 
 /// What the stub looks like to every role: the function as the user wrote it.
 #[derive(Debug, Clone)]
@@ -96,10 +97,15 @@ pub struct DesignedTest {
     pub why: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct DesignedTests {
+/// The test designer's reply: test cases and the assumptions behind them.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct DesignedTests {
+    /// What the designer assumed where the docstring is silent (shown in review).
     #[serde(default)]
-    tests: Vec<DesignedTest>,
+    pub assumptions: Vec<String>,
+    /// The calls, with expected values where the designer was sure.
+    #[serde(default)]
+    pub tests: Vec<DesignedTest>,
 }
 
 /// The critic's diagnosis of a failing attempt.
@@ -122,22 +128,6 @@ impl Critique {
     }
 }
 
-/// The critic's verdict on one suspect generated test.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TestVerdict {
-    pub id: String,
-    /// True when the test contradicts the docstring (its expected value is wrong).
-    pub test_is_wrong: bool,
-    #[serde(default)]
-    pub reason: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct TestVerdicts {
-    #[serde(default)]
-    verdicts: Vec<TestVerdict>,
-}
-
 /// Why a model reply could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
@@ -157,36 +147,58 @@ fn stub_block(stub: &StubView) -> String {
     format!("```python\n{s}\n```")
 }
 
-const PLANNER_LINE: &str = "You are the planner of a careful Python developer team.";
-const TEST_DESIGNER_LINE: &str = "You are the test designer of a careful Python developer team.";
-const DEVELOPER_LINE: &str =
-    "You are an expert Python developer. You write correct, simple, standard-library-only code.";
-const CRITIC_LINE: &str = "You are a senior Python reviewer.";
-const JUDGE_LINE: &str = "You are a strict reviewer of test cases.";
+/// The one system message every role shares, so that the chat-templated
+/// prefix (system message + the stub, which opens every user message) is the
+/// same for a task's calls and the local provider reuses its KV cache.
+pub const SYSTEM_LINE: &str = "You are an expert Python programmer.";
 
-/// Which prompt a system message opens: `planner`, `tests` (test designer),
-/// `developer`, `judge` (suspect-test review) or `critic`; `unknown` otherwise.
-/// Scripted providers in tests route on it.
-pub fn prompt_kind(system_prompt: &str) -> &'static str {
+/// Phrases that open each role's instructions; [`prompt_kind`] finds them.
+const PLAN_MARK: &str = "Read the specification of `";
+const TESTS_MARK: &str = "Design test inputs for `";
+const CODE_MARK: &str = "Complete the function `";
+const REPAIR_MARK: &str = "This implementation of `";
+const CRITIC_MARK: &str = "Explain why this implementation of `";
+
+/// Which role a request is for, from its text (all messages concatenated, or
+/// only the user message): `planner`, `tests` (test designer), `developer`
+/// (first candidates and repairs) or `critic`; `unknown` otherwise. Scripted
+/// providers in tests route on it.
+pub fn prompt_kind(text: &str) -> &'static str {
     [
-        (PLANNER_LINE, "planner"),
-        (TEST_DESIGNER_LINE, "tests"),
-        (DEVELOPER_LINE, "developer"),
-        (JUDGE_LINE, "judge"),
-        (CRITIC_LINE, "critic"),
+        (PLAN_MARK, "planner"),
+        (TESTS_MARK, "tests"),
+        (CODE_MARK, "developer"),
+        (REPAIR_MARK, "developer"),
+        (CRITIC_MARK, "critic"),
     ]
     .into_iter()
-    .find(|(line, _)| system_prompt.starts_with(line))
+    .find(|(mark, _)| text.contains(mark))
     .map_or("unknown", |(_, kind)| kind)
 }
 
-fn system(guidelines: &str, role_line: &str) -> ChatMessage {
+/// The kind of a whole request (see [`prompt_kind`]).
+pub fn request_kind(req: &CompletionRequest) -> &'static str {
+    let all: String = req
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    prompt_kind(&all)
+}
+
+/// System message plus a user message that starts with the stub. Role
+/// guidelines, when given, follow the stub (so the shared prefix stays shared).
+fn messages(stub: &StubView, guidelines: &str, instructions: String) -> Vec<ChatMessage> {
     let g = guidelines.trim();
-    if g.is_empty() {
-        ChatMessage::system(role_line.to_string())
-    } else {
-        ChatMessage::system(format!("{role_line}\n\n{g}"))
+    let mut user = stub_block(stub);
+    user.push_str("\n\n");
+    if !g.is_empty() {
+        user.push_str(g);
+        user.push_str("\n\n");
     }
+    user.push_str(&instructions);
+    vec![ChatMessage::system(SYSTEM_LINE), ChatMessage::user(user)]
 }
 
 fn request(
@@ -195,16 +207,13 @@ fn request(
     schema: Option<Value>,
 ) -> CompletionRequest {
     CompletionRequest {
-        messages,
-        temperature: 0.0,
         max_tokens,
-        stop: Vec::new(),
         json_schema: schema,
-        seed: 0,
+        ..CompletionRequest::new(messages)
     }
 }
 
-/// JSON schema of [`Plan`] (bounded arrays keep grammar-constrained output short).
+/// JSON schema of [`Plan`] (bounded strings and arrays keep grammar-constrained output short).
 pub fn plan_schema() -> Value {
     // Bounded strings and arrays: under grammar-constrained sampling a small model
     // otherwise fills the token budget with one endless string (seen with 1.5B).
@@ -213,196 +222,215 @@ pub fn plan_schema() -> Value {
     json!({
         "type": "object",
         "properties": {
-            "understanding": text(240),
-            "steps": strings(5, 120),
-            "edge_cases": strings(4, 100),
+            "understanding": text(200),
             "assumptions": strings(3, 120),
             "question": text(160),
             "options": strings(4, 60)
         },
-        "required": ["understanding", "steps", "edge_cases", "assumptions", "question", "options"]
+        "required": ["understanding", "assumptions", "question", "options"]
     })
 }
 
-/// Planner prompt: restate the task, list steps and edge cases, and ask a question
-/// only when the docstring allows two reasonable readings with different results.
+/// Planner prompt (interactive tasks): restate the task, state assumptions,
+/// and ask one question only when the docstring allows two reasonable
+/// readings with different results. Its text never reaches the code prompt
+/// (the dev set showed a plan in the developer prompt costs tasks).
 pub fn plan_request(
     stub: &StubView,
     guidelines: &str,
     answered: &[Clarification],
     may_ask: bool,
 ) -> CompletionRequest {
-    let mut user = format!(
-        "Plan the implementation of `{}`.\n\n{}\n",
-        stub.name,
-        stub_block(stub)
+    let mut ins = format!(
+        "{PLAN_MARK}{}` above and say in one sentence what it must return.\n",
+        stub.name
     );
     for c in answered {
-        user.push_str(&format!(
-            "\nQuestion asked: {}\nUser's answer: {}\n",
+        ins.push_str(&format!(
+            "Question asked: {}\nUser's answer: {}\n",
             c.question, c.answer
         ));
     }
     if may_ask {
-        user.push_str(
-            "\nIf and only if the docstring allows two reasonable readings that give different results, \
+        ins.push_str(
+            "If and only if the docstring allows two reasonable readings that give different results, \
              put ONE short question in `question` with 2-4 suggested answers in `options`; otherwise leave \
-             `question` empty and list what you assume in `assumptions`.\n",
+             `question` empty. List what you assume where the docstring is silent in `assumptions`.\n",
         );
     } else {
-        user.push_str(
-            "\nDo not ask questions: leave `question` empty and state assumptions instead.\n",
+        ins.push_str(
+            "Do not ask questions: leave `question` empty and state assumptions instead.\n",
         );
     }
-    user.push_str("Reply with JSON only.");
+    ins.push_str("Reply with JSON only.");
     request(
-        vec![system(guidelines, PLANNER_LINE), ChatMessage::user(user)],
+        messages(stub, guidelines, ins),
         PLAN_MAX_TOKENS,
         Some(plan_schema()),
     )
 }
 
-/// JSON schema of the test designer's reply: `{"tests": [{"call", "expected", "why"}]}`.
+/// JSON schema of the test designer's reply:
+/// `{"assumptions": [..], "tests": [{"call", "expected"}]}`.
 pub fn tests_schema(max_tests: usize) -> Value {
     json!({
         "type": "object",
         "properties": {
+            "assumptions": {
+                "type": "array",
+                "maxItems": 3,
+                "items": {"type": "string", "maxLength": 120}
+            },
             "tests": {
                 "type": "array",
                 "maxItems": max_tests,
                 "items": {
                     "type": "object",
                     "properties": {
-                        "call": {"type": "string", "maxLength": 200},
-                        "expected": {"type": "string", "maxLength": 200},
-                        "raises": {"type": "string", "maxLength": 40},
-                        "why": {"type": "string", "maxLength": 80}
+                        "call": {"type": "string", "maxLength": 160},
+                        "expected": {"type": "string", "maxLength": 120}
                     },
-                    "required": ["call", "expected", "why"]
+                    "required": ["call", "expected"]
                 }
             }
         },
-        "required": ["tests"]
+        "required": ["assumptions", "tests"]
     })
 }
 
-/// Test designer prompt: new test cases as call/expected pairs, never contradicting
-/// the docstring's own examples (which are listed so they are not repeated).
+/// Test designer prompt: mostly *inputs*. Calls that exercise typical and
+/// edge cases within the docstring's preconditions, each with the expected
+/// value only where it can be worked out with certainty (else empty). The
+/// inputs let candidates vote by behaviour; the expected values only break
+/// ties. The docstring's examples are listed so they are not repeated.
 pub fn tests_request(
     stub: &StubView,
     guidelines: &str,
-    plan: &Plan,
     examples: &[TestCase],
+    answered: &[Clarification],
     max_tests: usize,
 ) -> CompletionRequest {
-    let mut user = format!("Function under test:\n\n{}\n\n", stub_block(stub));
-    let brief = plan.brief();
-    if !brief.is_empty() {
-        user.push_str(&format!("Plan:\n{brief}\n"));
+    let mut ins = format!("{TESTS_MARK}{}`.\n", stub.name);
+    for c in answered {
+        ins.push_str(&format!(
+            "The user answered \"{}\" with: {}\n",
+            c.question, c.answer
+        ));
     }
     if !examples.is_empty() {
-        user.push_str("The docstring's own examples (already tests; do not repeat them):\n");
-        for e in examples {
-            user.push_str(&format!(
-                "- {} == {}\n",
-                e.call.replace('\n', "; "),
-                e.expected
-            ));
+        ins.push_str("Already covered by the docstring (do not repeat):\n");
+        for e in examples.iter().take(8) {
+            ins.push_str(&format!("- {}\n", e.call.replace('\n', "; ")));
         }
-        user.push('\n');
     }
-    user.push_str(&format!(
-        "Write up to {max_tests} NEW test cases covering edge cases and typical inputs. Each has `call` \
-         (a Python expression calling `{}`), `expected` (a Python literal: the exact value it must return; \
-         work it out step by step from the docstring before writing it), `raises` (an exception type the call must raise, \
-         else empty) and `why`. Reply with JSON only.",
-        stub.name
+    ins.push_str(&format!(
+        "Write {max_tests} NEW calls of `{}` with valid, varied arguments: typical inputs, boundaries, empty \
+         or single-element inputs where the docstring allows them. Never break a precondition the docstring \
+         states. `call` is one Python expression calling `{}`. `expected` is the exact return value as a \
+         Python literal ONLY when you are certain of it; otherwise an empty string. List what you assume \
+         where the docstring is silent in `assumptions`. Reply with JSON only.",
+        stub.name, stub.name
     ));
     request(
-        vec![
-            system(guidelines, TEST_DESIGNER_LINE),
-            ChatMessage::user(user),
-        ],
+        messages(stub, guidelines, ins),
         TESTS_MAX_TOKENS,
         Some(tests_schema(max_tests)),
     )
 }
 
-/// What the developer sees on a rewrite.
+/// How the first candidates are asked for: prompt variants measured on the
+/// dev set (`bench/results/`); [`CodePrompt::Plain`] is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodePrompt {
+    /// The stub in a code block, then one instruction: complete the function.
+    Plain,
+    /// The stub, then "write a function that satisfies this specification;
+    /// the docstring's examples must hold".
+    Spec,
+    /// The loop's earlier developer prompt: role guidelines from
+    /// `rag_contexts/developer.md` in the prompt.
+    Guided,
+}
+
+impl CodePrompt {
+    /// `plain`, `spec` or `guided`.
+    pub fn parse(s: &str) -> Option<CodePrompt> {
+        match s {
+            "plain" => Some(CodePrompt::Plain),
+            "spec" => Some(CodePrompt::Spec),
+            "guided" => Some(CodePrompt::Guided),
+            _ => None,
+        }
+    }
+}
+
+/// What the developer sees in a repair round: facts, not prose.
 #[derive(Debug, Clone)]
-pub struct RewriteContext<'a> {
-    /// The previous attempt's code.
-    pub previous_code: &'a str,
-    /// Failing test cases with their results (at most a few are shown).
+pub struct Repair<'a> {
+    /// The candidate being repaired (the closest one, or the rejected proposal).
+    pub code: &'a str,
+    /// Its failing ground-truth test cases with their results (a few are shown).
     pub failures: Vec<(&'a TestCase, &'a TestResult)>,
     /// Error findings from validation or the security check.
     pub findings: &'a [Finding],
-    /// The critic's diagnosis.
-    pub critique: &'a str,
-    /// The user's feedback, when this round was started by it.
+    /// The user's feedback, when the round was started by a rejection.
     pub feedback: Option<&'a str>,
-    /// 1-based number of the attempt being written (2 for the first rewrite).
-    pub attempt: u32,
+    /// The critic's diagnosis, when one was asked for.
+    pub diagnosis: Option<&'a str>,
 }
 
-/// Sampling temperature of a developer attempt: greedy for the first, then rising
-/// (0.3, 0.45, ... at most 0.8). Greedy rewrites of a near-identical prompt tend to
-/// repeat the same wrong code; a little randomness buys a different attempt.
-pub fn rewrite_temperature(attempt: u32) -> f32 {
-    if attempt <= 1 {
-        0.0
-    } else {
-        (0.3 + 0.15 * (attempt - 2) as f32).min(0.8)
-    }
-}
-
-/// Developer prompt: the whole function in one ```python block; on a rewrite, the
-/// previous code, what failed, and the critic's instructions.
+/// Developer prompt for one round of candidates: the stub and a plain
+/// instruction (no guidelines, no plan: the strongest single shot measured
+/// on the dev set), or in a repair round the closest candidate with the
+/// failing examples' input, expected and actual value, and the user's
+/// feedback. The caller sets [`CompletionRequest::samples`] for k candidates.
 pub fn code_request(
     stub: &StubView,
+    style: CodePrompt,
     guidelines: &str,
-    plan: &Plan,
-    rewrite: Option<&RewriteContext<'_>>,
+    repair: Option<&Repair<'_>>,
 ) -> CompletionRequest {
-    let mut user = format!(
-        "Implement this Python function:\n\n{}\n\n",
-        stub_block(stub)
+    let reply = format!(
+        "Reply with the complete function `{}` (same signature, with the imports it needs) in one ```python block.",
+        stub.name
     );
-    let brief = plan.brief();
-    if !brief.is_empty() {
-        user.push_str(&format!("Plan:\n{brief}\n"));
+    let Some(rp) = repair else {
+        let (guide, ins) = match style {
+            CodePrompt::Plain => ("", format!("{CODE_MARK}{}`. {reply}", stub.name)),
+            CodePrompt::Spec => (
+                "",
+                format!(
+                    "{CODE_MARK}{}` so that it satisfies this specification; every example in the docstring must hold. {reply}",
+                    stub.name
+                ),
+            ),
+            CodePrompt::Guided => (
+                guidelines,
+                format!("{CODE_MARK}{}`. {reply} No explanations, no usage examples.", stub.name),
+            ),
+        };
+        return request(messages(stub, guide, ins), CODE_MAX_TOKENS, None);
+    };
+    let mut ins = format!(
+        "{REPAIR_MARK}{}` is wrong:\n```python\n{}\n```\n",
+        stub.name,
+        rp.code.trim_end()
+    );
+    if let Some(fb) = rp.feedback {
+        ins.push_str(&format!("The user reviewed it and says: {fb}\n"));
     }
-    if let Some(rw) = rewrite {
-        user.push_str(&format!(
-            "Your previous version:\n```python\n{}\n```\n\n",
-            rw.previous_code.trim_end()
-        ));
-        if let Some(fb) = rw.feedback {
-            user.push_str(&format!("The user reviewed it and asks: {fb}\n\n"));
-        }
-        user.push_str(&describe_failures(&rw.failures, 4));
-        for f in rw.findings.iter().take(5) {
-            user.push_str(&format!("- finding {}: {}\n", f.rule, f.message));
-        }
-        if !rw.critique.trim().is_empty() {
-            user.push_str(&format!("\nReviewer's diagnosis: {}\n", rw.critique.trim()));
-        }
-        user.push_str("\nFix the code. ");
+    ins.push_str(&describe_failures(&rp.failures, 3));
+    for f in rp.findings.iter().take(5) {
+        ins.push_str(&format!("- finding {}: {}\n", f.rule, f.message));
     }
-    user.push_str(&format!(
-        "Reply with the complete function `{}` (same signature, imports it needs above it) in one ```python block, no explanations, no usage examples.",
+    if let Some(d) = rp.diagnosis.filter(|d| !d.trim().is_empty()) {
+        ins.push_str(&format!("Reviewer's diagnosis: {}\n", d.trim()));
+    }
+    ins.push_str(&format!(
+        "\n{CODE_MARK}{}` correctly, following the docstring. {reply}",
         stub.name
     ));
-    let mut req = request(
-        vec![system(guidelines, DEVELOPER_LINE), ChatMessage::user(user)],
-        CODE_MAX_TOKENS,
-        None,
-    );
-    if let Some(rw) = rewrite {
-        req.temperature = rewrite_temperature(rw.attempt);
-        req.seed = rw.attempt;
-    }
-    req
+    request(messages(stub, "", ins), CODE_MAX_TOKENS, None)
 }
 
 /// Bullet lines describing failing test cases: call, expected, and what happened.
@@ -457,7 +485,9 @@ pub fn critique_schema() -> Value {
     })
 }
 
-/// Critic prompt: diagnose why the attempt fails (tests, findings or the user's feedback).
+/// Critic prompt: diagnose why a candidate fails (its failing examples,
+/// findings, or the user's feedback). The loop asks it only to explain a
+/// result it could not fix (shown in the review); repairs get facts.
 pub fn critique_request(
     stub: &StubView,
     guidelines: &str,
@@ -466,87 +496,28 @@ pub fn critique_request(
     findings: &[Finding],
     feedback: Option<&str>,
 ) -> CompletionRequest {
-    let mut user = format!(
-        "Specification:\n\n{}\n\nCandidate:\n```python\n{}\n```\n\n",
-        stub_block(stub),
+    let mut ins = format!(
+        "{CRITIC_MARK}{}` fails:\n```python\n{}\n```\n",
+        stub.name,
         code.trim_end()
     );
-    user.push_str(&describe_failures(failures, 4));
+    ins.push_str(&describe_failures(failures, 4));
     for f in findings.iter().take(5) {
-        user.push_str(&format!(
+        ins.push_str(&format!(
             "- finding {} (line {:?}): {}\n",
             f.rule, f.line, f.message
         ));
     }
     if let Some(fb) = feedback {
-        user.push_str(&format!("\nThe user's feedback on this candidate: {fb}\n"));
+        ins.push_str(&format!("The user's feedback on it: {fb}\n"));
     }
-    user.push_str(
-        "\nFind the root cause (not the symptom) and say precisely what to change. Never suggest special-casing test inputs. Reply with JSON only.",
+    ins.push_str(
+        "Find the root cause (not the symptom) and say precisely what to change. Never suggest special-casing test inputs. Reply with JSON only.",
     );
     request(
-        vec![system(guidelines, CRITIC_LINE), ChatMessage::user(user)],
+        messages(stub, guidelines, ins),
         CRITIQUE_MAX_TOKENS,
         Some(critique_schema()),
-    )
-}
-
-/// JSON schema of the critic's verdicts on suspect generated tests.
-pub fn verdicts_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "verdicts": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string", "maxLength": 20},
-                        "test_is_wrong": {"type": "boolean"},
-                        "reason": {"type": "string", "maxLength": 160}
-                    },
-                    "required": ["id", "test_is_wrong", "reason"]
-                }
-            }
-        },
-        "required": ["verdicts"]
-    })
-}
-
-/// Critic prompt for suspect tests: the candidate passes every docstring example
-/// but fails these generated tests; for each, is the test's expected value wrong?
-pub fn judge_tests_request(
-    stub: &StubView,
-    guidelines: &str,
-    suspects: &[(&TestCase, &TestResult)],
-) -> CompletionRequest {
-    let mut user = format!(
-        "Specification:\n\n{}\n\nA candidate implementation passes every example in the docstring but fails these generated tests:\n",
-        stub_block(stub)
-    );
-    for (case, res) in suspects {
-        user.push_str(&format!(
-            "- id {}: `{}` expects {}, candidate returned {}\n",
-            case.id,
-            case.call.replace('\n', "; "),
-            truncate(&case.expected, 200),
-            truncate(
-                res.actual
-                    .as_deref()
-                    .or(res.message.as_deref())
-                    .unwrap_or("an error"),
-                200
-            )
-        ));
-    }
-    user.push_str(
-        "\nFor each test, work out from the docstring alone what the call must return. Set `test_is_wrong` to true \
-         only if the test's expected value contradicts the docstring. Reply with JSON only.",
-    );
-    request(
-        vec![system(guidelines, JUDGE_LINE), ChatMessage::user(user)],
-        CRITIQUE_MAX_TOKENS,
-        Some(verdicts_schema()),
     )
 }
 
@@ -620,19 +591,14 @@ pub fn parse_plan(text: &str) -> Result<Plan, ParseError> {
     Ok(p)
 }
 
-/// Parses the test designer's reply into raw (call, expected) pairs.
-pub fn parse_tests(text: &str) -> Result<Vec<DesignedTest>, ParseError> {
-    Ok(parse_as::<DesignedTests>(text, "tests")?.tests)
+/// Parses the test designer's reply: raw (call, expected) pairs and assumptions.
+pub fn parse_tests(text: &str) -> Result<DesignedTests, ParseError> {
+    parse_as::<DesignedTests>(text, "tests")
 }
 
 /// Parses the critic's diagnosis.
 pub fn parse_critique(text: &str) -> Result<Critique, ParseError> {
     parse_as(text, "critique")
-}
-
-/// Parses the critic's verdicts on suspect tests.
-pub fn parse_verdicts(text: &str) -> Result<Vec<TestVerdict>, ParseError> {
-    Ok(parse_as::<TestVerdicts>(text, "verdicts")?.verdicts)
 }
 
 /// Extracts the developer's code: the fenced block, which must define `def name(`.
@@ -700,26 +666,51 @@ mod tests {
             traceback: None,
             actual: Some("4".into()),
             duration_ms: 1,
+            outcome: None,
         };
-        let rw = RewriteContext {
-            previous_code: "def add(a, b):\n    return a + b + 1\n",
+        let rp = Repair {
+            code: "def add(a, b):\n    return a + b + 1\n",
             failures: vec![(&tc, &res)],
             findings: &[],
-            critique: "off by one",
             feedback: Some("use plain addition"),
-            attempt: 2,
+            diagnosis: Some("off by one"),
         };
-        let req = code_request(&stub(), "GUIDE", &Plan::default(), Some(&rw));
+        let req = code_request(&stub(), CodePrompt::Plain, "GUIDE", Some(&rp));
         let user = &req.messages[1].content;
-        assert!(req.messages[0].content.contains("GUIDE"));
-        assert!(user.contains("def add(a, b):"));
+        assert!(
+            !user.contains("GUIDE"),
+            "repairs carry facts, not guidelines"
+        );
+        assert!(user.starts_with("```python\ndef add(a, b):"), "{user}");
         assert!(user.contains("`add(1, 2)` expected 3 but got 4"));
         assert!(user.contains("off by one"));
         assert!(user.contains("use plain addition"));
         assert!(req.json_schema.is_none());
+        assert_eq!(request_kind(&req), "developer");
+        let plain = code_request(&stub(), CodePrompt::Plain, "GUIDE", None);
+        assert!(!plain.messages[1].content.contains("GUIDE"));
+        let guided = code_request(&stub(), CodePrompt::Guided, "GUIDE", None);
+        assert!(guided.messages[1].content.contains("GUIDE"));
         let preq = plan_request(&stub(), "", &[], false);
         assert!(preq.json_schema.is_some());
         assert!(preq.messages[1].content.contains("Do not ask questions"));
+        assert_eq!(request_kind(&preq), "planner");
+        let treq = tests_request(&stub(), "", &[tc.clone()], &[], 6);
+        assert_eq!(request_kind(&treq), "tests");
+        assert!(treq.messages[1].content.contains("- add(1, 2)"));
+    }
+
+    #[test]
+    fn every_role_shares_the_system_message_and_the_stub_prefix() {
+        let a = code_request(&stub(), CodePrompt::Plain, "", None);
+        let b = tests_request(&stub(), "", &[], &[], 6);
+        let c = plan_request(&stub(), "", &[], true);
+        assert_eq!(a.messages[0], b.messages[0]);
+        assert_eq!(a.messages[0], c.messages[0]);
+        let prefix = stub_block(&stub());
+        for r in [&a, &b, &c] {
+            assert!(r.messages[1].content.starts_with(&prefix));
+        }
     }
 
     #[test]

@@ -122,6 +122,12 @@ pub struct TestResult {
     pub actual: Option<String>,
     /// Time the test case took inside the sandbox, milliseconds.
     pub duration_ms: u64,
+    /// A canonical rendering of what the call produced (its value with exact
+    /// types, or the exception type, or a timeout), equal for equal outputs:
+    /// the key that clusters candidates by behaviour. `None` when the test
+    /// never ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 /// How strongly the sandbox isolated a run.

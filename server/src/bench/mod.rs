@@ -25,7 +25,7 @@ use crate::llm::Router;
 use crate::pipeline::{Deps, Event, Pause, Reply, Target, TaskRun, TaskSpec};
 use crate::python;
 use crate::rag::Guidelines;
-use crate::roles::{self, Plan, StubView};
+use crate::roles::{self, StubView};
 use crate::sandbox::Sandbox;
 use crate::store::{Store, TaskKind};
 use crate::types::Role;
@@ -400,7 +400,7 @@ async fn run_one(
     };
     let started = Instant::now();
     let code = if mode == "single" {
-        single(task, &router, &mut row).await
+        single(task, &router, cfg, &mut row).await
     } else {
         looped(task, &root, &file, cfg, router, sandbox.clone(), &mut row).await
     };
@@ -414,7 +414,7 @@ async fn run_one(
 
 /// One greedy developer call with the loop's own developer prompt (no plan,
 /// no tests), spliced into the stub.
-async fn single(task: &BenchTask, router: &Router, row: &mut Row) -> String {
+async fn single(task: &BenchTask, router: &Router, cfg: &Config, row: &mut Row) -> String {
     row.loop_status = "single".into();
     row.attempts = 1;
     let Ok(func) = python::find_function(&task.prompt, &task.entry_point) else {
@@ -423,7 +423,9 @@ async fn single(task: &BenchTask, router: &Router, row: &mut Row) -> String {
     };
     let stub = task.stub_view();
     let guide = Guidelines::builtin().for_role(Role::Developer, false);
-    let req = roles::code_request(&stub, &guide, &Plan::default(), None);
+    // The loop's own first-round prompt, greedy, one sample: the plain single shot.
+    let style = roles::CodePrompt::parse(&cfg.code_prompt).unwrap_or(roles::CodePrompt::Plain);
+    let req = roles::code_request(&stub, style, &guide, None);
     match router
         .complete(Role::Developer, &req, &CancellationToken::new())
         .await

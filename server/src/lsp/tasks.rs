@@ -236,7 +236,7 @@ async fn drive(
                     end_message = cancelled(inner, e, &run);
                     break 'run;
                 }
-                let rejected = run.stage() == crate::pipeline::Stage::Critique;
+                let rejected = run.stage() == crate::pipeline::Stage::WriteCode;
                 if rejected {
                     round += 1;
                     *reporter.lock().await = Reporter::begin(
@@ -374,9 +374,18 @@ async fn forward_events(
                 attempt,
                 ..
             } => {
-                let msg = format!("attempt {attempt}: {passed}/{total} tests passed");
+                let msg = format!("candidate {attempt}: {passed}/{total} tests passed");
                 let pct = e.view().percent;
                 reporter.lock().await.report(msg, pct).await;
+            }
+            Event::Selected { reason, round, .. } => {
+                inner
+                    .client
+                    .log_message(
+                        MessageType::INFO,
+                        format!("docsmith: `{}`: round {round}: {reason}", e.name),
+                    )
+                    .await;
             }
             Event::Note { message, .. } => {
                 inner

@@ -14,10 +14,14 @@ const STUB: &str = "import math\n\n\ndef add(a, b):\n    \"\"\"Add two numbers.\
 const GOOD: &str = "```python\ndef add(a, b):\n    return a + b\n```";
 const WRONG: &str = "```python\ndef add(a, b):\n    return a - b\n```";
 const EVIL: &str = "```python\ndef add(a, b):\n    return eval(f\"{a} + {b}\")\n```";
+/// Same behaviour as GOOD, other code.
+const GOOD2: &str = "```python\ndef add(a, b):\n    return b + a\n```";
+/// Passes the docstring's examples, differs from GOOD on larger inputs.
+const ODD: &str = "```python\ndef add(a, b):\n    return a + b if a < 5 else a * b\n```";
 
 fn plan(question: &str) -> String {
     serde_json::json!({
-        "understanding": "return a + b", "steps": ["add"], "edge_cases": ["negatives"],
+        "understanding": "return a + b",
         "assumptions": ["numbers are ints"], "question": question, "options": if question.is_empty() { vec![] } else { vec!["ints", "floats"] }
     })
     .to_string()
@@ -26,33 +30,32 @@ fn plan(question: &str) -> String {
 fn tests_json(pairs: &[(&str, &str)]) -> String {
     let tests: Vec<_> = pairs
         .iter()
-        .map(|(c, e)| serde_json::json!({"call": c, "expected": e, "why": "edge"}))
+        .map(|(c, e)| serde_json::json!({"call": c, "expected": e}))
         .collect();
-    serde_json::json!({ "tests": tests }).to_string()
+    serde_json::json!({ "assumptions": ["ints only"], "tests": tests }).to_string()
 }
 
-fn critique() -> String {
-    serde_json::json!({"root_cause": "wrong operator", "instructions": "use +"}).to_string()
-}
-
-/// Which role a request is for, from its system prompt.
+/// Which role a request is for.
 fn role_of(req: &CompletionRequest) -> &'static str {
-    crate::roles::prompt_kind(&req.messages[0].content)
+    crate::roles::request_kind(req)
 }
 
 /// A script: for each role, the replies in order (the last one repeats).
+/// A developer request for k candidates takes k replies.
 #[derive(Clone, Default)]
 struct Script {
     planner: Vec<String>,
     tests: Vec<String>,
     developer: Vec<String>,
     critic: Vec<String>,
-    judge: Vec<String>,
 }
 
 struct Harness {
     deps: Deps,
+    /// One entry per request (a request for k candidates counts once).
     calls: Arc<Mutex<Vec<&'static str>>>,
+    /// The user message of every developer request, in order.
+    dev_prompts: Arc<Mutex<Vec<String>>>,
     _ws: tempfile::TempDir,
     ws: PathBuf,
 }
@@ -71,20 +74,33 @@ impl Harness {
 
 fn harness(script: Script, settings: Settings) -> Harness {
     let calls = Arc::new(Mutex::new(Vec::new()));
+    let dev_prompts = Arc::new(Mutex::new(Vec::new()));
     let counters = Arc::new(Mutex::new(
         std::collections::HashMap::<&'static str, usize>::new(),
     ));
-    let log = calls.clone();
+    let (log, prompts) = (calls.clone(), dev_prompts.clone());
+    // The scripted provider calls the script once per choice; a request is
+    // logged once (its first choice).
+    let choice = Arc::new(Mutex::new(0u32));
     let provider = ScriptedProvider::new(move |req: &CompletionRequest| {
         let role = role_of(req);
-        log.lock().unwrap().push(role);
+        let mut k = choice.lock().unwrap();
+        if *k == 0 {
+            log.lock().unwrap().push(role);
+            if role == "developer" {
+                prompts
+                    .lock()
+                    .unwrap()
+                    .push(req.messages.last().unwrap().content.clone());
+            }
+        }
+        *k = (*k + 1) % req.n_choices();
         let mut c = counters.lock().unwrap();
         let i = c.entry(role).or_insert(0);
         let list = match role {
             "planner" => &script.planner,
             "tests" => &script.tests,
             "developer" => &script.developer,
-            "judge" => &script.judge,
             _ => &script.critic,
         };
         let reply = list.get(*i).or(list.last()).cloned().unwrap_or_default();
@@ -104,6 +120,7 @@ fn harness(script: Script, settings: Settings) -> Harness {
     Harness {
         deps,
         calls,
+        dev_prompts,
         _ws: ws,
         ws: path,
     }
@@ -127,10 +144,17 @@ fn spec(h: &Harness, feedback: Option<&str>, source: &str) -> TaskSpec {
 fn script(developer: &[&str]) -> Script {
     Script {
         planner: vec![plan("")],
-        tests: vec![tests_json(&[("add(10, 20)", "30")])],
+        tests: vec![tests_json(&[("add(10, 20)", "30"), ("add(7, 8)", "")])],
         developer: developer.iter().map(|s| s.to_string()).collect(),
-        critic: vec![critique()],
-        judge: vec![serde_json::json!({"verdicts": []}).to_string()],
+        critic: vec![],
+    }
+}
+
+/// Settings with `k` candidates per round.
+fn k(candidates: u32) -> Settings {
+    Settings {
+        candidates,
+        ..Settings::default()
     }
 }
 
@@ -167,87 +191,134 @@ fn start(
 }
 
 #[tokio::test]
-async fn happy_path_runs_every_stage_once_and_is_accepted() {
-    let h = harness(script(&[GOOD]), Settings::default());
+async fn happy_path_samples_k_candidates_in_one_call_and_is_accepted() {
+    let h = harness(script(&[GOOD, GOOD2, GOOD]), k(3));
     let (mut run, mut rx) = start(&h, None);
     let (p, stages) = to_review(&mut run, &mut rx).await;
     assert_eq!(
         stages,
         vec![
-            Stage::Plan,
             Stage::DesignTests,
             Stage::WriteCode,
             Stage::RunTests,
+            Stage::Select,
             Stage::Validate,
             Stage::SecurityCheck,
             Stage::Review
         ]
     );
     assert!(p.passing, "{:?}", p.reasons);
-    assert_eq!(p.test_counts(), (3, 3));
-    assert!(p.new_source.contains("    return a + b\n"));
+    assert_eq!(p.test_counts(), (4, 4));
+    assert_eq!(p.attempts, 2, "three samples, two distinct codes");
+    assert!(
+        p.chosen_because.contains("3 of 3 candidates pass"),
+        "{}",
+        p.chosen_because
+    );
+    assert!(p.new_source.contains("    return a + b\n"), "greedy chosen");
     assert!(
         p.new_source.contains("def other():"),
         "the rest of the file is kept"
     );
     assert!(
         p.new_source.contains("    >>> add(2, 3)\n"),
-        "the user's docstring is kept"
+        "the docstring is kept"
     );
-    assert!(p.diff.contains("-    ...") && p.diff.contains("+    return a + b"));
+    assert_eq!(p.assumptions, vec!["ints only"]);
     let dir = p.dir.clone().expect("proposal files written");
     for f in ["add.py", "test_add.py", "proposal.diff", "report.md"] {
         assert!(dir.join(f).exists(), "{f}");
     }
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("## How it was chosen"), "{report}");
+    let tests_py = std::fs::read_to_string(dir.join("test_add.py")).unwrap();
+    assert!(
+        tests_py.contains("add(7, 8)  # a generated input"),
+        "{tests_py}"
+    );
     run.reply(Reply::Accept).unwrap();
     match run.advance(&CancellationToken::new()).await.unwrap() {
         Pause::Finished(o) => assert_eq!(o.status, TaskStatus::Accepted),
         other => panic!("{other:?}"),
     }
+    // Non-interactive: no planner call; one developer call for three candidates.
+    assert_eq!(*h.calls.lock().unwrap(), vec!["tests", "developer"]);
+    let sels = h.deps.store.selections(run.task_id()).unwrap();
+    assert_eq!(sels.len(), 1);
+    assert!(sels[0].2, "passes the gate");
     let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
-    assert_eq!(d.task.status, TaskStatus::Accepted);
-    assert_eq!(
-        *h.calls.lock().unwrap(),
-        vec!["planner", "tests", "developer"]
+    assert_eq!(d.attempts.len(), 2);
+}
+
+#[tokio::test]
+async fn the_docstring_gates_before_any_vote() {
+    // Two of three samples are wrong; the one that passes the examples wins.
+    let h = harness(script(&[WRONG, GOOD, WRONG]), k(3));
+    let (mut run, mut rx) = start(&h, None);
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(p.passing, "{:?}", p.reasons);
+    assert!(p.new_source.contains("return a + b"));
+    assert!(
+        p.chosen_because.contains("1 of 3 candidates pass"),
+        "{}",
+        p.chosen_because
+    );
+    assert_eq!(h.calls_to("developer"), 1);
+}
+
+#[tokio::test]
+async fn the_largest_cluster_on_generated_inputs_beats_the_greedy_candidate() {
+    // The greedy sample passes the docstring but behaves differently on the
+    // generated inputs from the two others, which agree with each other.
+    let h = harness(script(&[ODD, GOOD, GOOD2]), k(3));
+    let (mut run, mut rx) = start(&h, None);
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(p.passing);
+    assert!(p.new_source.contains("return a + b\n"), "{}", p.new_source);
+    assert!(
+        p.chosen_because.contains("2 of them agree") && p.chosen_because.contains("sampled"),
+        "{}",
+        p.chosen_because
     );
 }
 
 #[tokio::test]
-async fn failing_tests_go_to_the_critic_and_a_rewrite_fixes_them() {
-    let h = harness(script(&[WRONG, GOOD]), Settings::default());
+async fn without_a_passing_candidate_a_repair_round_gets_the_failing_facts() {
+    let h = harness(script(&[WRONG, WRONG, GOOD, GOOD]), k(2));
     let (mut run, mut rx) = start(&h, None);
     let (p, stages) = to_review(&mut run, &mut rx).await;
-    assert!(p.passing);
-    assert_eq!(p.attempts, 2);
-    assert_eq!(p.attempt, 2);
+    assert!(p.passing, "{:?}", p.reasons);
+    assert_eq!(p.rounds, 2);
     assert!(stages.contains(&Stage::Critique));
-    assert_eq!(
-        *h.calls.lock().unwrap(),
-        vec!["planner", "tests", "developer", "critic", "developer"]
+    assert_eq!(h.calls_to("developer"), 2);
+    let prompts = h.dev_prompts.lock().unwrap().clone();
+    assert!(
+        prompts[1].contains("return a - b")
+            && prompts[1].contains("`add(2, 3)` expected 5 but got -1"),
+        "{}",
+        prompts[1]
     );
+    assert_eq!(h.calls_to("critic"), 0, "repairs get facts, not a critique");
 }
 
 #[tokio::test]
-async fn a_spent_budget_still_offers_the_best_attempt_marked_failing() {
+async fn a_spent_budget_still_offers_the_closest_candidate_marked_failing() {
     let settings = Settings {
-        max_refinements: 2,
-        ..Settings::default()
+        max_refinements: 1,
+        ..k(2)
     };
     let h = harness(script(&[WRONG]), settings);
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(!p.passing);
-    assert_eq!(p.attempts, 3, "1 + max_refinements attempts");
+    assert_eq!(p.rounds, 2, "the first round plus one repair");
     assert!(
         p.reasons.iter().any(|r| r.contains("add(2, 3)")),
         "{:?}",
         p.reasons
     );
-    let devs = h.calls_to("developer");
-    // Attempts 2 and 3 repeat attempt 1's code, so each is sampled once more, hotter.
-    assert_eq!(devs, 5);
     assert!(
-        p.notes.iter().any(|n| n.contains("repeated earlier code")),
+        p.notes.iter().any(|n| n.contains("repair budget spent")),
         "{:?}",
         p.notes
     );
@@ -256,74 +327,54 @@ async fn a_spent_budget_still_offers_the_best_attempt_marked_failing() {
 #[tokio::test]
 async fn a_generated_test_that_contradicts_the_docstring_is_dropped_and_recorded() {
     let mut s = script(&[GOOD]);
-    s.tests = vec![tests_json(&[("add(10, 20)", "31"), ("add(1, 1)", "2")])];
-    s.judge = vec![serde_json::json!({"verdicts": [{"id": "gen1", "test_is_wrong": true, "reason": "10 + 20 is 30"}]}).to_string()];
-    let h = harness(s, Settings::default());
-    let (mut run, mut rx) = start(&h, None);
-    let (p, _) = to_review(&mut run, &mut rx).await;
-    assert!(p.passing);
-    assert_eq!(p.dropped.len(), 1);
-    assert_eq!(p.dropped[0].0, "gen1");
-    assert_eq!(
-        p.attempts, 1,
-        "no rewrite was needed once the wrong test was dropped"
-    );
-    let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
-    assert!(
-        d.test_cases
-            .iter()
-            .any(|t| t.case.id == "gen1" && t.dropped.is_some()),
-        "drop recorded in the store"
-    );
-}
-
-#[tokio::test]
-async fn a_generated_test_the_critic_upholds_sends_the_code_back() {
-    let mut s = script(&[GOOD, GOOD]);
-    s.tests = vec![tests_json(&[("add(10, 20)", "31")])];
-    s.judge = vec![
-        serde_json::json!({"verdicts": [{"id": "gen1", "test_is_wrong": false, "reason": "ok"}]})
-            .to_string(),
-    ];
-    let h = harness(
-        s,
-        Settings {
-            max_refinements: 1,
-            ..Settings::default()
-        },
-    );
-    let (mut run, mut rx) = start(&h, None);
-    let (p, stages) = to_review(&mut run, &mut rx).await;
-    assert!(!p.passing, "the upheld test keeps failing");
-    assert!(stages.contains(&Stage::Critique));
-    assert_eq!(h.calls_to("judge"), 1, "each suspect is judged once");
-}
-
-#[tokio::test]
-async fn docstring_examples_are_never_outvoted_by_a_generated_test() {
-    let mut s = script(&[GOOD]);
-    // Same call as the docstring's `add(2, 3)` but a different answer: dropped at design time.
-    s.tests = vec![tests_json(&[("add(2,3)", "6")])];
-    let h = harness(s, Settings::default());
+    // Same call as the docstring's `add(2, 3)` but another answer.
+    s.tests = vec![tests_json(&[("add(2,3)", "6"), ("add(1, 1)", "2")])];
+    let h = harness(s, k(1));
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(p.passing, "{:?} {:?}", p.reasons, p.tests);
     assert_eq!(p.dropped.len(), 1);
     assert!(p.dropped[0].1.contains("docstring example"));
+    let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
+    assert!(
+        d.test_cases
+            .iter()
+            .any(|t| t.case.id == p.dropped[0].0 && t.dropped.is_some()),
+        "drop recorded in the store"
+    );
 }
 
 #[tokio::test]
-async fn security_findings_go_to_the_critic() {
-    let h = harness(script(&[EVIL, GOOD]), Settings::default());
+async fn a_wrong_generated_expectation_never_fails_a_candidate_that_passes_the_docstring() {
+    let mut s = script(&[GOOD]);
+    s.tests = vec![tests_json(&[("add(10, 20)", "31")])];
+    let h = harness(s, k(1));
+    let (mut run, mut rx) = start(&h, None);
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(
+        p.passing,
+        "generated expectations only break ties: {:?}",
+        p.reasons
+    );
+    assert_eq!(p.rounds, 1);
+}
+
+#[tokio::test]
+async fn security_findings_pass_the_choice_to_the_next_ranked_candidate() {
+    // EVIL (greedy) behaves like GOOD, so both are in the top cluster, the
+    // greedy one first; its `eval` finding hands the choice to GOOD.
+    let h = harness(script(&[EVIL, GOOD]), k(2));
     let (mut run, mut rx) = start(&h, None);
     let (p, stages) = to_review(&mut run, &mut rx).await;
-    assert!(p.passing);
-    assert_eq!(p.attempts, 2);
-    let i = stages
-        .iter()
-        .position(|s| *s == Stage::SecurityCheck)
-        .unwrap();
-    assert_eq!(stages[i + 1], Stage::Critique);
+    assert!(p.passing, "{:?}", p.reasons);
+    assert!(p.new_source.contains("return a + b"));
+    assert_eq!(p.rounds, 1, "no repair round was needed");
+    assert!(!stages.contains(&Stage::Critique));
+    assert!(
+        p.notes.iter().any(|n| n.contains("next in rank order")),
+        "{:?}",
+        p.notes
+    );
 }
 
 #[tokio::test]
@@ -334,7 +385,7 @@ async fn a_question_pauses_the_loop_and_the_answer_goes_back_to_the_planner() {
         s,
         Settings {
             interactive: true,
-            ..Settings::default()
+            ..k(1)
         },
     );
     let (mut run, _rx) = start(&h, None);
@@ -346,20 +397,31 @@ async fn a_question_pauses_the_loop_and_the_answer_goes_back_to_the_planner() {
         }
         other => panic!("{other:?}"),
     }
+    let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
+    assert_eq!(d.task.status, TaskStatus::AwaitingAnswer);
     assert!(
         run.reply(Reply::Accept).is_err(),
         "an accept does not answer a question"
     );
     run.reply(Reply::Answer("ints".into())).unwrap();
-    assert!(matches!(
-        run.advance(&cancel).await.unwrap(),
-        Pause::Review(_)
-    ));
+    let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
+    assert_eq!(
+        d.task.status,
+        TaskStatus::Running,
+        "an answered question puts the task back to running"
+    );
+    match run.advance(&cancel).await.unwrap() {
+        Pause::Review(p) => {
+            assert_eq!(p.understanding, "return a + b");
+            assert!(p.assumptions.contains(&"numbers are ints".to_string()));
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(h.calls_to("planner"), 2);
 }
 
 #[tokio::test]
-async fn the_clarification_budget_ends_questions_with_assumptions() {
+async fn the_clarification_budget_ends_questions() {
     let mut s = script(&[GOOD]);
     s.planner = vec![plan("ints or floats?")];
     let h = harness(
@@ -367,7 +429,7 @@ async fn the_clarification_budget_ends_questions_with_assumptions() {
         Settings {
             interactive: true,
             max_clarifications: 1,
-            ..Settings::default()
+            ..k(1)
         },
     );
     let (mut run, _rx) = start(&h, None);
@@ -377,36 +439,39 @@ async fn the_clarification_budget_ends_questions_with_assumptions() {
         Pause::Question(_)
     ));
     run.reply(Reply::Answer("ints".into())).unwrap();
-    match run.advance(&cancel).await.unwrap() {
-        Pause::Review(p) => assert!(
-            p.notes.iter().any(|n| n.contains("assumptions taken")),
-            "{:?}",
-            p.notes
-        ),
-        other => panic!("the second question must not be asked: {other:?}"),
-    }
+    assert!(
+        matches!(run.advance(&cancel).await.unwrap(), Pause::Review(_)),
+        "the second question must not be asked"
+    );
+    assert_eq!(h.calls_to("planner"), 1);
 }
 
 #[tokio::test]
-async fn reject_with_feedback_resumes_at_the_critic_with_a_fresh_attempt() {
-    let h = harness(script(&[GOOD]), Settings::default());
+async fn reject_with_feedback_starts_a_round_conditioned_on_the_feedback() {
+    let summed = "```python\ndef add(a, b):\n    return sum((a, b))\n```";
+    let h = harness(script(&[GOOD, GOOD, summed, GOOD]), k(2));
     let (mut run, mut rx) = start(&h, None);
     let _ = to_review(&mut run, &mut rx).await;
-    run.reply(Reply::Reject("add type hints".into())).unwrap();
+    run.reply(Reply::Reject("use sum()".into())).unwrap();
     let (p, stages) = to_review(&mut run, &mut rx).await;
-    assert_eq!(stages.first(), Some(&Stage::Critique));
-    assert_eq!(p.attempts, 2);
-    assert_eq!(p.attempt, 2, "the new round's attempt is proposed");
-    let calls = h.calls.lock().unwrap().clone();
-    // The scripted developer repeats its code, which is sampled once more.
-    assert_eq!(&calls[3..], &["critic", "developer", "developer"]);
-    let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
-    assert_eq!(d.attempts.len(), 2);
+    assert_eq!(stages.first(), Some(&Stage::WriteCode));
+    assert_eq!(p.rounds, 2);
+    assert!(
+        p.new_source.contains("sum((a, b))"),
+        "the rejected code is not proposed again: {}",
+        p.new_source
+    );
+    let prompts = h.dev_prompts.lock().unwrap().clone();
+    assert!(
+        prompts[1].contains("use sum()") && prompts[1].contains("return a + b"),
+        "{}",
+        prompts[1]
+    );
 }
 
 #[tokio::test]
 async fn refine_with_feedback_starts_from_the_users_code() {
-    let h = harness(script(&[GOOD]), Settings::default());
+    let h = harness(script(&[GOOD]), k(1));
     let source = STUB.replace("    ...\n", "    return a - b\n");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut run = TaskRun::start(
@@ -415,15 +480,20 @@ async fn refine_with_feedback_starts_from_the_users_code() {
         Some(tx),
     )
     .unwrap();
-    let (p, stages) = to_review(&mut run, &mut rx).await;
+    let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(p.passing);
-    assert!(stages.contains(&Stage::Critique));
     assert!(p.new_source.contains("return a + b"));
+    let prompts = h.dev_prompts.lock().unwrap().clone();
+    assert!(
+        prompts[0].contains("it subtracts") && prompts[0].contains("return a - b"),
+        "{}",
+        prompts[0]
+    );
 }
 
 #[tokio::test]
 async fn discard_ends_the_task() {
-    let h = harness(script(&[GOOD]), Settings::default());
+    let h = harness(script(&[GOOD]), k(1));
     let (mut run, mut rx) = start(&h, None);
     let _ = to_review(&mut run, &mut rx).await;
     run.reply(Reply::Discard).unwrap();
@@ -434,25 +504,33 @@ async fn discard_ends_the_task() {
 }
 
 #[tokio::test]
-async fn unusable_developer_output_is_repaired_once_then_counts_as_a_failed_attempt() {
-    let h = harness(
-        script(&["I cannot do that.", "still no code", GOOD]),
-        Settings::default(),
-    );
+async fn samples_without_code_are_skipped_and_counted() {
+    let h = harness(script(&["I cannot do that.", "still no code", GOOD]), k(3));
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(p.passing);
-    assert_eq!(p.attempts, 2);
-    let devs = h.calls_to("developer");
-    assert_eq!(devs, 3, "first reply, one repair, then the rewrite");
+    assert_eq!(p.attempts, 1);
+    assert!(
+        p.notes.iter().any(|n| n.contains("2 of 3 sample(s)")),
+        "{:?}",
+        p.notes
+    );
 }
 
 #[tokio::test]
-async fn unparsable_planner_and_test_designer_output_degrades_to_the_docstring() {
+async fn no_usable_code_in_any_round_fails_with_no_code() {
+    let h = harness(script(&["no code at all"]), k(2));
+    let (mut run, _rx) = start(&h, None);
+    let err = run.advance(&CancellationToken::new()).await.unwrap_err();
+    assert!(matches!(err, PipelineError::NoCode(_)), "{err}");
+    assert_eq!(h.calls_to("developer"), 2, "the first round and one repair");
+}
+
+#[tokio::test]
+async fn unparsable_test_designer_output_degrades_to_the_docstring() {
     let mut s = script(&[GOOD]);
-    s.planner = vec!["not json".into()];
     s.tests = vec!["{\"tests\": 5}".into()];
-    let h = harness(s, Settings::default());
+    let h = harness(s, k(1));
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(p.passing);
@@ -460,7 +538,7 @@ async fn unparsable_planner_and_test_designer_output_degrades_to_the_docstring()
     assert!(p
         .notes
         .iter()
-        .any(|n| n.contains("planner output unusable")));
+        .any(|n| n.contains("test designer output unusable")));
 }
 
 #[tokio::test]

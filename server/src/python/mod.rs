@@ -95,6 +95,47 @@ pub fn new_parser() -> Parser {
     parser
 }
 
+/// A key that is equal for two modules differing only in comments,
+/// docstrings, blank lines, indentation width or spacing: the leaf tokens of
+/// the tree-sitter parse, in order, docstrings and comments left out. Used to
+/// deduplicate candidates (the same code sampled twice runs once).
+pub fn normalized_code(source: &str) -> String {
+    fn is_docstring(node: tree_sitter::Node<'_>) -> bool {
+        if node.kind() != "expression_statement" || node.named_child_count() != 1 {
+            return false;
+        }
+        let only_string = node.named_child(0).is_some_and(|c| c.kind() == "string");
+        let first_in_block = node
+            .parent()
+            .is_some_and(|p| matches!(p.kind(), "block" | "module"))
+            && node
+                .prev_named_sibling()
+                .is_none_or(|s| s.kind() == "comment");
+        only_string && first_in_block
+    }
+    fn walk(node: tree_sitter::Node<'_>, src: &[u8], out: &mut Vec<String>) {
+        if node.kind() == "comment" || is_docstring(node) {
+            return;
+        }
+        if node.child_count() == 0 || node.kind() == "string" {
+            if let Ok(t) = node.utf8_text(src) {
+                if !t.trim().is_empty() {
+                    out.push(t.to_string());
+                }
+            }
+            return;
+        }
+        let mut cursor = node.walk();
+        for child in node.children(&mut cursor) {
+            walk(child, src, out);
+        }
+    }
+    let tree = parse(source);
+    let mut out = Vec::new();
+    walk(tree.root_node(), source.as_bytes(), &mut out);
+    out.join(" ")
+}
+
 /// Parses Python source. tree-sitter is error tolerant: a tree is always produced.
 pub(crate) fn parse(source: &str) -> Tree {
     let mut parser = Parser::new();
@@ -948,6 +989,22 @@ pub fn extract_code_block(reply: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn normalized_code_ignores_comments_docstrings_and_spacing() {
+        let a = "def f(x):\n    \"\"\"Doc.\"\"\"\n    # add one\n    return x+1\n";
+        let b = "def f( x ):\n  return x + 1  # the answer\n\n";
+        let c = "def f(x):\n    return x + 2\n";
+        let d = "def f(x):\n    return 'a  b'\n";
+        let e = "def f(x):\n    return 'a b'\n";
+        assert_eq!(normalized_code(a), normalized_code(b));
+        assert_ne!(normalized_code(a), normalized_code(c));
+        assert_ne!(
+            normalized_code(d),
+            normalized_code(e),
+            "string contents count"
+        );
+    }
+
     use super::*;
 
     const FILE: &str = r#""""Module doc."""

@@ -290,6 +290,29 @@ impl Sandbox {
         })
     }
 
+    /// Runs several candidate modules on the same test cases; one [`TestRun`]
+    /// per candidate, in order. (Sequential for now: each candidate is one
+    /// `run_tests` in its own sub-directory of `work_root`.) Errors as
+    /// [`Sandbox::run_tests`].
+    pub async fn run_many(
+        &self,
+        work_root: &Path,
+        candidates: &[String],
+        entry_point: &str,
+        tests: &[TestCase],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<TestRun>, SandboxError> {
+        let mut runs = Vec::with_capacity(candidates.len());
+        for (i, code) in candidates.iter().enumerate() {
+            let dir = work_root.join(format!("candidate-{i}"));
+            runs.push(
+                self.run_tests(&dir, code, entry_point, tests, cancel)
+                    .await?,
+            );
+        }
+        Ok(runs)
+    }
+
     /// Runs a whole script as `__main__` with the same isolation and limits
     /// (benchmarks score with hidden tests this way). Writes `script.py` and
     /// `job.json` into `work_dir`. Errors: `Cancelled`, `WorkDirUnreachable`, `Io`.
@@ -612,6 +635,7 @@ impl Collector {
             traceback: None,
             actual: None,
             duration_ms: 0,
+            outcome: None,
         };
         if let Some(err) = load_error {
             r.error_type = Some("LoadError".into());

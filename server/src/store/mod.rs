@@ -30,6 +30,7 @@ use crate::types::{
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_llm_call_response.sql"),
+    include_str!("migrations/0003_candidates.sql"),
 ];
 
 /// How long a statement waits for another connection's write lock, ms.
@@ -703,6 +704,72 @@ impl Store {
         Ok(())
     }
 
+    /// Marks an attempt as a candidate of `round`: `weight` samples produced
+    /// its code, `greedy` when the greedy sample is among them.
+    pub fn set_attempt_candidate(
+        &self,
+        attempt: AttemptId,
+        round: u32,
+        weight: u32,
+        greedy: bool,
+    ) -> Result<(), StoreError> {
+        let n = self.conn().execute(
+            "UPDATE attempts SET round = ?2, weight = ?3, greedy = ?4 WHERE id = ?1",
+            params![attempt.0, round, weight, greedy],
+        )?;
+        if n == 0 {
+            return Err(not_found("attempt", attempt.0));
+        }
+        Ok(())
+    }
+
+    /// Records one round's selection: the chosen attempt (if any), whether it
+    /// passes every docstring example, the reason shown to the user, and the
+    /// whole decision as JSON (clusters, ranking; candidates named by attempt id).
+    pub fn add_selection(
+        &self,
+        task: TaskId,
+        round: u32,
+        chosen: Option<AttemptId>,
+        passes_gate: bool,
+        reason: &str,
+        detail_json: &str,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO selections (task, round, chosen_attempt, passes_gate, reason, detail_json, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![task.0, round, chosen.map(|a| a.0), passes_gate, reason, detail_json, now_ms()],
+        )
+        .map_err(|e| fk_not_found(e, "task", task.0))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// The selections of a task, oldest first: `(round, chosen attempt,
+    /// passes_gate, reason, detail_json)`.
+    pub fn selections(
+        &self,
+        task: TaskId,
+    ) -> Result<Vec<(u32, Option<AttemptId>, bool, String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT round, chosen_attempt, passes_gate, reason, detail_json
+             FROM selections WHERE task = ?1 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([task.0], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, Option<i64>>(1)?.map(AttemptId),
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Records a sandbox run and its per-test results in one transaction;
     /// returns the run's id.
     pub fn add_test_run(&self, attempt: AttemptId, run: &TestRun) -> Result<i64, StoreError> {
@@ -725,8 +792,8 @@ impl Store {
         let run_id = tx.last_insert_rowid();
         {
             let mut stmt = tx.prepare(
-                "INSERT INTO test_results (run, idx, test_id, passed, error_type, message, traceback, actual, duration_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO test_results (run, idx, test_id, passed, error_type, message, traceback, actual, duration_ms, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for (idx, r) in run.results.iter().enumerate() {
                 stmt.execute(params![
@@ -738,7 +805,8 @@ impl Store {
                     r.message,
                     r.traceback,
                     r.actual,
-                    to_i64(r.duration_ms)
+                    to_i64(r.duration_ms),
+                    r.outcome
                 ])?;
             }
         }
@@ -1345,7 +1413,7 @@ fn read_runs(tx: &Transaction<'_>, attempt: AttemptId) -> Result<Vec<TestRun>, S
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let mut results_stmt = tx.prepare(
-        "SELECT test_id, passed, error_type, message, traceback, actual, duration_ms
+        "SELECT test_id, passed, error_type, message, traceback, actual, duration_ms, outcome
          FROM test_results WHERE run = ?1 ORDER BY idx",
     )?;
     let mut out = Vec::with_capacity(rows.len());
@@ -1360,6 +1428,7 @@ fn read_runs(tx: &Transaction<'_>, attempt: AttemptId) -> Result<Vec<TestRun>, S
                     traceback: r.get(4)?,
                     actual: r.get(5)?,
                     duration_ms: to_u64(r.get(6)?),
+                    outcome: r.get(7)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -1512,6 +1581,7 @@ mod tests {
                     traceback: None,
                     actual: Some("5".into()),
                     duration_ms: 3,
+                    outcome: None,
                 },
                 TestResult {
                     test_id: "gen1".into(),
@@ -1521,6 +1591,7 @@ mod tests {
                     traceback: Some("Traceback ...\nAssertionError".into()),
                     actual: Some("-1".into()),
                     duration_ms: 4,
+                    outcome: None,
                 },
             ],
             wall_ms: 120,
