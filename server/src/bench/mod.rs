@@ -143,6 +143,33 @@ pub struct Row {
     /// The code that was scored (the whole stub file with the function filled in).
     #[serde(default)]
     pub final_code: String,
+    /// Rounds of candidates the loop made (1 + repair rounds).
+    #[serde(default)]
+    pub rounds: u32,
+    /// Why the loop chose its proposal (the selection's reason).
+    #[serde(default)]
+    pub chosen_because: Option<String>,
+    /// Every distinct candidate the loop made, scored against the hidden
+    /// tests *after* the run (the loop never sees these scores): shows
+    /// whether a task was lost by generation (no candidate passes) or by
+    /// selection (one passes but another was chosen).
+    #[serde(default)]
+    pub candidates: Vec<CandidateScore>,
+}
+
+/// One loop candidate scored against the hidden tests after the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateScore {
+    /// The candidate's number in the task.
+    pub n: u32,
+    /// The round that produced it.
+    pub round: u32,
+    /// Samples that produced this code.
+    pub weight: u32,
+    /// The greedy sample is among them.
+    pub greedy: bool,
+    /// The hidden tests pass.
+    pub passed: bool,
 }
 
 /// Options of `docsmith bench`.
@@ -397,10 +424,13 @@ async fn run_one(
         reason: None,
         score_error: None,
         final_code: String::new(),
+        rounds: 0,
+        chosen_because: None,
+        candidates: Vec::new(),
     };
     let started = Instant::now();
-    let code = if mode == "single" {
-        single(task, &router, cfg, &mut row).await
+    let (code, made) = if mode == "single" {
+        (single(task, &router, cfg, &mut row).await, Vec::new())
     } else {
         looped(task, &root, &file, cfg, router, sandbox.clone(), &mut row).await
     };
@@ -409,6 +439,21 @@ async fn run_one(
     row.passed = passed;
     row.score_error = err;
     row.final_code = code;
+    if let Ok(func) = python::find_function(&task.prompt, &task.entry_point) {
+        for (n, round, weight, greedy, generated) in made {
+            let Ok(spliced) = python::splice(&task.prompt, &func, &generated) else {
+                continue;
+            };
+            let (passed, _) = score(&sandbox, &spliced.source, task, hidden).await;
+            row.candidates.push(CandidateScore {
+                n,
+                round,
+                weight,
+                greedy,
+                passed,
+            });
+        }
+    }
     row
 }
 
@@ -459,19 +504,19 @@ async fn looped(
     router: Arc<Router>,
     sandbox: Arc<Sandbox>,
     row: &mut Row,
-) -> String {
+) -> (String, Vec<(u32, u32, u32, bool, String)>) {
     let store = match Store::open(&root.join(".docsmith").join("docsmith.db")) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             row.loop_status = "failed".into();
             row.reason = Some(e.to_string());
-            return task.prompt.clone();
+            return (task.prompt.clone(), Vec::new());
         }
     };
     let deps = Deps {
         router,
         sandbox,
-        store,
+        store: store.clone(),
         guidelines: Arc::new(Guidelines::builtin()),
         settings: crate::pipeline::Settings {
             write_proposal_files: false,
@@ -509,9 +554,10 @@ async fn looped(
         Err(e) => {
             row.loop_status = "failed".into();
             row.reason = Some(e.to_string());
-            return task.prompt.clone();
+            return (task.prompt.clone(), Vec::new());
         }
     };
+    let task_id = run.task_id();
     let cancel = CancellationToken::new();
     let mut code = task.prompt.clone();
     loop {
@@ -526,6 +572,8 @@ async fn looped(
                 row.completion_tokens = p.completion_tokens;
                 row.dropped_tests = p.dropped.len();
                 row.loop_status = if p.passing { "accepted" } else { "failing" }.into();
+                row.rounds = p.rounds;
+                row.chosen_because = Some(p.chosen_because.clone());
                 if !p.passing {
                     row.reason = Some(p.reasons.join("; "));
                 }
@@ -542,7 +590,13 @@ async fn looped(
     }
     drop(run);
     row.stage_ms = timer.await.unwrap_or_default();
-    code
+    let made = store
+        .candidates(task_id)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, n, round, weight, greedy, code)| (n, round, weight, greedy, code))
+        .collect();
+    (code, made)
 }
 
 /// Runs `code` + the hidden test + `check(entry_point)` once in the sandbox.
@@ -651,6 +705,9 @@ mod tests {
             reason: None,
             score_error: None,
             final_code: String::new(),
+            rounds: 0,
+            chosen_because: None,
+            candidates: Vec::new(),
         }
     }
 

@@ -149,6 +149,7 @@ pub fn markdown(rows: &[Row], command: &str) -> String {
         ));
     }
     s.push_str(&verdicts(rows));
+    s.push_str(&candidates(rows));
     let failing: Vec<&Row> = rows
         .iter()
         .filter(|r| r.mode == "loop" && !r.passed)
@@ -197,6 +198,65 @@ pub fn verdicts(rows: &[Row]) -> String {
         count(true, false),
         count(false, true),
         count(false, false)
+    )
+}
+
+/// Generation against selection, from each loop row's candidates scored on
+/// the hidden tests after the run: how many tasks had a correct candidate at
+/// all (oracle), how often the greedy first candidate was correct, and how
+/// many tasks were lost by choosing (a correct candidate existed, another was
+/// chosen). Empty without scored candidates.
+pub fn candidates(rows: &[Row]) -> String {
+    let lp: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.mode == "loop" && !r.candidates.is_empty())
+        .collect();
+    if lp.is_empty() {
+        return String::new();
+    }
+    let any = lp
+        .iter()
+        .filter(|r| r.candidates.iter().any(|c| c.passed))
+        .count();
+    let first_round = lp
+        .iter()
+        .filter(|r| r.candidates.iter().any(|c| c.round == 1 && c.passed))
+        .count();
+    let greedy = lp
+        .iter()
+        .filter(|r| {
+            r.candidates
+                .iter()
+                .any(|c| c.round == 1 && c.greedy && c.passed)
+        })
+        .count();
+    let lost = lp
+        .iter()
+        .filter(|r| !r.passed && r.candidates.iter().any(|c| c.passed))
+        .count();
+    let repaired = lp
+        .iter()
+        .filter(|r| r.passed && !r.candidates.iter().any(|c| c.round == 1 && c.passed))
+        .count();
+    let distinct: Vec<f64> = lp.iter().map(|r| r.candidates.len() as f64).collect();
+    format!(
+        "
+Candidates scored on the hidden tests after the run ({} loop tasks; the loop never sees these scores):
+
+         | | tasks |
+|---|---|
+         | greedy first candidate correct | {greedy} |
+         | some first-round candidate correct | {first_round} |
+         | some candidate of any round correct (oracle) | {any} |
+         | chosen proposal correct | {} |
+         | lost by selection (a correct candidate existed, another was chosen) | {lost} |
+         | won only by a repair round | {repaired} |
+
+         Distinct candidates per task: mean {:.1}.
+",
+        lp.len(),
+        lp.iter().filter(|r| r.passed).count(),
+        mean(&distinct).unwrap_or(0.0)
     )
 }
 
@@ -325,6 +385,9 @@ mod tests {
             reason: (!passed).then(|| "tests fail".into()),
             score_error: None,
             final_code: String::new(),
+            rounds: 0,
+            chosen_because: None,
+            candidates: Vec::new(),
         }
     }
 

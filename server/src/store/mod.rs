@@ -770,6 +770,33 @@ impl Store {
         Ok(rows)
     }
 
+    /// The candidates of a task (attempts marked by
+    /// [`Store::set_attempt_candidate`]), in order: `(attempt, n, round,
+    /// weight, greedy, code)`.
+    pub fn candidates(
+        &self,
+        task: TaskId,
+    ) -> Result<Vec<(AttemptId, u32, u32, u32, bool, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, n, round, weight, greedy, code FROM attempts
+             WHERE task = ?1 AND round IS NOT NULL ORDER BY n, id",
+        )?;
+        let rows = stmt
+            .query_map([task.0], |r| {
+                Ok((
+                    AttemptId(r.get(0)?),
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, bool>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Records a sandbox run and its per-test results in one transaction;
     /// returns the run's id.
     pub fn add_test_run(&self, attempt: AttemptId, run: &TestRun) -> Result<i64, StoreError> {
