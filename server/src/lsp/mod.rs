@@ -22,6 +22,7 @@ pub mod commands;
 pub mod documents;
 pub mod edits;
 pub mod errors;
+pub mod frames;
 pub mod progress;
 pub mod protocol;
 pub mod tasks;
