@@ -487,64 +487,35 @@ fn a_clarifying_question_is_asked_with_the_planners_options() {
 
 #[test]
 fn proposals_and_interrupted_tasks_survive_a_restart() {
-    let mock = MockLlm::start(script(0, false));
-    let ws = workspace(&mock, "");
-    let mut c = server(&ws);
-    c.initialize(&ws.root, json!({}), Value::Null);
-    editor(&mut c, STUB, None);
-    c.open(&ws.file, STUB);
-    let since = c.log.len();
-    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"]
-        .as_i64()
-        .unwrap();
-    c.wait_for(since, LONG, "review", |m| m["params"]["phase"] == "review");
-    // A second task left running when the server dies.
-    mock.delay_ms
-        .store(30_000, std::sync::atomic::Ordering::SeqCst);
-    let other = c
-        .request("workspace/executeCommand", json!({"command": "docsmith.refine", "arguments": [{"uri": file_uri(&ws.file), "name": "other", "feedback": "return 2"}]}))
-        .unwrap()["task"]
-        .as_i64()
-        .unwrap();
-    c.wait_for(since, LONG, "other begins", |m| {
-        m["params"]["token"] == json!(format!("docsmith/{other}/0"))
-            && m["params"]["value"]["kind"] == "begin"
-    });
+    // A proposal in review, and a second task left running when the server dies.
+    let Busy {
+        mock,
+        ws,
+        mut c,
+        review: task,
+        running: other,
+    } = busy_server();
     c.child.kill().unwrap(); // no shutdown: a crash or a closed editor
     drop(c);
     mock.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
-
-    let mut c = server(&ws);
-    c.initialize(&ws.root, json!({}), Value::Null);
-    let (doc, _) = editor(&mut c, STUB, None);
-    c.open(&ws.file, STUB);
-    let lenses = c
-        .request(
-            "textDocument/codeLens",
-            json!({"textDocument": {"uri": file_uri(&ws.file)}}),
-        )
-        .unwrap();
-    let lens_titles: Vec<&str> = lenses
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["command"]["title"].as_str().unwrap())
-        .collect();
-    assert!(lens_titles.contains(&"Accept"), "{lens_titles:?}");
-    assert!(
-        lens_titles
-            .iter()
-            .any(|t| t.starts_with("Re-run docsmith on `other`")),
-        "{lens_titles:?}"
+    assert_eq!(
+        task_status(&ws, other),
+        "running",
+        "killed: nothing recorded"
     );
-    assert_eq!(task_status(&ws, other), "interrupted");
-    let r = c
-        .run_action(&ws.file, DEF_LINE, "Accept proposal for `add`")
-        .unwrap();
-    assert_eq!(r["applied"], true, "{r}");
-    assert!(doc.lock().unwrap().contains("    return a + b\n"));
-    assert_eq!(task_status(&ws, task), "accepted");
-    assert!(c.stop().success());
+    accept_after_restart(&ws, task, |titles| {
+        assert!(
+            titles
+                .iter()
+                .any(|t| t.starts_with("Re-run docsmith on `other`")),
+            "{titles:?}"
+        );
+        assert_eq!(
+            task_status(&ws, other),
+            "interrupted",
+            "marked by the restarted server"
+        );
+    });
 }
 
 #[test]
@@ -719,4 +690,186 @@ fn bad_settings_are_reported_and_the_last_good_ones_stay() {
     let r = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap();
     assert!(r["task"].as_i64().is_some());
     assert!(c.stop().success());
+}
+
+/// A server with a proposal for `add` waiting for review (its prompt
+/// dismissed) and a task on `other` running (the endpoint made slow).
+struct Busy {
+    mock: MockLlm,
+    ws: Ws,
+    c: LspClient,
+    review: i64,
+    running: i64,
+}
+
+fn busy_server() -> Busy {
+    let mock = MockLlm::start(script(0, false));
+    let ws = workspace(&mock, "");
+    let mut c = server(&ws);
+    c.initialize(&ws.root, json!({}), Value::Null);
+    editor(&mut c, STUB, None);
+    c.open(&ws.file, STUB);
+    let review = task_in_review(&mut c, &ws);
+    let running = task_running(&mut c, &ws, &mock);
+    Busy {
+        mock,
+        ws,
+        c,
+        review,
+        running,
+    }
+}
+
+/// Starts a task that reaches review (the prompt dismissed) and returns its id.
+fn task_in_review(c: &mut LspClient, ws: &Ws) -> i64 {
+    let since = c.log.len();
+    let task = c.run_action(&ws.file, DEF_LINE, "Generate").unwrap()["task"]
+        .as_i64()
+        .unwrap();
+    c.wait_for(since, LONG, "review", |m| {
+        m["method"] == "docsmith/taskChanged"
+            && m["params"]["task"] == json!(task)
+            && m["params"]["phase"] == "review"
+    });
+    task
+}
+
+/// Starts a refine task on `other` that stays running (the endpoint is slow).
+fn task_running(c: &mut LspClient, ws: &Ws, mock: &MockLlm) -> i64 {
+    mock.delay_ms
+        .store(30_000, std::sync::atomic::Ordering::SeqCst);
+    let since = c.log.len();
+    let task = c
+        .request("workspace/executeCommand", json!({"command": "docsmith.refine", "arguments": [{"uri": file_uri(&ws.file), "name": "other", "feedback": "return 2"}]}))
+        .unwrap()["task"]
+        .as_i64()
+        .unwrap();
+    c.wait_for(since, LONG, "running", |m| {
+        m["params"]["token"] == json!(format!("docsmith/{task}/0"))
+            && m["params"]["value"]["kind"] == "begin"
+    });
+    task
+}
+
+/// The titles of the code lenses in the test file.
+fn lens_titles(c: &mut LspClient, ws: &Ws) -> Vec<String> {
+    let lenses = c
+        .request(
+            "textDocument/codeLens",
+            json!({"textDocument": {"uri": file_uri(&ws.file)}}),
+        )
+        .unwrap();
+    lenses
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["command"]["title"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// After a restart: the lens above `add` offers Accept (`check` looks at the
+/// other lens titles), and Accept applies the proposal.
+fn accept_after_restart(ws: &Ws, task: i64, check: impl Fn(&[String])) {
+    let mut c = server(ws);
+    c.initialize(&ws.root, json!({}), Value::Null);
+    let (doc, _) = editor(&mut c, STUB, None);
+    c.open(&ws.file, STUB);
+    let titles = lens_titles(&mut c, ws);
+    assert!(titles.iter().any(|t| t == "Accept"), "{titles:?}");
+    check(&titles);
+    let r = c
+        .run_action(&ws.file, DEF_LINE, "Accept proposal for `add`")
+        .unwrap();
+    assert_eq!(r["applied"], true, "{r}");
+    assert!(doc.lock().unwrap().contains("    return a + b\n"));
+    assert_eq!(task_status(ws, task), "accepted");
+    assert!(c.stop().success());
+}
+
+#[test]
+fn a_proposal_waiting_for_review_survives_shutdown_and_exit() {
+    let Busy {
+        mock,
+        ws,
+        c,
+        review: task,
+        running,
+    } = busy_server();
+    assert!(c.stop().success());
+    assert_eq!(
+        task_status(&ws, task),
+        "awaiting_review",
+        "shutdown keeps the proposal"
+    );
+    assert_eq!(
+        task_status(&ws, running),
+        "interrupted",
+        "a running task is recorded as interrupted"
+    );
+    mock.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    accept_after_restart(&ws, task, |_| {});
+}
+
+#[test]
+fn the_server_exits_promptly_when_stdin_closes() {
+    let Busy {
+        mock,
+        ws,
+        mut c,
+        review: task,
+        running,
+    } = busy_server();
+    // A request in flight that waits on the editor: accept's workspace/applyEdit,
+    // never answered because the editor is gone.
+    c.answer_requests = false;
+    let since = c.log.len();
+    c.send(
+        &json!({"jsonrpc": "2.0", "id": 9999, "method": "workspace/executeCommand",
+                   "params": {"command": "docsmith.accept", "arguments": [{"task": task}]}}),
+    );
+    c.wait_for(since, LONG, "applyEdit", |m| {
+        m["method"] == "workspace/applyEdit"
+    });
+    let start = std::time::Instant::now();
+    c.close_stdin();
+    let status = c.wait_exit(Duration::from_secs(10));
+    let took = start.elapsed();
+    println!("exit after stdin closed: {took:?} ({status:?})");
+    assert!(status.is_some(), "still running 10 s after stdin closed");
+    assert!(took < Duration::from_secs(2), "exited after {took:?}");
+    assert_eq!(task_status(&ws, running), "interrupted");
+    assert_eq!(task_status(&ws, task), "awaiting_review");
+    mock.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    accept_after_restart(&ws, task, |_| {});
+}
+
+#[test]
+fn the_server_exits_when_the_editors_process_is_gone() {
+    let mock = MockLlm::start(script(0, false));
+    let ws = workspace(&mock, "");
+    // The "editor": a process the test can end.
+    let mut editor_process = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let mut c = server(&ws);
+    c.process_id = Some(editor_process.id());
+    c.initialize(&ws.root, json!({}), Value::Null);
+    // While the editor lives, the server stays (two polls).
+    assert!(
+        c.wait_exit(Duration::from_secs(5)).is_none(),
+        "exited while the editor was alive"
+    );
+    editor_process.kill().unwrap();
+    editor_process.wait().unwrap(); // reaped: kill(pid, 0) now says ESRCH
+    let start = std::time::Instant::now();
+    let status = c.wait_exit(Duration::from_secs(15));
+    let took = start.elapsed();
+    println!("exit after the editor's process ended: {took:?} ({status:?})");
+    assert!(
+        status.is_some(),
+        "still running 15 s after the editor ended"
+    );
+    // One poll interval (2 s) plus the 2 s exit budget.
+    assert!(took < Duration::from_secs(4), "exited after {took:?}");
 }

@@ -263,19 +263,26 @@ async fn bench(a: BenchArgs) -> i32 {
     }
 }
 
+/// Logs to stderr, with colours only when stderr is a terminal (a log piped
+/// to a file or read by another program gets plain text).
 fn init_tracing(filter: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-/// The language server logs to stderr (editors show it in their LSP log) and
-/// appends to a log file; stdout carries protocol traffic only.
+/// The language server logs to stderr (editors show it in their LSP log;
+/// colours only when stderr is a terminal) and appends to a log file (never
+/// coloured); stdout carries protocol traffic only.
 fn init_server_tracing(filter: &str) {
-    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let file = crate::lsp::log_file().and_then(|p| {
@@ -286,22 +293,19 @@ fn init_server_tracing(filter: &str) {
             .open(p)
             .ok()
     });
-    match file {
-        Some(f) => {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(false)
-                .with_writer(std::io::stderr.and(std::sync::Mutex::new(f)))
-                .try_init();
-        }
-        None => {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(false)
-                .with_writer(std::io::stderr)
-                .try_init();
-        }
-    }
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let file = file.map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .try_init();
 }
 
 /// Splits `FILE:LINE` (1-based line) into its parts; a plain path has no line.

@@ -39,7 +39,7 @@
 //! base_url = "http://127.0.0.1:8000/v1"
 //! model = "Qwen/Qwen2.5-Coder-7B-Instruct"
 //! api_key_env = "VLLM_API_KEY" # the NAME of the variable holding the key
-//! timeout_ms = 120000
+//! timeout_ms = 120000         # per request; raise it for a slow server
 //! supports_json_schema = true
 //!
 //! [roles.developer]            # planner | test_designer | developer | critic
@@ -229,7 +229,9 @@ pub struct OpenAiConfig {
     /// Name of the environment variable holding the API key (never the key itself).
     #[serde(default)]
     pub api_key_env: Option<String>,
-    /// Request timeout, ms.
+    /// How long one request may wait for the whole reply, ms (default
+    /// 120000). A request that times out fails with a message naming this key;
+    /// it is not retried.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Whether the endpoint accepts `response_format: json_schema`.

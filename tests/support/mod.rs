@@ -4,7 +4,7 @@
 //! in for the model only in protocol tests; end-to-end tests use the real one).
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -12,7 +12,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -22,12 +22,18 @@ pub type Responder = Box<dyn FnMut(&str, &Value) -> Value + Send>;
 /// A blocking LSP client over a child's stdio.
 pub struct LspClient {
     pub child: Child,
-    stdin: ChildStdin,
+    /// `None` once [`LspClient::close_stdin`] ran.
+    stdin: Option<ChildStdin>,
+    /// Sent as `processId` in `initialize` (default `None`: `null`).
+    pub process_id: Option<u32>,
     rx: Receiver<Value>,
     next_id: i64,
     /// Every message received from the server, with its arrival time.
     pub log: Vec<(Instant, Value)>,
     pub responder: Responder,
+    /// False: requests from the server are logged but never answered (an
+    /// editor that stopped responding).
+    pub answer_requests: bool,
 }
 
 /// The stock responder: accepts progress tokens and edits, answers
@@ -87,26 +93,80 @@ impl LspClient {
         });
         LspClient {
             child,
-            stdin,
+            stdin: Some(stdin),
+            process_id: None,
             rx,
             next_id: 1,
             log: Vec::new(),
             responder: default_responder(),
+            answer_requests: true,
         }
     }
 
     /// Writes one framed message.
     pub fn send(&mut self, msg: &Value) {
         let body = serde_json::to_vec(msg).unwrap();
-        write!(self.stdin, "Content-Length: {}\r\n\r\n", body.len()).unwrap();
-        self.stdin.write_all(&body).unwrap();
-        self.stdin.flush().unwrap();
+        let mut frame = format!("Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+        frame.extend(body);
+        self.send_raw(&frame);
     }
 
     /// Writes raw bytes (for malformed-input tests).
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stdin.write_all(bytes).unwrap();
-        self.stdin.flush().unwrap();
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes the server's stdin, as an editor that went away does.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or `None`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            // Keep reading: a server blocked writing to a full pipe cannot exit.
+            self.pump(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends a request and waits up to `timeout` for its response (answering
+    /// the server's own requests meanwhile); `None` when none came.
+    pub fn request_within(
+        &mut self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Option<Result<Value, Value>> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        let deadline = Instant::now() + timeout;
+        let mut scanned = self.log.len();
+        loop {
+            while scanned < self.log.len() {
+                let m = &self.log[scanned].1;
+                scanned += 1;
+                if m.get("method").is_none() && m["id"] == json!(id) {
+                    return Some(match m.get("error") {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(m["result"].clone()),
+                    });
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            self.pump(Duration::from_millis(20));
+        }
     }
 
     pub fn notify(&mut self, method: &str, params: Value) {
@@ -116,28 +176,8 @@ impl LspClient {
     /// Sends a request and waits for its response (answering the server's own
     /// requests meanwhile). `Ok(result)` or `Err(error object)`.
     pub fn request(&mut self, method: &str, params: Value) -> Result<Value, Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut scanned = self.log.len();
-        loop {
-            while scanned < self.log.len() {
-                let m = &self.log[scanned].1;
-                scanned += 1;
-                if m.get("method").is_none() && m["id"] == json!(id) {
-                    return match m.get("error") {
-                        Some(e) => Err(e.clone()),
-                        None => Ok(m["result"].clone()),
-                    };
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no response to {method} within 60 s"
-            );
-            self.pump(Duration::from_millis(200));
-        }
+        self.request_within(method, params, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no response to {method} within 60 s"))
     }
 
     /// Receives at most one message (waiting up to `timeout`), answering it if
@@ -145,7 +185,7 @@ impl LspClient {
     pub fn pump(&mut self, timeout: Duration) -> bool {
         match self.rx.recv_timeout(timeout) {
             Ok(m) => {
-                if m.get("method").is_some() && m.get("id").is_some() {
+                if m.get("method").is_some() && m.get("id").is_some() && self.answer_requests {
                     let method = m["method"].as_str().unwrap().to_string();
                     let result = (self.responder)(&method, &m["params"]);
                     let id = m["id"].clone();
@@ -223,7 +263,7 @@ impl LspClient {
             .request(
                 "initialize",
                 json!({
-                    "processId": null,
+                    "processId": self.process_id,
                     "rootUri": root_uri,
                     "workspaceFolders": [{"uri": root_uri, "name": "ws"}],
                     "capabilities": caps,
@@ -272,16 +312,12 @@ impl LspClient {
     pub fn stop(mut self) -> std::process::ExitStatus {
         let _ = self.request("shutdown", Value::Null);
         self.notify("exit", Value::Null);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
+        match self.wait_exit(Duration::from_secs(10)) {
+            Some(s) => s,
+            None => {
                 let _ = self.child.kill();
                 panic!("server did not exit within 10 s of `exit`");
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -355,6 +391,18 @@ pub fn role_of(body: &Value) -> &'static str {
 /// Scripted replies: (role, n-th call for that role from 0, request body) -> reply text.
 pub type Script = Arc<dyn Fn(&str, usize, &Value) -> String + Send + Sync>;
 
+/// What the endpoint does with a request instead of answering it from the script.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status, a `Retry-After` header when given, and a JSON error body.
+    Status {
+        code: u16,
+        retry_after: Option<String>,
+    },
+    /// Read the request, then say nothing until the client gives up.
+    Hang,
+}
+
 /// An OpenAI-compatible `POST /v1/chat/completions` endpoint on 127.0.0.1.
 pub struct MockLlm {
     pub base_url: String,
@@ -362,6 +410,10 @@ pub struct MockLlm {
     pub requests: Arc<Mutex<Vec<(String, Value)>>>,
     /// Delay before each reply, ms (to keep a task running).
     pub delay_ms: Arc<AtomicU64>,
+    /// Faults served to the next requests, one each, in order (then the script answers).
+    pub faults: Arc<Mutex<VecDeque<Fault>>>,
+    /// When each request (faulted or not) was read, in order.
+    pub arrivals: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl MockLlm {
@@ -370,13 +422,17 @@ impl MockLlm {
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let delay_ms = Arc::new(AtomicU64::new(0));
+        let faults = Arc::new(Mutex::new(VecDeque::new()));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
         let counts = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
         let (reqs, delay) = (requests.clone(), delay_ms.clone());
+        let (faults2, arrivals2) = (faults.clone(), arrivals.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { continue };
                 let (reqs, delay, counts, script) =
                     (reqs.clone(), delay.clone(), counts.clone(), script.clone());
+                let (faults, arrivals) = (faults2.clone(), arrivals2.clone());
                 std::thread::spawn(move || {
                     let mut r = BufReader::new(s.try_clone().unwrap());
                     let mut len = 0;
@@ -396,6 +452,29 @@ impl MockLlm {
                     let mut body = vec![0; len];
                     if r.read_exact(&mut body).is_err() {
                         return;
+                    }
+                    arrivals.lock().unwrap().push(Instant::now());
+                    let fault = faults.lock().unwrap().pop_front();
+                    match fault {
+                        Some(Fault::Status { code, retry_after }) => {
+                            let body = json!({"error": {"message": format!("mock fault {code}")}})
+                                .to_string();
+                            let extra = retry_after
+                                .map(|v| format!("Retry-After: {v}\r\n"))
+                                .unwrap_or_default();
+                            let _ = write!(
+                                s,
+                                "HTTP/1.1 {code} Fault\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            return;
+                        }
+                        Some(Fault::Hang) => {
+                            // Until the client closes the connection.
+                            let _ = r.read(&mut [0u8; 1]);
+                            return;
+                        }
+                        None => {}
                     }
                     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                     let role = role_of(&body);
@@ -428,6 +507,8 @@ impl MockLlm {
             base_url: format!("http://127.0.0.1:{port}/v1"),
             requests,
             delay_ms,
+            faults,
+            arrivals,
         }
     }
 
@@ -441,6 +522,11 @@ impl MockLlm {
         )
     }
 
+    /// Queues `fault` for the next request.
+    pub fn fault(&self, fault: Fault) {
+        self.faults.lock().unwrap().push_back(fault);
+    }
+
     pub fn roles(&self) -> Vec<String> {
         self.requests
             .lock()
@@ -449,4 +535,22 @@ impl MockLlm {
             .map(|(r, _)| r.clone())
             .collect()
     }
+}
+
+/// `t` as an HTTP date (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`), whole
+/// seconds, from `date(1)`: a second opinion next to docsmith's own parser.
+pub fn http_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let out = Command::new("date")
+        .env("LC_ALL", "C")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{secs}"),
+            "+%a, %d %b %Y %H:%M:%S GMT",
+        ])
+        .output()
+        .expect("run date(1)");
+    assert!(out.status.success(), "date(1) failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

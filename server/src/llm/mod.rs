@@ -270,11 +270,24 @@ pub enum LlmError {
         /// The environment variable that should hold the key, if configured.
         key_env: Option<String>,
     },
-    /// 429 after all retries.
-    #[error("rate limited by {url} (429) after retries; wait, lower concurrency, or configure a fallback provider")]
+    /// 429, after all retries.
+    #[error("rate limited by {url} (429){}; wait, lower concurrency, or configure a fallback provider", after_retries(*.retries))]
     RateLimited {
         /// The URL that was called.
         url: String,
+        /// Retries made after the first attempt.
+        retries: u32,
+    },
+    /// The endpoint accepted the request but sent no whole reply within the
+    /// request timeout (not retried: a hung server would cost the timeout again).
+    #[error("no reply from {url} within {} s (the request timeout): the model server is slow, overloaded or stuck; check it, or raise `timeout_ms` under [providers.{provider}] in docsmith.toml (now {timeout_ms})", *.timeout_ms as f64 / 1000.0)]
+    Timeout {
+        /// The URL that was called.
+        url: String,
+        /// The timeout that ran out, ms.
+        timeout_ms: u64,
+        /// The provider's configured name (its `[providers.<name>]` table).
+        provider: String,
     },
     /// Any other non-success HTTP status.
     #[error("HTTP {status} from the LLM endpoint: {body_excerpt}")]
@@ -308,13 +321,14 @@ pub enum LlmError {
 
 impl LlmError {
     /// Whether another provider might succeed where this one failed: true for
-    /// `Unreachable`, `RateLimited`, `Http` 5xx, `ModelMissing`, `ModelLoad` and
+    /// `Unreachable`, `RateLimited`, `Timeout`, `Http` 5xx, `ModelMissing`, `ModelLoad` and
     /// `ContextOverflow`; false for cancellation, auth, bad requests, bad replies
     /// and configuration errors.
     pub fn is_retryable_elsewhere(&self) -> bool {
         match self {
             LlmError::Unreachable { .. }
             | LlmError::RateLimited { .. }
+            | LlmError::Timeout { .. }
             | LlmError::ModelMissing { .. }
             | LlmError::ModelLoad { .. }
             | LlmError::ContextOverflow { .. } => true,
@@ -325,6 +339,15 @@ impl LlmError {
             | LlmError::Config(_)
             | LlmError::AllFailed(_) => false,
         }
+    }
+}
+
+/// ` after N retries` (nothing for none), for [`LlmError::RateLimited`]'s message.
+fn after_retries(n: u32) -> String {
+    match n {
+        0 => String::new(),
+        1 => " after 1 retry".to_string(),
+        n => format!(" after {n} retries"),
     }
 }
 

@@ -3,12 +3,14 @@
 //!
 //! Owns: the HTTP request/response shapes of `POST {base_url}/chat/completions`,
 //! timeouts, retries with exponential backoff and jitter on 429/5xx/connect
-//! errors, and mapping HTTP failures to [`LlmError`]. The API key is read from
+//! errors (waiting what a `Retry-After` header asks on 429 and 503, up to
+//! [`MAX_RETRY_AFTER`]), and mapping HTTP failures to [`LlmError`]. The API key is read from
 //! the environment variable *named* in the options at each request and is
 //! never stored in a `Debug` output or logged. Must not know about roles,
 //! prompts or configuration files.
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::{json, Value};
@@ -25,6 +27,8 @@ const MIN_DELAY: Duration = Duration::from_millis(500);
 const MIN_DELAY: Duration = Duration::from_millis(10);
 /// Longest delay between two attempts.
 const MAX_DELAY: Duration = Duration::from_secs(8);
+/// Longest wait a `Retry-After` header can impose before the next attempt.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Characters of an error body kept in [`LlmError::Http`].
 const BODY_EXCERPT_CHARS: usize = 300;
 
@@ -91,6 +95,84 @@ impl std::fmt::Debug for OpenAiProvider {
 struct AttemptError {
     err: LlmError,
     retry: bool,
+    /// What the endpoint's `Retry-After` asked for (429 and 503 only).
+    retry_after: Option<Duration>,
+    /// What went wrong, for the warning logged before a retry.
+    what: String,
+}
+
+impl AttemptError {
+    /// A failure that is not retried.
+    fn fatal(err: LlmError) -> AttemptError {
+        AttemptError {
+            what: err.to_string(),
+            err,
+            retry: false,
+            retry_after: None,
+        }
+    }
+
+    /// The error returned once no retry is left; `retries` were made.
+    fn into_final(self, retries: u32) -> LlmError {
+        match self.err {
+            LlmError::RateLimited { url, .. } => LlmError::RateLimited { url, retries },
+            e => e,
+        }
+    }
+}
+
+/// The wait before the next attempt: what `Retry-After` asked (at most
+/// [`MAX_RETRY_AFTER`]) when the endpoint sent one, else the backoff's delay;
+/// `None` (no retry left) when the backoff is spent.
+fn retry_delay(backoff: Option<Duration>, retry_after: Option<Duration>) -> Option<Duration> {
+    backoff.map(|d| retry_after.map_or(d, |ra| ra.min(MAX_RETRY_AFTER)))
+}
+
+/// The wait a `Retry-After` header value asks for: delay-seconds (`120`) or an
+/// HTTP date (IMF-fixdate, `Wed, 21 Oct 2015 07:28:00 GMT`) relative to `now`;
+/// a date in the past is no wait. `None` when the value is neither.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_http_date(v)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as a time.
+fn parse_http_date(s: &str) -> Option<SystemTime> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (_weekday, rest) = s.split_once(", ")?;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts[..] else {
+        return None;
+    };
+    let day: i64 = day.parse().ok()?;
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let year: i64 = year.parse().ok()?;
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, sec] = hms[..] else { return None };
+    if !(1..=31).contains(&day)
+        || !(0..24).contains(&h)
+        || !(0..60).contains(&m)
+        || !(0..=60).contains(&sec)
+    {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = u64::try_from(days * 86_400 + h * 3_600 + m * 60 + sec).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 impl OpenAiProvider {
@@ -166,67 +248,79 @@ impl OpenAiProvider {
         }
         let resp = rb.send().await.map_err(|e| self.transport_error(e))?;
         let status = resp.status().as_u16();
+        let retry_after = matches!(status, 429 | 503)
+            .then(|| resp.headers().get(reqwest::header::RETRY_AFTER))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let text = resp.text().await.map_err(|e| self.transport_error(e))?;
         match status {
-            200..=299 => serde_json::from_str(&text).map_err(|e| AttemptError {
-                err: LlmError::BadResponse(format!(
+            200..=299 => serde_json::from_str(&text).map_err(|e| {
+                AttemptError::fatal(LlmError::BadResponse(format!(
                     "reply from {} is not JSON ({e}): {}",
                     self.url,
                     excerpt(&text)
-                )),
-                retry: false,
+                )))
             }),
-            401 | 403 => Err(AttemptError {
-                err: LlmError::Unauthorized {
-                    url: self.url.clone(),
-                    key_env: self.opts.api_key_env.clone(),
-                },
-                retry: false,
-            }),
+            401 | 403 => Err(AttemptError::fatal(LlmError::Unauthorized {
+                url: self.url.clone(),
+                key_env: self.opts.api_key_env.clone(),
+            })),
             429 => Err(AttemptError {
                 err: LlmError::RateLimited {
                     url: self.url.clone(),
+                    retries: 0,
                 },
                 retry: true,
+                retry_after,
+                what: "HTTP 429 Too Many Requests".into(),
             }),
             _ => Err(AttemptError {
+                what: format!("HTTP {status}: {}", excerpt(&text)),
                 err: LlmError::Http {
                     status,
                     body_excerpt: excerpt(&text),
                 },
                 retry: status >= 500,
+                retry_after,
             }),
         }
     }
 
-    /// Maps a reqwest transport error; connect errors are retried, timeouts are not.
+    /// Maps a reqwest transport error. Connection failures (connect timeouts
+    /// included) are retried; a request that timed out waiting for the reply
+    /// is not (a hung server would cost the whole timeout again).
     fn transport_error(&self, e: reqwest::Error) -> AttemptError {
-        if e.is_timeout() {
-            let ms = if e.is_connect() {
-                self.opts.connect_timeout_ms
-            } else {
-                self.opts.timeout_ms
-            };
-            return AttemptError {
-                err: LlmError::Unreachable {
-                    url: self.url.clone(),
-                    message: format!("timed out after {ms} ms"),
-                },
-                retry: false,
-            };
-        }
-        let mut message = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            message = format!("{message}: {s}");
-            src = s.source();
-        }
-        AttemptError {
-            err: LlmError::Unreachable {
+        if e.is_timeout() && !e.is_connect() {
+            return AttemptError::fatal(LlmError::Timeout {
                 url: self.url.clone(),
-                message,
-            },
+                timeout_ms: self.opts.timeout_ms,
+                provider: self.opts.name.clone(),
+            });
+        }
+        let message = if e.is_timeout() {
+            format!(
+                "no connection within {} ms (the connect timeout)",
+                self.opts.connect_timeout_ms
+            )
+        } else {
+            let mut message = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                message = format!("{message}: {s}");
+                src = s.source();
+            }
+            message
+        };
+        let err = LlmError::Unreachable {
+            url: self.url.clone(),
+            message,
+        };
+        AttemptError {
+            what: err.to_string(),
+            err,
             retry: e.is_connect() || e.is_request(),
+            retry_after: None,
         }
     }
 }
@@ -294,16 +388,28 @@ impl Provider for OpenAiProvider {
             .with_max_delay(MAX_DELAY)
             .with_max_times(self.opts.max_retries as usize)
             .with_jitter();
-        let call = (|| self.attempt(&body))
-            .retry(backoff)
-            .when(|e: &AttemptError| e.retry)
-            .notify(|e: &AttemptError, d: Duration| {
-                tracing::warn!(url = %self.url, error = %e.err, retry_in_ms = d.as_millis() as u64, "LLM request failed; retrying");
-            });
+        let attempts = AtomicU32::new(0);
+        let total = self.opts.max_retries + 1;
+        let call = (|| {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            self.attempt(&body)
+        })
+        .retry(backoff)
+        .when(|e: &AttemptError| e.retry)
+        .adjust(|e: &AttemptError, d| retry_delay(d, e.retry_after))
+        .notify(|e: &AttemptError, d: Duration| {
+            let next = attempts.load(Ordering::SeqCst) + 1;
+            tracing::warn!(
+                url = %self.url,
+                "LLM request failed ({}); retrying (attempt {next} of {total}) after {:.1} s",
+                e.what,
+                d.as_secs_f64()
+            );
+        });
         let reply = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(LlmError::Cancelled),
-            r = call => r.map_err(|e| e.err)?,
+            r = call => r.map_err(|e| e.into_final(attempts.load(Ordering::SeqCst).saturating_sub(1)))?,
         };
         let (text, finish_reason, prompt_tokens, completion_tokens) = parse_reply(&reply)?;
         Ok(Completion {
@@ -583,6 +689,106 @@ mod tests {
         let err = p.complete(&req(), &tok).await.unwrap_err();
         assert!(matches!(err, LlmError::Cancelled), "{err}");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = UNIX_EPOCH;
+        let secs = |v: &str| parse_retry_after(v, now).map(|d| d.as_secs());
+        assert_eq!(secs("120"), Some(120));
+        assert_eq!(secs(" 3 "), Some(3));
+        assert_eq!(secs("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(secs("Thu, 29 Feb 2024 12:00:00 GMT"), Some(1_709_208_000));
+        let later = UNIX_EPOCH + Duration::from_secs(784_111_787);
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", later),
+            Some(Duration::ZERO),
+            "a date in the past is no wait"
+        );
+        for bad in [
+            "soon",
+            "-1",
+            "1.5",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "",
+        ] {
+            assert_eq!(secs(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_replaces_the_backoff_up_to_the_cap() {
+        let ms = Duration::from_millis;
+        assert_eq!(retry_delay(Some(ms(10)), None), Some(ms(10)));
+        assert_eq!(retry_delay(Some(ms(10)), Some(ms(1500))), Some(ms(1500)));
+        assert_eq!(
+            retry_delay(Some(ms(10)), Some(Duration::from_secs(3600))),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(retry_delay(None, Some(ms(1))), None, "no retry left");
+    }
+
+    #[tokio::test]
+    async fn rate_limited_to_the_end_says_how_many_retries() {
+        let (url, seen) = serve(vec![(429, "{}".into()); 4]).await;
+        let err = provider(url, None)
+            .complete(&req(), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, LlmError::RateLimited { retries: 3, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("(429) after 3 retries;"), "{err}");
+        assert_eq!(seen.lock().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_hung_endpoint_times_out_with_a_message_naming_the_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _s = listener.accept().await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let p = OpenAiProvider::new(OpenAiOptions {
+            base_url: format!("http://{addr}/v1"),
+            model: "m".into(),
+            api_key_env: None,
+            timeout_ms: 300,
+            name: "vllm".into(),
+            ..OpenAiOptions::default()
+        })
+        .unwrap();
+        let start = Instant::now();
+        let err = p
+            .complete(&req(), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        let took = start.elapsed();
+        assert!(
+            matches!(
+                err,
+                LlmError::Timeout {
+                    timeout_ms: 300,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        for want in [
+            format!("no reply from http://{addr}/v1/chat/completions within 0.3 s"),
+            "raise `timeout_ms` under [providers.vllm]".to_string(),
+        ] {
+            assert!(msg.contains(&want), "{want:?} in {msg}");
+        }
+        assert!(!msg.contains("is the server running"), "{msg}");
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_secs(3),
+            "not retried: {took:?}"
+        );
     }
 
     #[test]

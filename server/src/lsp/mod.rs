@@ -12,7 +12,8 @@
 //! `didChange` applies its edits without awaiting, so the order tower-lsp-server
 //! starts notification handlers in is the order edits are applied.
 //!
-//! Files: `documents` (rope + tree + positions), `protocol` (commands and their
+//! Files: `frames` (the framing layer between stdio and tower-lsp-server),
+//! `documents` (rope + tree + positions), `protocol` (commands and their
 //! typed arguments, shared with tests), `actions` (code actions, code lenses),
 //! `commands` (what each command does), `tasks` (the per-task driver), `edits`
 //! (stale check and text edits), `progress` (work-done progress), `errors`.
@@ -22,6 +23,7 @@ pub mod commands;
 pub mod documents;
 pub mod edits;
 pub mod errors;
+pub mod frames;
 pub mod progress;
 pub mod protocol;
 pub mod tasks;
@@ -29,10 +31,12 @@ pub mod tasks;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tower_lsp_server::jsonrpc::Result as RpcResult;
 use tower_lsp_server::ls_types::*;
 use tower_lsp_server::{Client, LanguageServer, LspService, Server};
@@ -148,11 +152,15 @@ pub struct Inner {
     /// Concurrency limit for running tasks (queued tasks wait here).
     pub queue: Arc<Semaphore>,
     permits: AtomicUsize,
+    /// Set once the server stops (`shutdown`, `exit`, stdin closed, editor
+    /// gone): a task cancelled from then on was interrupted, not cancelled.
     pub shutting_down: AtomicBool,
+    /// Cancelled when the editor is gone (stdin closed or its process ended).
+    gone: CancellationToken,
 }
 
 impl Inner {
-    fn new(client: Client) -> Inner {
+    fn new(client: Client, gone: CancellationToken) -> Inner {
         Inner {
             client,
             docs: DashMap::new(),
@@ -167,6 +175,34 @@ impl Inner {
             queue: Arc::new(Semaphore::new(1)),
             permits: AtomicUsize::new(1),
             shutting_down: AtomicBool::new(false),
+            gone,
+        }
+    }
+
+    /// Stops every live task and waits up to `limit` for each to record how it
+    /// ended: a running task (or one waiting for an answer) as interrupted, a
+    /// proposal as still awaiting review (`tasks::cancelled`). Then writes the
+    /// store's log into the database file. Safe to call more than once.
+    pub async fn wind_down(&self, limit: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for t in self.tasks.iter() {
+            t.cancel.cancel();
+        }
+        let deadline = Instant::now() + limit;
+        while !self.tasks.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !self.tasks.is_empty() {
+            // Their rows still say running; the next start marks them interrupted.
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "tasks still stopping at exit; the next start marks them interrupted"
+            );
+        }
+        if let Some(store) = self.store() {
+            if let Err(e) = store.checkpoint() {
+                tracing::warn!("cannot checkpoint the store: {e}");
+            }
         }
     }
 
@@ -343,7 +379,12 @@ impl LanguageServer for Backend {
             .or_else(|| std::env::current_dir().ok())
             .unwrap_or_else(|| PathBuf::from("."));
         let flags = ClientFlags::from_capabilities(&params.capabilities);
-        tracing::info!(?encoding, root = %root.display(), ?flags, "initialize");
+        tracing::info!(?encoding, root = %root.display(), ?flags, process_id = ?params.process_id, "initialize");
+        if let Some(pid) = params.process_id {
+            if self.inner.session.get().is_none() {
+                watch_parent(pid, self.inner.gone.clone());
+            }
+        }
         let _ = self.inner.session.set(Session {
             encoding,
             flags,
@@ -418,17 +459,7 @@ impl LanguageServer for Backend {
     }
 
     async fn shutdown(&self) -> RpcResult<()> {
-        self.inner.shutting_down.store(true, Ordering::SeqCst);
-        for t in self.inner.tasks.iter() {
-            t.cancel.cancel();
-        }
-        // Give drivers a moment to kill their sandboxes and record the interruption.
-        for _ in 0..40 {
-            if self.inner.tasks.is_empty() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        self.inner.wind_down(SHUTDOWN_WAIT).await;
         Ok(())
     }
 
@@ -521,30 +552,101 @@ async fn pull_configuration(inner: &Inner) {
     }
 }
 
-/// Runs the server on stdin/stdout until the client sends `exit`. Nothing but
-/// protocol traffic goes to stdout; logs go to stderr and to `log_file`.
+/// How long `shutdown` waits for live tasks to stop and record how they ended.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+/// The same wait when the editor is gone (stdin closed, its process ended):
+/// nobody waits for an answer, and the process should be gone within 2 s.
+const GONE_WAIT: Duration = Duration::from_millis(1000);
+/// How long queued output may take to be written before the process exits.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(300);
+/// How often the editor's process (`processId` from `initialize`) is checked.
+pub const PARENT_POLL: Duration = Duration::from_secs(2);
+
+/// Runs the server on stdin/stdout until the client sends `exit`, stdin
+/// closes, or the editor's process (`processId`) ends. Live tasks are stopped
+/// first (running ones recorded as interrupted; proposals keep waiting for
+/// review). Nothing but protocol traffic goes to stdout; logs go to stderr and
+/// to `log_file`.
 pub async fn serve() {
-    // tower-lsp-server reads with tokio-util's FramedRead, which ends the stream
-    // after the first undecodable message: one malformed message would leave
-    // the server deaf. Frames are checked here first; bad ones are logged and
-    // dropped, good ones passed through unchanged.
-    let (mut checked_tx, checked_rx) = tokio::io::duplex(1 << 20);
-    tokio::spawn(async move {
-        if let Err(e) = filter_frames(tokio::io::stdin(), &mut checked_tx).await {
-            tracing::error!("reading stdin: {e}");
+    let (out, writer) = frames::Output::start(tokio::io::stdout());
+    let (to_server, from_frames) = tokio::io::duplex(1 << 20);
+    // Stdin closed, or the editor's process is gone.
+    let gone = CancellationToken::new();
+    let reader = tokio::spawn({
+        let (out, gone) = (out.clone(), gone.clone());
+        async move {
+            match frames::pump(tokio::io::stdin(), to_server, out).await {
+                Ok(()) => tracing::info!("stdin closed; stopping"),
+                Err(e) => tracing::error!("reading stdin: {e}; stopping"),
+            }
+            gone.cancel();
         }
     });
-    let stdin = checked_rx;
-    let stdout = tokio::io::stdout();
-    let (service, socket) = LspService::build(|client| Backend {
-        inner: Arc::new(Inner::new(client)),
+    let slot: Arc<OnceLock<Arc<Inner>>> = Arc::new(OnceLock::new());
+    let (service, socket) = LspService::build({
+        let (slot, gone) = (slot.clone(), gone.clone());
+        move |client| {
+            let inner = Arc::new(Inner::new(client, gone));
+            let _ = slot.set(inner.clone());
+            Backend { inner }
+        }
     })
     .custom_method(
         "window/workDoneProgress/cancel",
         Backend::work_done_progress_cancel,
     )
     .finish();
-    Server::new(stdin, stdout, socket).serve(service).await;
+    let server = Server::new(from_frames, out.sink(), socket).serve(service);
+    let wait = tokio::select! {
+        _ = server => SHUTDOWN_WAIT,
+        _ = gone.cancelled() => GONE_WAIT,
+    };
+    // The server future is dropped here: requests to the client fail at once
+    // instead of waiting for answers that will not come.
+    if let Some(inner) = slot.get() {
+        inner.wind_down(wait).await;
+    }
+    reader.abort();
+    let _ = reader.await;
+    drop(out);
+    let _ = tokio::time::timeout(OUTPUT_DRAIN, writer).await;
+}
+
+/// Watches the editor's process: cancels `gone` once `pid` no longer exists
+/// (`kill(pid, 0)` fails with ESRCH). A pid that does not exist when watching
+/// starts (another PID namespace, a container) is not watched.
+fn watch_parent(pid: u32, gone: CancellationToken) {
+    let Ok(raw) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if raw <= 0 {
+        return;
+    }
+    let alive = move || {
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let r = unsafe { libc::kill(raw, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    };
+    if !alive() {
+        tracing::warn!(
+            pid,
+            "the editor's processId does not exist here (another PID namespace?); not watching it"
+        );
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = gone.cancelled() => return,
+                _ = tokio::time::sleep(PARENT_POLL) => {}
+            }
+            if !alive() {
+                tracing::info!(pid, "the editor's process is gone; stopping");
+                gone.cancel();
+                return;
+            }
+        }
+    });
 }
 
 /// Where the server writes its log file: `$XDG_STATE_HOME/docsmith/server.log`
@@ -553,56 +655,4 @@ pub fn log_file() -> Option<PathBuf> {
     let dirs = directories::ProjectDirs::from("", "", "docsmith")?;
     let dir: &Path = dirs.state_dir().unwrap_or_else(|| dirs.cache_dir());
     Some(dir.join("server.log"))
-}
-
-/// Copies LSP frames from `input` to `output`, dropping (and logging) frames
-/// without a usable `Content-Length` or whose body is not JSON. Returns at EOF.
-pub async fn filter_frames<R, W>(input: R, output: &mut W) -> std::io::Result<()>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-    let mut r = tokio::io::BufReader::new(input);
-    loop {
-        let mut len: Option<usize> = None;
-        let mut saw_header = false;
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            let line = line.trim_end_matches(['\r', '\n']);
-            if line.is_empty() {
-                if saw_header {
-                    break;
-                }
-                continue;
-            }
-            saw_header = true;
-            if let Some((k, v)) = line.split_once(':') {
-                if k.trim().eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().ok();
-                }
-            }
-        }
-        let Some(len) = len.filter(|n| *n <= 64 << 20) else {
-            tracing::error!("dropped a message without a valid Content-Length header");
-            continue;
-        };
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).await?;
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-            tracing::error!(
-                "dropped a malformed message ({e}): {:?}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            );
-            continue;
-        }
-        output
-            .write_all(format!("Content-Length: {len}\r\n\r\n").as_bytes())
-            .await?;
-        output.write_all(&body).await?;
-        output.flush().await?;
-    }
 }

@@ -302,9 +302,19 @@ async fn drive(
     forwarder.abort();
 }
 
-/// Records the cancellation (or, while the server shuts down, the interruption).
+/// Records how a cancelled task ended. By the user: cancelled. While the
+/// server stops: a proposal waiting for review keeps its `awaiting_review`
+/// row (its code and files are complete, so a restarted server offers Accept
+/// again); anything else (running, queued, waiting for an answer) was cut
+/// short and becomes interrupted.
 fn cancelled(inner: &Inner, e: &TaskEntry, run: &TaskRun) -> String {
-    let (status, why) = if inner.shutting_down.load(Ordering::SeqCst) {
+    let stopping = inner.shutting_down.load(Ordering::SeqCst);
+    if stopping && run.stage() == crate::pipeline::Stage::Review {
+        let why = "the server stopped; the proposal waits for review after a restart";
+        e.update(|v| v.message = why.into());
+        return why.to_string();
+    }
+    let (status, why) = if stopping {
         (
             TaskStatus::Interrupted,
             "the server shut down while the task was running",
