@@ -418,13 +418,17 @@ struct Secrets {
 
 fn plant_secrets(private: bool) -> Secrets {
     use std::os::unix::fs::PermissionsExt as _;
+    // Outside /tmp (which every bwrap sandbox replaces with its own tmpfs), as
+    // a real home or workspace would be.
+    let base = Path::new("/var/tmp");
+    let base = if base.is_dir() { base.to_path_buf() } else { std::env::temp_dir() };
     let home = tempfile::Builder::new()
         .prefix("docsmith-adv-home-")
-        .tempdir()
+        .tempdir_in(&base)
         .unwrap();
     let ws = tempfile::Builder::new()
         .prefix("docsmith-adv-ws-")
-        .tempdir()
+        .tempdir_in(&base)
         .unwrap();
     let (dir_mode, file_mode) = if private { (0o700, 0o600) } else { (0o755, 0o644) };
     let mut paths = Vec::new();
@@ -506,7 +510,7 @@ async fn secrets_stay_out(private: bool) -> Result<String, String> {
 async fn home_workspace_and_store_are_not_readable_as_this_user() {
     // World-readable files (only the mounts can hide them) when running as root;
     // private (0600 / 0700) ones for a normal user.
-    let actual = secrets_stay_out(is_root()).await.unwrap_or_else(|e| panic!("{e}"));
+    let actual = secrets_stay_out(!is_root()).await.unwrap_or_else(|e| panic!("{e}"));
     eprintln!("as uid {}: {actual}", unsafe { libc::geteuid() });
 }
 
