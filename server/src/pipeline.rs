@@ -425,9 +425,8 @@ impl TaskRun {
         if let Some(fb) = &feedback {
             deps.store.add_feedback(task, None, fb)?;
         }
-        let work = tempfile::Builder::new()
-            .prefix("docsmith-task-")
-            .tempdir()?;
+        // `docsmith-task-<pid>-*`: removed by a later start if this process dies.
+        let work = crate::sandbox::temp_work_dir("task")?;
         Ok(TaskRun {
             feedback_unaddressed: feedback.is_some(),
             feedback,
@@ -1218,6 +1217,7 @@ impl TaskRun {
                 traceback: None,
                 actual: None,
                 duration_ms: 0,
+                outcome: None,
             };
             failures.insert(0, (&load_case, &load_result));
         }

@@ -700,6 +700,7 @@ mod tests {
             traceback: None,
             actual: Some("4".into()),
             duration_ms: 1,
+            outcome: None,
         };
         let rw = RewriteContext {
             previous_code: "def add(a, b):\n    return a + b + 1\n",

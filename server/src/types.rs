@@ -122,6 +122,15 @@ pub struct TestResult {
     pub actual: Option<String>,
     /// Time the test case took inside the sandbox, milliseconds.
     pub duration_ms: u64,
+    /// What the call produced, as a canonical JSON string, equal for equal
+    /// outputs (to cluster candidates by behaviour on the same inputs): the
+    /// exact-type value tree (`{"t":"int","v":5}`, `{"t":"list","v":[...]}`;
+    /// floats rounded to 12 significant digits, sets and dict pairs sorted),
+    /// wrapped as `{"printed":TEXT,"value":TREE}` when the call also printed;
+    /// `{"raised":"ValueError"}`; `{"timeout":true}`. `None` when the test did
+    /// not run to an outcome (load error, process ended) or for older records.
+    #[serde(default)]
+    pub outcome: Option<String>,
 }
 
 /// How strongly the sandbox isolated a run.

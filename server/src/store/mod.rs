@@ -1360,6 +1360,7 @@ fn read_runs(tx: &Transaction<'_>, attempt: AttemptId) -> Result<Vec<TestRun>, S
                     traceback: r.get(4)?,
                     actual: r.get(5)?,
                     duration_ms: to_u64(r.get(6)?),
+                    outcome: None,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -1512,6 +1513,7 @@ mod tests {
                     traceback: None,
                     actual: Some("5".into()),
                     duration_ms: 3,
+                    outcome: None,
                 },
                 TestResult {
                     test_id: "gen1".into(),
@@ -1521,6 +1523,7 @@ mod tests {
                     traceback: Some("Traceback ...\nAssertionError".into()),
                     actual: Some("-1".into()),
                     duration_ms: 4,
+                    outcome: None,
                 },
             ],
             wall_ms: 120,
