@@ -83,11 +83,7 @@ impl CandidateLines {
         match ev.event.as_str() {
             "ready" => self.ready = true,
             "loaded" => self.loaded = true,
-            "load_error" => {
-                if self.load_error.is_none() && !self.loaded {
-                    self.load_error = ev.error;
-                }
-            }
+            "load_error" if self.load_error.is_none() && !self.loaded => self.load_error = ev.error,
             "start" => {
                 self.in_progress = ev
                     .test_id

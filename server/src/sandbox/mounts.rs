@@ -331,7 +331,7 @@ mod tests {
         };
         let layout = Layout::new(&info).unwrap();
         let canon = prefix.canonicalize().unwrap();
-        assert_eq!(layout.python_dirs(), &[canon.clone()]);
+        assert_eq!(layout.python_dirs(), std::slice::from_ref(&canon));
         assert!(layout
             .path_env()
             .starts_with(&format!("{}/bin:", prefix.display())));
