@@ -569,6 +569,61 @@ fn home_workspace_and_store_are_not_readable_as_a_normal_user() {
     );
 }
 
+#[tokio::test]
+async fn an_interpreter_outside_usr_gets_exactly_its_prefix_mounted() {
+    // A venv under /var/tmp next to a secret: the venv (sys.prefix) is mounted,
+    // its parent and the secret beside it are not.
+    let base = tempfile::Builder::new()
+        .prefix("docsmith-adv-venv-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let venv = base.path().join("venv");
+    let made = Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .output();
+    match made {
+        Ok(o) if o.status.success() => {}
+        other => {
+            eprintln!("SKIPPED (venv case): /usr/bin/python3 -m venv failed: {other:?}");
+            return;
+        }
+    }
+    let token = random_token("SECRET_");
+    std::fs::write(base.path().join("beside.txt"), &token).unwrap();
+    let sb = Sandbox::new(SandboxConfig {
+        python: venv.join("bin/python3"),
+        ..cfg()
+    })
+    .unwrap();
+    let code = format!("{READER}\nimport sys\ndef prefix():\n    return sys.prefix\n");
+    let parent = base.path().display().to_string();
+    let beside = base.path().join("beside.txt").display().to_string();
+    let tests = [
+        tc(
+            "prefix",
+            "prefix()",
+            &format!("{:?}", venv.display().to_string()),
+        ),
+        tc(
+            "reads",
+            &format!("f([{parent:?}, {beside:?}])"),
+            "'nothing'",
+        ),
+    ];
+    let (run, _d) = run_with(&sb, &code, &tests).await;
+    assert!(get(&run, "prefix").passed, "{run:#?}");
+    let actual = get(&run, "reads").actual.clone().unwrap_or_default();
+    assert!(!all_text(&run).contains(&token), "{run:#?}");
+    // The parent exists inside only as the empty directory bwrap made to hold
+    // the mount point: it lists the venv and nothing else.
+    assert!(
+        actual.contains(&format!("{beside:?}: 'err:FileNotFoundError'").replace('"', "'"))
+            && actual.contains(&format!("{parent:?}: 'dir:venv'").replace('"', "'")),
+        "{actual}"
+    );
+}
+
 // ---------------------------------------------------------------- memory and disk
 
 fn mem_available_mib() -> u64 {
