@@ -137,9 +137,11 @@ pub struct TestResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Isolation {
-    /// bubblewrap: no network, read-only root, private /tmp, plus rlimits.
+    /// bubblewrap: only system and interpreter dirs mounted (read-only), no
+    /// network, a size-limited private /tmp as the only writable place, plus rlimits.
     Bwrap,
-    /// rlimits and a process group only: isolation is reduced (no bwrap on PATH).
+    /// rlimits and a process group only, chosen explicitly (`sandbox.mode =
+    /// "rlimits_only"`): no filesystem or network isolation.
     RlimitsOnly,
 }
 
