@@ -1196,6 +1196,77 @@ async fn run_many_clusters_equal_outputs_and_keeps_candidates_apart() {
 }
 
 #[tokio::test]
+async fn hostile_outcomes_fail_without_breaking_the_run_or_other_candidates() {
+    // Forged outcomes sent first (the first outcome of a test wins) through the
+    // harness's own channel: an oversized one, malformed trees, a tree nested
+    // past every parser's limit, a lying "passed" flag; and a huge return value.
+    let hostile = r#"
+import gc, json
+def _chan():
+    for o in gc.get_objects():
+        if callable(getattr(type(o), "emit", None)):
+            return o
+def f():
+    c = _chan()
+    deep = {"t": "none"}
+    for _ in range(300):
+        deep = {"t": "list", "v": [deep]}
+    forged = {
+        "big": {"kind": "value", "value": {"t": "str", "v": "x" * (3 << 20)}},
+        "unhashable": {"kind": "value", "value": {"t": "set", "v": [{"t": "list", "v": []}]}},
+        "badint": {"kind": "value", "value": {"t": "int", "v": "9" * 100000}},
+        "deep": {"kind": "value", "value": deep},
+        "liar": {"kind": "value", "value": {"t": "int", "v": 1}, "passed": True},
+        "nokind": {"value": {"t": "int", "v": 2}},
+    }
+    for tid, o in forged.items():
+        c.emit({"event": "outcome", "test_id": tid, "duration_ms": 0, "outcome": o})
+    return 1
+def huge():
+    return ["x" * 1000] * 100000
+"#
+    .to_string();
+    let good = "def f():\n    return 2\ndef huge():\n    return 2\n".to_string();
+    let mut tests = vec![tc("first", "f()", "2")];
+    for id in [
+        "big",
+        "unhashable",
+        "badint",
+        "deep",
+        "liar",
+        "nokind",
+        "huge",
+    ] {
+        let call = if id == "huge" { "huge()" } else { "f()" };
+        tests.push(tc(id, call, "2"));
+    }
+    let sb = sandbox();
+    let dir = sb.new_work_dir().unwrap();
+    let runs = sb
+        .run_many(
+            dir.path(),
+            &[hostile, good],
+            "f",
+            &tests,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("hostile outcomes must not fail the whole run");
+    for r in &runs[0].results {
+        assert!(!r.passed, "{} passed: {r:#?}", r.test_id);
+    }
+    assert!(runs[1].all_passed(), "{:#?}", runs[1]);
+    eprintln!(
+        "hostile outcomes: {:?}",
+        runs[0]
+            .results
+            .iter()
+            .map(|r| (r.test_id.as_str(), r.error_type.as_deref().unwrap_or("")))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn cancelling_run_many_kills_every_process_within_a_second() {
     let sb = sandbox();
     let dir = sb.new_work_dir().unwrap();

@@ -15,6 +15,10 @@ use serde::Deserialize;
 use super::process::End;
 use crate::types::{TestCase, TestResult};
 
+/// Largest outcome line accepted from a candidate's process, bytes. The
+/// harness stays below it; a bigger one is a failure, not referee input.
+const MAX_OUTCOME_LINE: usize = 1 << 20;
+
 /// The outcome key of a test that timed out.
 pub(crate) const TIMEOUT_KEY: &str = r#"{"timeout":true}"#;
 
@@ -40,8 +44,9 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    fn is_timeout(&self) -> bool {
-        self.value.get("kind").and_then(|k| k.as_str()) == Some("timeout")
+    /// `value`, `raised`, `timeout`, or `oversized` (set by the host).
+    fn kind(&self) -> Option<&str> {
+        self.value.get("kind").and_then(|k| k.as_str())
     }
 }
 
@@ -91,9 +96,12 @@ impl CandidateLines {
                     .map(|id| (id, Instant::now()))
             }
             "outcome" => {
-                let (Some(id), Some(value)) = (ev.test_id, ev.outcome) else {
+                let (Some(id), Some(mut value)) = (ev.test_id, ev.outcome) else {
                     return;
                 };
+                if line.len() > MAX_OUTCOME_LINE {
+                    value = serde_json::json!({"kind": "oversized", "bytes": line.len()});
+                }
                 if self.known.contains(&id) && !self.outcomes.contains_key(&id) {
                     if self.in_progress.as_ref().is_some_and(|(p, _)| *p == id) {
                         self.in_progress = None;
@@ -141,7 +149,15 @@ impl CandidateLines {
             return Some(r);
         }
         if let Some(o) = self.outcomes.get(&test.id) {
-            if !o.is_timeout() {
+            if o.kind() == Some("oversized") {
+                r.error_type = Some("BadOutcome".into());
+                r.message = Some(format!(
+                    "the outcome is larger than {MAX_OUTCOME_LINE} bytes; not judged"
+                ));
+                r.duration_ms = o.duration_ms;
+                return Some(r);
+            }
+            if o.kind() != Some("timeout") {
                 return None;
             }
             r.error_type = Some("Timeout".into());
@@ -297,7 +313,7 @@ mod tests {
         c.line("N{not json");
         assert!(c.ready);
         assert!(c.outcome("zz").is_none());
-        assert!(c.outcome("a").unwrap().is_timeout());
+        assert_eq!(c.outcome("a").unwrap().kind(), Some("timeout"));
         let end = End::Exited {
             code: Some(0),
             signal: None,

@@ -33,14 +33,15 @@ _HARNESS_FILE = os.path.abspath(__file__)
 
 # Limits of one serialised value: tree depth, node count, and characters of
 # strings/bytes/reprs in all. A value past a limit becomes a "big" node, which
-# equals nothing.
+# equals nothing. With MAX_STDOUT they keep an outcome line under the host's
+# 1 MiB cap even when every character is JSON-escaped to 6 bytes.
 MAX_DEPTH = 32
 MAX_NODES = 100000
-MAX_CHARS = 256 * 1024
+MAX_CHARS = 128 * 1024
 # Repr kept for an object the tree cannot represent (compared as doctest text).
 MAX_OBJ_REPR = 64 * 1024
 # Captured stdout kept per test.
-MAX_STDOUT = 64 * 1024
+MAX_STDOUT = 32 * 1024
 # Ints this small travel as JSON numbers; bigger ones as strings.
 SAFE_INT = 2 ** 53
 
@@ -765,6 +766,10 @@ def _judge(test, outcome, expected_cache):
             _safe_repr(expected, 200),
             _safe_repr(value, 200),
         )
+        if isinstance(value, _Opaque) and not isinstance(expected, _Opaque):
+            out["message"] += " (an object of type %s, which equals no built-in value)" % (
+                _trunc(value.type_name, 100)
+            )
         return out
     want = _norm_text(expected_src)
     seen = [_norm_text(printed)]
@@ -784,11 +789,14 @@ def _judge(test, outcome, expected_cache):
     return out
 
 
-def run_referee(chan, job):
+def run_referee(chan, job, lines):
+    """`lines`: the stdin lines after the header, one JSON item each
+    ({"test_id", "outcome"}), judged one at a time so that memory stays bounded."""
     tests = {t["id"]: t for t in job["tests"]}
     expected_cache = {}
-    for n, item in enumerate(job["items"]):
+    for n, line in enumerate(lines):
         try:
+            item = json.loads(line)
             test = tests[item["test_id"]]
             verdict = _judge(test, item["outcome"], expected_cache)
         except BaseException as exc:
@@ -816,16 +824,19 @@ def main():
         job = json.load(fh)
     mode = job.get("mode")
     if mode == "referee":
-        # The expected values and outcomes arrive on stdin once every candidate
-        # has finished (this process starts early to hide its start-up time).
-        data = stdin.read()
-        if not data.strip():
+        # The expected values, then one outcome per line, arrive on stdin once
+        # every candidate has finished (this process starts early to hide its
+        # start-up time). EOF first: nothing to judge.
+        header = stdin.readline()
+        if not header.strip():
             return
-        job.update(json.loads(data))
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    sys.stdin = open(os.devnull, "r")
+        job.update(json.loads(header))
+    else:
+        # Candidate code reads nothing from the pipe.
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        sys.stdin = open(os.devnull, "r")
     _set_process_limit()
     if mode == "script":
         # A whole script: its stdout and stderr go to the caller as they are.
@@ -845,7 +856,7 @@ def main():
     if mode == "candidate":
         run_candidate(chan, job)
     elif mode == "referee":
-        run_referee(chan, job)
+        run_referee(chan, job, stdin)
     chan.emit({"event": "done"})
 
 

@@ -304,6 +304,9 @@ impl Sandbox {
         tests: &[TestCase],
         cancel: &CancellationToken,
     ) -> Result<Vec<TestRun>, SandboxError> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
         let root = self.prepare_root(work_root)?;
         let parallel = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -375,13 +378,14 @@ impl Sandbox {
                     .outcome(&test.id)
                     .map(|o| o.duration_ms.min(finished[c].finished.wall_ms))
                     .unwrap_or(0);
-                let verdict = verdicts
-                    .remove(&n)
-                    .ok_or_else(|| SandboxError::HarnessOutput {
-                        detail: format!("the referee gave no verdict for test {}", test.id),
-                        stderr_tail: String::new(),
-                    })?;
-                slots[c][t] = Some(verdict.into_result(&test.id, duration));
+                slots[c][t] = Some(match verdicts.remove(&n) {
+                    Some(v) => v.into_result(&test.id, duration),
+                    None => collect::failed(
+                        &test.id,
+                        "RefereeError",
+                        "the referee ended before judging this test (never a pass)",
+                    ),
+                });
             }
         }
         Ok(finished
@@ -556,6 +560,12 @@ impl Sandbox {
         match finished.end {
             End::Cancelled => Err(SandboxError::Cancelled),
             End::Exited { code: Some(0), .. } if lines.done => Ok((lines.verdicts, ended)),
+            // Partial: the missing verdicts become failures (one candidate's
+            // output must not turn into an error of the whole run).
+            ref end if !lines.verdicts.is_empty() => {
+                tracing::warn!(target: "docsmith::sandbox", "the referee ended early ({}): {}", describe_end(end), finished.stderr_tail);
+                Ok((lines.verdicts, ended))
+            }
             ref end => Err(SandboxError::HarnessOutput {
                 detail: format!(
                     "the referee did not finish ({}, {} verdicts)",
@@ -758,24 +768,23 @@ impl Sandbox {
     }
 }
 
-/// The referee's input: every test's expected text (never its call) and, per
-/// item `(candidate, test)`, that candidate's outcome for that test. JSON.
+/// The referee's input: a first line with every test's expected text (never
+/// its call), then one line per item `(candidate, test)` with that candidate's
+/// outcome for that test (JSON lines, judged one at a time).
 fn referee_job(tests: &[TestCase], runs: &[CandidateRun], items: &[(usize, usize)]) -> Vec<u8> {
     let expected: Vec<serde_json::Value> = tests
         .iter()
         .map(|t| serde_json::json!({"id": t.id, "expected": t.expected, "raises": t.raises}))
         .collect();
-    let items: Vec<serde_json::Value> = items
-        .iter()
-        .map(|&(c, t)| {
-            let id = &tests[t].id;
-            let outcome = runs[c].lines.outcome(id).map(|o| &o.value);
-            serde_json::json!({"test_id": id, "outcome": outcome})
-        })
-        .collect();
-    serde_json::json!({"tests": expected, "items": items})
-        .to_string()
-        .into_bytes()
+    let mut out = serde_json::json!({ "tests": expected }).to_string();
+    out.push('\n');
+    for &(c, t) in items {
+        let id = &tests[t].id;
+        let outcome = runs[c].lines.outcome(id).map(|o| &o.value);
+        out.push_str(&serde_json::json!({"test_id": id, "outcome": outcome}).to_string());
+        out.push('\n');
+    }
+    out.into_bytes()
 }
 
 /// Runs a probe spec to completion on its own runtime; returns its first
