@@ -92,7 +92,7 @@ pub fn validate(stub: &FunctionInfo, candidate_module: &str, python: &Path) -> C
 }
 
 fn py_compile(code: &str, python: &Path, report: &mut CheckReport) {
-    let (_dir, file) = match temp_module(code) {
+    let (dir, file) = match temp_module(code) {
         Ok(x) => x,
         Err(e) => {
             report.notes.push(format!(
@@ -101,9 +101,12 @@ fn py_compile(code: &str, python: &Path, report: &mut CheckReport) {
             return;
         }
     };
+    // -I and a temp dir as cwd: a `py_compile.py` (or `sitecustomize.py`) in
+    // the user's working directory must not run as the user.
     match Command::new(python)
-        .args(["-m", "py_compile"])
+        .args(["-I", "-m", "py_compile"])
         .arg(&file)
+        .current_dir(dir.path())
         .output()
     {
         Ok(out) if out.status.success() => {}
@@ -207,7 +210,7 @@ fn ruff(code: &str, report: &mut CheckReport) {
             .push("ruff not on PATH: skipped (pip install ruff)".into());
         return;
     };
-    let (_dir, file) = match temp_module(code) {
+    let (dir, file) = match temp_module(code) {
         Ok(x) => x,
         Err(e) => {
             report
@@ -226,6 +229,7 @@ fn ruff(code: &str, report: &mut CheckReport) {
             "--isolated",
         ])
         .arg(&file)
+        .current_dir(dir.path())
         .output();
     let out = match out {
         Ok(o) => o,
@@ -580,7 +584,7 @@ fn bandit(code: &str, report: &mut CheckReport) {
             .push("bandit not on PATH: skipped (pip install bandit)".into());
         return;
     };
-    let (_dir, file) = match temp_module(code) {
+    let (dir, file) = match temp_module(code) {
         Ok(x) => x,
         Err(e) => {
             report.notes.push(format!(
@@ -592,6 +596,7 @@ fn bandit(code: &str, report: &mut CheckReport) {
     let out = match Command::new(bandit)
         .args(["-f", "json", "-q"])
         .arg(&file)
+        .current_dir(dir.path())
         .output()
     {
         Ok(o) => o,

@@ -40,7 +40,7 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_INTERNAL: i32 = 1;
 /// Exit code: the file or function could not be read or analysed.
 pub const EXIT_ANALYSIS: i32 = 3;
-/// Exit code: model, provider or configuration error.
+/// Exit code: model, provider or configuration error (a sandbox that cannot be set up included).
 pub const EXIT_MODEL: i32 = 4;
 /// Exit code: the proposal fails after the budget; nothing written.
 pub const EXIT_FAILING: i32 = 5;
@@ -362,7 +362,16 @@ pub fn build_deps_with_store(
     store: Arc<Store>,
 ) -> Result<Deps, (i32, String)> {
     let router = crate::config::build_router(cfg).map_err(|e| (EXIT_MODEL, e.to_string()))?;
-    let sandbox = Sandbox::new(cfg.sandbox_config()).map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
+    // A sandbox that cannot be set up here (no working bwrap, no interpreter)
+    // is a configuration error (exit 4), not an internal one.
+    let sandbox = Sandbox::new(cfg.sandbox_config()).map_err(|e| {
+        let code = if e.is_setup() {
+            EXIT_MODEL
+        } else {
+            EXIT_INTERNAL
+        };
+        (code, e.to_string())
+    })?;
     Ok(Deps {
         router: Arc::new(router),
         sandbox: Arc::new(sandbox),

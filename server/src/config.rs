@@ -22,6 +22,7 @@
 //! address_space_mb = 1024
 //! max_processes = 32
 //! file_size_mb = 16
+//! tmp_size_mb = 64             # the private /tmp (tmpfs), the only writable place
 //! per_test_timeout_ms = 3000
 //! wall_timeout_ms = 30000
 //!
@@ -158,6 +159,8 @@ pub struct SandboxSettings {
     pub address_space_mb: u64,
     pub max_processes: u64,
     pub file_size_mb: u64,
+    /// Size of the sandbox's private /tmp (a tmpfs, the only writable place), MiB.
+    pub tmp_size_mb: u64,
     pub per_test_timeout_ms: u64,
     pub wall_timeout_ms: u64,
 }
@@ -171,6 +174,7 @@ impl Default for SandboxSettings {
             address_space_mb: d.address_space_bytes / (1 << 20),
             max_processes: d.max_processes,
             file_size_mb: d.file_size_bytes / (1 << 20),
+            tmp_size_mb: d.tmp_size_bytes / (1 << 20),
             per_test_timeout_ms: d.per_test_timeout_ms,
             wall_timeout_ms: d.wall_timeout_ms,
         }
@@ -565,6 +569,7 @@ impl Config {
             address_space_bytes: s.address_space_mb << 20,
             max_processes: s.max_processes,
             file_size_bytes: s.file_size_mb << 20,
+            tmp_size_bytes: s.tmp_size_mb << 20,
             per_test_timeout_ms: s.per_test_timeout_ms,
             wall_timeout_ms: s.wall_timeout_ms,
             ..SandboxConfig::default()

@@ -122,11 +122,14 @@ pub struct TestResult {
     pub actual: Option<String>,
     /// Time the test case took inside the sandbox, milliseconds.
     pub duration_ms: u64,
-    /// A canonical rendering of what the call produced (its value with exact
-    /// types, or the exception type, or a timeout), equal for equal outputs:
-    /// the key that clusters candidates by behaviour. `None` when the test
-    /// never ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What the call produced, as a canonical JSON string, equal for equal
+    /// outputs (to cluster candidates by behaviour on the same inputs): the
+    /// exact-type value tree (`{"t":"int","v":5}`, `{"t":"list","v":[...]}`;
+    /// floats rounded to 12 significant digits, sets and dict pairs sorted),
+    /// wrapped as `{"printed":TEXT,"value":TREE}` when the call also printed;
+    /// `{"raised":"ValueError"}`; `{"timeout":true}`. `None` when the test did
+    /// not run to an outcome (load error, process ended) or for older records.
+    #[serde(default)]
     pub outcome: Option<String>,
 }
 
@@ -134,9 +137,11 @@ pub struct TestResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Isolation {
-    /// bubblewrap: no network, read-only root, private /tmp, plus rlimits.
+    /// bubblewrap: only system and interpreter dirs mounted (read-only), no
+    /// network, a size-limited private /tmp as the only writable place, plus rlimits.
     Bwrap,
-    /// rlimits and a process group only: isolation is reduced (no bwrap on PATH).
+    /// rlimits and a process group only, chosen explicitly (`sandbox.mode =
+    /// "rlimits_only"`): no filesystem or network isolation.
     RlimitsOnly,
 }
 

@@ -500,9 +500,8 @@ impl TaskRun {
         if let Some(fb) = &feedback {
             deps.store.add_feedback(task, None, fb)?;
         }
-        let work = tempfile::Builder::new()
-            .prefix("docsmith-task-")
-            .tempdir()?;
+        // `docsmith-task-<pid>-*`: removed by a later start if this process dies.
+        let work = crate::sandbox::temp_work_dir("task")?;
         Ok(TaskRun {
             feedback,
             deps,

@@ -1,37 +1,50 @@
-//! Runs untrusted generated Python and its test cases in a fresh `python3`
-//! process: an embedded harness (`harness.py`), one test case at a time with
-//! its own timeout, results as JSON lines on a channel the candidate cannot
-//! reach, `bwrap` isolation when it works (no network, read-only root, private
-//! /tmp, writable work dir only), rlimits, a uid drop when running as root, a
-//! wall-clock timeout, and a kill of the whole process group on timeout or
-//! cancel.
+//! Runs untrusted generated Python and its test cases. Each candidate runs in
+//! its own fresh `python3` process that only *serialises* what each test's call
+//! produced (an exact-type value tree, the printed output, or the exception):
+//! it never sees an expected value. A second process, the *referee*, which
+//! never imports or runs candidate code, receives the expected values and those
+//! outcomes and decides pass or fail, so a candidate that rewrites the harness
+//! in its own process can change only its own answers, never the verdicts.
 //!
-//! Owns: process isolation and the harness protocol. Must not know about LLMs,
-//! LSP or the store: it takes code and [`TestCase`]s and gives back a [`TestRun`].
+//! Isolation: `bwrap` with only the mounts a run needs (system dirs and the
+//! interpreter's own directories read-only, never a home directory; the job
+//! files read-only; a size-limited tmpfs on `/tmp` as the only writable place;
+//! no network, no shared namespaces), rlimits, a uid of its own per run when
+//! running as root, a wall-clock timeout and a kill of the whole process group
+//! on timeout or cancel. Without a working bwrap, [`Sandbox::new`] fails unless
+//! the user chose `rlimits_only` explicitly: there is no silent fallback.
+//! cgroups are not used (RLIMIT_AS and the tmpfs size bound memory; see README).
+//!
+//! Owns: process isolation, the harness protocol and the verdicts. Must not
+//! know about LLMs, LSP or the store: it takes code and [`TestCase`]s and gives
+//! back [`TestRun`]s.
 
+mod collect;
+mod mounts;
 mod process;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::types::{Isolation, KillReason, TestCase, TestResult, TestRun};
-use process::{End, Limits, Spec};
+use collect::{CandidateLines, RefereeLines};
+use mounts::{Layout, ProbeInfo, JOB_DIR_INSIDE, SCRATCH_INSIDE};
+use process::{End, Finished, Limits, Spec};
 
-/// The harness script, written next to the candidate for every run.
+pub use mounts::{remove_stale_work_dirs, temp_work_dir};
+
+/// The harness script, written into every job directory.
 const HARNESS: &str = include_str!("harness.py");
 const HARNESS_FILE: &str = "_docsmith_harness.py";
 const CANDIDATE_FILE: &str = "candidate.py";
 const SCRIPT_FILE: &str = "script.py";
 const JOB_FILE: &str = "job.json";
-/// Where the work dir is mounted inside bwrap (a fixed path, so the sandbox
-/// user never needs to traverse the host path, and tracebacks are stable).
-const BWRAP_WORK_DIR: &str = "/tmp/docsmith-run";
-const BWRAP_MISSING_NOTE: &str =
-    "bwrap not found: running with rlimits only, isolation is reduced (apt-get install bubblewrap)";
+/// How to allow weaker isolation, quoted by every bwrap error.
+const WEAKER_OPT_IN: &str = "to accept weaker isolation instead (no filesystem or network isolation), set sandbox.mode = \"rlimits_only\" in your user configuration or DOCSMITH_SANDBOX_MODE=rlimits_only";
 
 /// Sandbox settings (the `[sandbox]` table of `docsmith.toml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -41,17 +54,20 @@ pub struct SandboxConfig {
     pub python: PathBuf,
     /// Isolation mode. Default [`SandboxMode::Auto`].
     pub mode: SandboxMode,
-    /// RLIMIT_CPU of the whole run, seconds. Default 10.
+    /// RLIMIT_CPU of each process, seconds. Default 10.
     pub cpu_seconds: u64,
     /// RLIMIT_AS, bytes. Default 1 GiB.
     pub address_space_bytes: u64,
-    /// Most processes (threads included) the run may have. Default 32.
+    /// Most processes (threads included) one run may have. Default 32.
     pub max_processes: u64,
     /// RLIMIT_FSIZE (largest file the run may write), bytes. Default 16 MiB.
     pub file_size_bytes: u64,
+    /// Size of the tmpfs on `/tmp` inside bwrap (the only writable place), bytes. Default 64 MiB.
+    pub tmp_size_bytes: u64,
     /// Timeout of one test case (SIGALRM in the harness), milliseconds. Default 3000.
     pub per_test_timeout_ms: u64,
-    /// Wall-clock timeout of the whole run (process group killed), milliseconds. Default 30000.
+    /// Wall-clock timeout of each process (candidate or referee; process group
+    /// killed), milliseconds. Default 30000.
     pub wall_timeout_ms: u64,
 }
 
@@ -64,6 +80,7 @@ impl Default for SandboxConfig {
             address_space_bytes: 1 << 30,
             max_processes: 32,
             file_size_bytes: 16 << 20,
+            tmp_size_bytes: 64 << 20,
             per_test_timeout_ms: 3000,
             wall_timeout_ms: 30_000,
         }
@@ -74,11 +91,13 @@ impl Default for SandboxConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxMode {
-    /// bwrap when it is installed and a probe run works, else rlimits only (with a note).
+    /// bwrap, which must be installed and work (a probe run): [`Sandbox::new`]
+    /// fails with [`SandboxError::BwrapUnavailable`] otherwise. No fallback.
     Auto,
-    /// bwrap or nothing: [`Sandbox::new`] fails with [`SandboxError::BwrapRequired`].
+    /// The same as `Auto` (kept for configurations that name it).
     Bwrap,
-    /// rlimits, a process group and (as root) a uid drop; no namespaces.
+    /// rlimits, a process group and (as root) a uid drop; no namespaces, no
+    /// filesystem isolation. Only when the user asks for it.
     RlimitsOnly,
 }
 
@@ -87,16 +106,28 @@ pub enum SandboxMode {
 pub enum SandboxError {
     #[error("python interpreter `{python}` does not run for the sandbox user: {detail} (install python3, or set sandbox.python to an interpreter outside /root such as /usr/bin/python3)")]
     PythonMissing { python: String, detail: String },
-    #[error("sandbox mode is `bwrap` but bubblewrap is unusable: {reason} (apt-get install bubblewrap, allow unprivileged user namespaces, or set sandbox.mode = \"auto\")")]
-    BwrapRequired { reason: String },
+    #[error("bubblewrap (bwrap) is needed to run generated code and is unusable here: {reason}. Install it with `apt-get install bubblewrap` (and allow unprivileged user namespaces), or, {WEAKER_OPT_IN}")]
+    BwrapUnavailable { reason: String },
     #[error("the sandbox run was cancelled (its process group was killed)")]
     Cancelled,
     #[error("the sandbox harness gave no usable output ({detail}); stderr tail: {stderr_tail}")]
     HarnessOutput { detail: String, stderr_tail: String },
-    #[error("work dir {path} is not reachable by the sandbox user (uid 65534): a parent directory is not world-searchable; use a work dir under /tmp (see Sandbox::new_work_dir)")]
+    #[error("work dir {path} is not reachable by the sandbox user: a parent directory is not world-searchable; use a work dir under /tmp (see Sandbox::new_work_dir)")]
     WorkDirUnreachable { path: PathBuf },
     #[error("sandbox I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl SandboxError {
+    /// Whether this is a set-up error (the sandbox cannot be built here: no
+    /// interpreter, no working bwrap), which front ends report as a
+    /// configuration error (CLI exit code 4), as opposed to a failed run.
+    pub fn is_setup(&self) -> bool {
+        matches!(
+            self,
+            SandboxError::PythonMissing { .. } | SandboxError::BwrapUnavailable { .. }
+        )
+    }
 }
 
 /// The outcome of [`Sandbox::run_script`].
@@ -122,65 +153,84 @@ pub struct Sandbox {
     python: PathBuf,
     /// `Some` when runs go through bwrap.
     bwrap: Option<PathBuf>,
-    /// Running as root: each run drops to its own uid/gid (see `process::next_run_uid`).
+    /// What bwrap mounts (empty in `rlimits_only` mode).
+    layout: Layout,
+    /// Running as root: each process drops to its own uid/gid (see `process::next_run_uid`).
     drop_privileges: bool,
     note: Option<String>,
 }
 
+/// One process to start: its job directory and what the harness runs.
+struct Job<'a> {
+    /// Host directory with the harness, the job file and any module; mounted
+    /// read-only at [`JOB_DIR_INSIDE`] under bwrap.
+    dir: &'a Path,
+    /// `-I -S` (isolated mode, no site) for the referee; the candidate keeps
+    /// `-B -s` and a fixed hash seed, so its outputs are reproducible.
+    isolated: bool,
+    stdin: Vec<u8>,
+    uid: Option<u32>,
+}
+
+/// What one candidate's process left behind.
+struct CandidateRun {
+    lines: CandidateLines,
+    finished: Finished,
+    killed: Option<KillReason>,
+    load_error: Option<String>,
+}
+
 impl Sandbox {
-    /// Checks that the interpreter runs (as the sandbox user) and, unless the
-    /// mode is `RlimitsOnly`, that bwrap is on PATH and a probe run through it works.
+    /// Removes stale work dirs of dead docsmith processes, checks that the
+    /// interpreter runs (as the sandbox user) and, unless the mode is
+    /// `RlimitsOnly`, that bwrap is on PATH and a probe run through it, with the
+    /// real mount layout, works.
     ///
-    /// Errors: [`SandboxError::PythonMissing`]; [`SandboxError::BwrapRequired`]
-    /// in mode `Bwrap` when bwrap is missing or broken.
+    /// Errors: [`SandboxError::PythonMissing`]; [`SandboxError::BwrapUnavailable`]
+    /// in modes `Auto` and `Bwrap` when bwrap is missing or broken (it names
+    /// how to install bwrap and how the user can opt into `rlimits_only`).
     pub fn new(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let removed = remove_stale_work_dirs();
+        if removed > 0 {
+            tracing::info!(target: "docsmith::sandbox", "removed {removed} stale work dirs of dead docsmith processes");
+        }
         // SAFETY: plain syscall.
         let drop_privileges = unsafe { libc::geteuid() } == 0;
         let mut sandbox = Sandbox {
             python: cfg.python.clone(),
             cfg,
             bwrap: None,
+            layout: Layout::default(),
             drop_privileges,
             note: None,
         };
-        let python = sandbox
-            .probe_python()
-            .map_err(|detail| SandboxError::PythonMissing {
-                python: sandbox.cfg.python.display().to_string(),
-                detail,
-            })?;
-        sandbox.python = python;
+        let missing = |sandbox: &Sandbox, detail: String| SandboxError::PythonMissing {
+            python: sandbox.cfg.python.display().to_string(),
+            detail,
+        };
+        let info = sandbox
+            .probe_interpreter()
+            .map_err(|d| missing(&sandbox, d))?;
+        sandbox.python = info.executable.clone();
         match sandbox.cfg.mode {
             SandboxMode::RlimitsOnly => {
                 sandbox.note = Some(
-                    "sandbox mode rlimits_only: isolation is reduced (network and filesystem are not isolated; set sandbox.mode = \"auto\" with bubblewrap installed)".into(),
+                    "sandbox mode rlimits_only: isolation is reduced (network and filesystem are not isolated; remove sandbox.mode = \"rlimits_only\" with bubblewrap installed)".into(),
                 );
+                tracing::warn!(target: "docsmith::sandbox", "{}", sandbox.note.as_deref().unwrap_or_default());
             }
-            SandboxMode::Auto | SandboxMode::Bwrap => match find_on_path("bwrap") {
-                None => {
-                    if sandbox.cfg.mode == SandboxMode::Bwrap {
-                        return Err(SandboxError::BwrapRequired {
-                            reason: "bwrap not found on PATH".into(),
-                        });
-                    }
-                    sandbox.note = Some(BWRAP_MISSING_NOTE.into());
-                }
-                Some(bwrap) => {
-                    sandbox.bwrap = Some(bwrap);
-                    if let Err(reason) = sandbox.probe_python() {
-                        sandbox.bwrap = None;
-                        if sandbox.cfg.mode == SandboxMode::Bwrap {
-                            return Err(SandboxError::BwrapRequired { reason });
-                        }
-                        sandbox.note = Some(format!(
-                            "bwrap does not work here ({reason}): running with rlimits only, isolation is reduced (check that unprivileged user namespaces are allowed)"
-                        ));
-                    }
-                }
-            },
-        }
-        if let Some(note) = &sandbox.note {
-            tracing::warn!(target: "docsmith::sandbox", "{note}");
+            SandboxMode::Auto | SandboxMode::Bwrap => {
+                let bwrap =
+                    find_on_path("bwrap").ok_or_else(|| SandboxError::BwrapUnavailable {
+                        reason: "bwrap is not on PATH".into(),
+                    })?;
+                sandbox.layout = Layout::new(&info).map_err(|d| missing(&sandbox, d))?;
+                tracing::debug!(target: "docsmith::sandbox", "bwrap binds the interpreter dirs {:?} besides the system dirs", sandbox.layout.python_dirs());
+                sandbox.bwrap = Some(bwrap);
+                sandbox
+                    .probe_bwrap()
+                    .map_err(|reason| SandboxError::BwrapUnavailable { reason })?;
+            }
         }
         Ok(sandbox)
     }
@@ -204,22 +254,23 @@ impl Sandbox {
         &self.python
     }
 
-    /// A fresh temporary work dir the sandbox user can reach (under the system
-    /// temp dir); removed when the returned value is dropped.
+    /// A fresh temporary work dir `docsmith-sandbox-<pid>-*` the sandbox user
+    /// can reach (under the system temp dir); removed when the returned value
+    /// is dropped, or by a later [`Sandbox::new`] when this process died first.
     pub fn new_work_dir(&self) -> std::io::Result<tempfile::TempDir> {
-        tempfile::Builder::new()
-            .prefix("docsmith-sandbox-")
-            .tempdir()
+        temp_work_dir("sandbox")
     }
 
     /// Runs `code` (a whole Python module, imported as `candidate`) then each
-    /// test case, calling `entry_point` through the test's `call` text.
-    /// Writes `candidate.py`, `job.json` and the harness into `work_dir`.
+    /// test case, calling `entry_point` through the test's `call` text; a
+    /// referee process then judges the outcomes. The same as [`Sandbox::run_many`]
+    /// with one candidate. Writes job directories under `work_dir`.
     ///
     /// Returns one result per test, in order. A wall timeout is not an error:
     /// the run comes back with `killed: Some(WallTimeout)`, the test in progress
-    /// as `Timeout` and later ones as `NotRun`. Errors: `Cancelled` (after the
-    /// process group was killed), `HarnessOutput`, `WorkDirUnreachable`, `Io`.
+    /// as `Timeout` and later ones as `NotRun`. Errors: `Cancelled` (after every
+    /// process group was killed), `HarnessOutput` (a harness or the referee gave
+    /// no usable output), `WorkDirUnreachable`, `Io`.
     pub async fn run_tests(
         &self,
         work_dir: &Path,
@@ -228,72 +279,23 @@ impl Sandbox {
         tests: &[TestCase],
         cancel: &CancellationToken,
     ) -> Result<TestRun, SandboxError> {
-        let uid = self.run_uid();
-        let host_dir = self.prepare_work_dir(work_dir, uid)?;
-        let inside = self.inside_dir(&host_dir);
-        let job = serde_json::json!({
-            "mode": "tests",
-            "module_path": inside.join(CANDIDATE_FILE),
-            "entry_point": entry_point,
-            "per_test_timeout_ms": self.cfg.per_test_timeout_ms,
-            "tests": tests,
-        });
-        self.write_file(&host_dir.join(CANDIDATE_FILE), code.as_bytes(), uid)?;
-        self.write_file(&host_dir.join(JOB_FILE), job.to_string().as_bytes(), uid)?;
-        self.write_file(&host_dir.join(HARNESS_FILE), HARNESS.as_bytes(), uid)?;
-
-        let nonce = nonce()?;
-        let mut collector = Collector::new(&nonce);
-        let spec = self.spec(&host_dir, &inside, nonce.clone(), uid);
-        let finished = process::supervise(spec, cancel, |line| collector.line(line)).await?;
-        let killed = match finished.end {
-            End::Cancelled => return Err(SandboxError::Cancelled),
-            End::WallTimeout => Some(KillReason::WallTimeout),
-            End::Exited { .. } => None,
-        };
-        if !collector.ready && killed.is_none() {
-            return Err(SandboxError::HarnessOutput {
-                detail: format!(
-                    "the harness exited before starting ({})",
-                    describe_end(&finished.end)
-                ),
-                stderr_tail: finished.stderr_tail,
-            });
-        }
-        let mut load_error = collector.load_error.take();
-        if load_error.is_none() && !collector.loaded {
-            load_error = Some(match killed {
-                Some(_) => format!(
-                    "the run was killed by the wall timeout ({} ms) while importing the candidate module",
-                    self.cfg.wall_timeout_ms
-                ),
-                None => format!(
-                    "the process ended while importing the candidate module ({}); stderr: {}",
-                    describe_end(&finished.end),
-                    finished.stderr_tail
-                ),
-            });
-        }
-        let results = tests
-            .iter()
-            .map(|t| {
-                collector.result_for(t, load_error.as_deref(), killed.is_some(), &finished.end)
-            })
-            .collect();
-        Ok(TestRun {
-            results,
-            wall_ms: finished.wall_ms,
-            isolation: self.isolation(),
-            killed,
-            load_error,
-            stderr_tail: finished.stderr_tail,
-        })
+        let mut runs = self
+            .run_many(work_dir, &[code.to_string()], entry_point, tests, cancel)
+            .await?;
+        Ok(runs.remove(0))
     }
 
-    /// Runs several candidate modules on the same test cases; one [`TestRun`]
-    /// per candidate, in order. (Sequential for now: each candidate is one
-    /// `run_tests` in its own sub-directory of `work_root`.) Errors as
-    /// [`Sandbox::run_tests`].
+    /// Runs several candidate modules on the same tests: each candidate in its
+    /// own sandboxed process (its own job directory, and its own uid as root),
+    /// up to `available_parallelism()` at a time, then ONE referee process
+    /// that judges every outcome. Job directories go under `work_root`
+    /// (`cand-<i>/`, `referee/`).
+    ///
+    /// Returns one [`TestRun`] per candidate, in order; each run's `wall_ms` is
+    /// its own process's wall time plus the referee's. `outcome` in each result
+    /// is a canonical JSON key of what the call produced (equal for equal
+    /// outputs), so candidates can be clustered by behaviour. Errors as
+    /// [`Sandbox::run_tests`]; a cancel kills every process within a second.
     pub async fn run_many(
         &self,
         work_root: &Path,
@@ -302,34 +304,133 @@ impl Sandbox {
         tests: &[TestCase],
         cancel: &CancellationToken,
     ) -> Result<Vec<TestRun>, SandboxError> {
-        let mut runs = Vec::with_capacity(candidates.len());
-        for (i, code) in candidates.iter().enumerate() {
-            let dir = work_root.join(format!("candidate-{i}"));
-            runs.push(
-                self.run_tests(&dir, code, entry_point, tests, cancel)
-                    .await?,
-            );
+        if candidates.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(runs)
+        let root = self.prepare_root(work_root)?;
+        let parallel = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, candidates.len().max(1));
+        // The referee starts now, alongside the candidates (its start-up costs
+        // no wall time then), and waits on stdin for the expected values and
+        // outcomes; a dropped sender (nothing to judge, an error) ends it.
+        let (job_tx, job_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+        let batches = candidates.len().div_ceil(parallel) as u64;
+        let referee = self.referee(&root, job_rx, batches + 1, cancel);
+        let judged = async {
+            let slots = tokio::sync::Semaphore::new(parallel);
+            let mut pending = Vec::with_capacity(candidates.len());
+            for (i, code) in candidates.iter().enumerate() {
+                let (slots, root) = (&slots, &root);
+                pending.push(async move {
+                    let _slot = slots.acquire().await;
+                    if cancel.is_cancelled() {
+                        return Err(SandboxError::Cancelled);
+                    }
+                    self.run_candidate(root, i, code, entry_point, tests, cancel)
+                        .await
+                });
+            }
+            let finished = futures_util::future::join_all(pending).await;
+            if cancel.is_cancelled() {
+                return Err(SandboxError::Cancelled);
+            }
+            let finished = finished.into_iter().collect::<Result<Vec<_>, _>>()?;
+            // Results the host decides; the rest goes to the referee as items.
+            let mut slots: Vec<Vec<Option<TestResult>>> = Vec::with_capacity(finished.len());
+            let mut items: Vec<(usize, usize)> = Vec::new();
+            for (c, run) in finished.iter().enumerate() {
+                let mut row = Vec::with_capacity(tests.len());
+                for (t, test) in tests.iter().enumerate() {
+                    let decided = run.lines.host_result(
+                        test,
+                        run.load_error.as_deref(),
+                        run.killed.is_some(),
+                        &run.finished.end,
+                        self.cfg.per_test_timeout_ms,
+                    );
+                    if decided.is_none() {
+                        items.push((c, t));
+                    }
+                    row.push(decided);
+                }
+                slots.push(row);
+            }
+            let sent = if items.is_empty() {
+                None
+            } else {
+                let _ = job_tx.send(referee_job(tests, &finished, &items));
+                Some(std::time::Instant::now())
+            };
+            Ok((finished, slots, items, sent))
+        };
+        let (referee, judged) = tokio::join!(referee, judged);
+        let (finished, mut slots, items, sent) = judged?;
+        let mut referee_ms = 0;
+        if let Some(sent) = sent {
+            let (mut verdicts, ended) = referee?;
+            referee_ms = ended.saturating_duration_since(sent).as_millis() as u64;
+            for (n, &(c, t)) in items.iter().enumerate() {
+                let test = &tests[t];
+                let duration = finished[c]
+                    .lines
+                    .outcome(&test.id)
+                    .map(|o| o.duration_ms.min(finished[c].finished.wall_ms))
+                    .unwrap_or(0);
+                slots[c][t] = Some(match verdicts.remove(&n) {
+                    Some(v) => v.into_result(&test.id, duration),
+                    None => collect::failed(
+                        &test.id,
+                        "RefereeError",
+                        "the referee ended before judging this test (never a pass)",
+                    ),
+                });
+            }
+        }
+        Ok(finished
+            .into_iter()
+            .zip(slots)
+            .map(|(run, row)| TestRun {
+                results: row.into_iter().flatten().collect(),
+                wall_ms: run.finished.wall_ms + referee_ms,
+                isolation: self.isolation(),
+                killed: run.killed,
+                load_error: run.load_error,
+                stderr_tail: run.finished.stderr_tail,
+            })
+            .collect())
     }
 
     /// Runs a whole script as `__main__` with the same isolation and limits
     /// (benchmarks score with hidden tests this way). Writes `script.py` and
-    /// `job.json` into `work_dir`. Errors: `Cancelled`, `WorkDirUnreachable`, `Io`.
+    /// `job.json` into `work_dir/script/`. The script and its checks share one
+    /// process: this is not a trusted verdict (see `run_tests`).
+    /// Errors: `Cancelled`, `WorkDirUnreachable`, `Io`.
     pub async fn run_script(
         &self,
         work_dir: &Path,
         script: &str,
         cancel: &CancellationToken,
     ) -> Result<ScriptOutcome, SandboxError> {
-        let uid = self.run_uid();
-        let host_dir = self.prepare_work_dir(work_dir, uid)?;
-        let inside = self.inside_dir(&host_dir);
+        let root = self.prepare_root(work_dir)?;
+        let dir = self.job_dir(&root, "script")?;
+        let inside = self.inside(&dir);
         let job = serde_json::json!({ "mode": "script", "script_path": inside.join(SCRIPT_FILE) });
-        self.write_file(&host_dir.join(SCRIPT_FILE), script.as_bytes(), uid)?;
-        self.write_file(&host_dir.join(JOB_FILE), job.to_string().as_bytes(), uid)?;
-        self.write_file(&host_dir.join(HARNESS_FILE), HARNESS.as_bytes(), uid)?;
-        let spec = self.spec(&host_dir, &inside, nonce()?, uid);
+        write_file(&dir.join(SCRIPT_FILE), script.as_bytes())?;
+        write_file(&dir.join(JOB_FILE), job.to_string().as_bytes())?;
+        write_file(&dir.join(HARNESS_FILE), HARNESS.as_bytes())?;
+        let uid = self.run_uid();
+        let scratch = self.scratch_dir(&root, "script", uid)?;
+        let spec = self.spec(
+            &Job {
+                dir: &dir,
+                isolated: false,
+                stdin: format!("{}\n", nonce()?).into_bytes(),
+                uid,
+            },
+            scratch.as_deref(),
+        );
         let finished = process::supervise(spec, cancel, |_| {}).await?;
         let (exit_code, killed) = match finished.end {
             End::Cancelled => return Err(SandboxError::Cancelled),
@@ -345,79 +446,239 @@ impl Sandbox {
         })
     }
 
-    /// Canonicalises the work dir and, when dropping privileges, hands it to
-    /// the sandbox user (after checking that user can reach it).
-    /// The uid of one run: a fresh one from the pool when running as root.
+    /// One candidate's process: writes `cand-<i>/` (harness, module, a job with
+    /// only test ids and calls) and collects its outcomes.
+    async fn run_candidate(
+        &self,
+        root: &Path,
+        index: usize,
+        code: &str,
+        entry_point: &str,
+        tests: &[TestCase],
+        cancel: &CancellationToken,
+    ) -> Result<CandidateRun, SandboxError> {
+        let name = format!("cand-{index}");
+        let dir = self.job_dir(root, &name)?;
+        let inside = self.inside(&dir);
+        // Only ids and calls: the candidate's process never sees an expected value.
+        let calls: Vec<serde_json::Value> = tests
+            .iter()
+            .map(|t| serde_json::json!({"id": t.id, "call": t.call}))
+            .collect();
+        let job = serde_json::json!({
+            "mode": "candidate",
+            "module_path": inside.join(CANDIDATE_FILE),
+            "entry_point": entry_point,
+            "per_test_timeout_ms": self.cfg.per_test_timeout_ms,
+            "tests": calls,
+        });
+        write_file(&dir.join(CANDIDATE_FILE), code.as_bytes())?;
+        write_file(&dir.join(JOB_FILE), job.to_string().as_bytes())?;
+        write_file(&dir.join(HARNESS_FILE), HARNESS.as_bytes())?;
+        let uid = self.run_uid();
+        let scratch = self.scratch_dir(root, &name, uid)?;
+        let nonce = nonce()?;
+        let mut lines = CandidateLines::new(&nonce, tests);
+        let spec = self.spec(
+            &Job {
+                dir: &dir,
+                isolated: false,
+                stdin: format!("{nonce}\n").into_bytes(),
+                uid,
+            },
+            scratch.as_deref(),
+        );
+        let finished = process::supervise(spec, cancel, |l| lines.line(l)).await?;
+        let killed = match finished.end {
+            End::Cancelled => return Err(SandboxError::Cancelled),
+            End::WallTimeout => Some(KillReason::WallTimeout),
+            End::Exited { .. } => None,
+        };
+        if !lines.ready && killed.is_none() {
+            return Err(SandboxError::HarnessOutput {
+                detail: format!(
+                    "the harness exited before starting ({})",
+                    describe_end(&finished.end)
+                ),
+                stderr_tail: finished.stderr_tail,
+            });
+        }
+        let mut load_error = lines.load_error.clone();
+        if load_error.is_none() && !lines.loaded {
+            load_error = Some(match killed {
+                Some(_) => format!(
+                    "the run was killed by the wall timeout ({} ms) while importing the candidate module",
+                    self.cfg.wall_timeout_ms
+                ),
+                None => format!(
+                    "the process ended while importing the candidate module ({}); stderr: {}",
+                    describe_end(&finished.end),
+                    finished.stderr_tail
+                ),
+            });
+        }
+        Ok(CandidateRun {
+            lines,
+            finished,
+            killed,
+            load_error,
+        })
+    }
+
+    /// The referee: a fresh sandboxed `python3 -I -S` whose job directory holds
+    /// only the harness; its input (expected values and outcomes, see
+    /// [`referee_job`]) arrives on stdin through `job`. Its wall timeout covers
+    /// `rounds` candidate rounds of waiting plus its own work. Returns the
+    /// verdicts by item index and when it ended.
+    async fn referee(
+        &self,
+        root: &Path,
+        job: tokio::sync::oneshot::Receiver<Vec<u8>>,
+        rounds: u64,
+        cancel: &CancellationToken,
+    ) -> Result<(HashMap<usize, collect::Verdict>, std::time::Instant), SandboxError> {
+        let dir = self.job_dir(root, "referee")?;
+        write_file(&dir.join(JOB_FILE), br#"{"mode": "referee"}"#)?;
+        write_file(&dir.join(HARNESS_FILE), HARNESS.as_bytes())?;
+        let uid = self.run_uid();
+        let scratch = self.scratch_dir(root, "referee", uid)?;
+        let nonce = nonce()?;
+        let mut lines = RefereeLines::new(&nonce);
+        let mut spec = self.spec(
+            &Job {
+                dir: &dir,
+                isolated: true,
+                stdin: format!("{nonce}\n").into_bytes(),
+                uid,
+            },
+            scratch.as_deref(),
+        );
+        spec.stdin_later = Some(job);
+        spec.wall = Duration::from_millis(self.cfg.wall_timeout_ms.saturating_mul(rounds + 1));
+        let finished = process::supervise(spec, cancel, |l| lines.line(l)).await?;
+        let ended = std::time::Instant::now();
+        match finished.end {
+            End::Cancelled => Err(SandboxError::Cancelled),
+            End::Exited { code: Some(0), .. } if lines.done => Ok((lines.verdicts, ended)),
+            // Partial: the missing verdicts become failures (one candidate's
+            // output must not turn into an error of the whole run).
+            ref end if !lines.verdicts.is_empty() => {
+                tracing::warn!(target: "docsmith::sandbox", "the referee ended early ({}): {}", describe_end(end), finished.stderr_tail);
+                Ok((lines.verdicts, ended))
+            }
+            ref end => Err(SandboxError::HarnessOutput {
+                detail: format!(
+                    "the referee did not finish ({}, {} verdicts)",
+                    describe_end(end),
+                    lines.verdicts.len(),
+                ),
+                stderr_tail: finished.stderr_tail,
+            }),
+        }
+    }
+
+    /// The uid of one process: a fresh one from the pool when running as root.
     fn run_uid(&self) -> Option<u32> {
         self.drop_privileges.then(process::next_run_uid)
     }
 
-    fn prepare_work_dir(&self, work_dir: &Path, uid: Option<u32>) -> Result<PathBuf, SandboxError> {
+    /// Creates and canonicalises the root of a run's job directories. As root
+    /// it must be reachable by the per-run uids (every parent searchable), and
+    /// is made 0755; nothing in it is ever owned by a sandbox uid except the
+    /// `rlimits_only` scratch dirs.
+    fn prepare_root(&self, work_dir: &Path) -> Result<PathBuf, SandboxError> {
+        use std::os::unix::fs::PermissionsExt as _;
         std::fs::create_dir_all(work_dir)?;
         let dir = work_dir.canonicalize()?;
-        if let Some(uid) = uid {
-            if self.bwrap.is_none() && !world_searchable_parents(&dir) {
+        if self.drop_privileges {
+            if !world_searchable_parents(&dir) {
                 return Err(SandboxError::WorkDirUnreachable { path: dir });
             }
-            std::os::unix::fs::chown(&dir, Some(uid), Some(uid))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
         }
         Ok(dir)
     }
 
-    fn write_file(&self, path: &Path, data: &[u8], uid: Option<u32>) -> Result<(), SandboxError> {
-        // Replace rather than truncate: a previous run may have left a link.
-        let _ = std::fs::remove_file(path);
-        std::fs::write(path, data)?;
-        if let Some(uid) = uid {
-            std::os::unix::fs::chown(path, Some(uid), Some(uid))?;
+    /// A fresh job directory `root/name` (mode 0755; an old one is removed).
+    fn job_dir(&self, root: &Path, name: &str) -> Result<PathBuf, SandboxError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = root.join(name);
+        if dir.symlink_metadata().is_ok() {
+            std::fs::remove_dir_all(&dir).or_else(|_| std::fs::remove_file(&dir))?;
         }
-        Ok(())
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        Ok(dir)
     }
 
-    fn inside_dir(&self, host_dir: &Path) -> PathBuf {
+    /// `rlimits_only` only: a writable working dir for one process (owned by
+    /// its uid as root). Under bwrap the tmpfs is the working dir: `None`.
+    fn scratch_dir(
+        &self,
+        root: &Path,
+        name: &str,
+        uid: Option<u32>,
+    ) -> Result<Option<PathBuf>, SandboxError> {
         if self.bwrap.is_some() {
-            PathBuf::from(BWRAP_WORK_DIR)
+            return Ok(None);
+        }
+        let dir = self.job_dir(root, &format!("{name}-scratch"))?;
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid))?;
+        }
+        Ok(Some(dir))
+    }
+
+    /// Where a host job directory is seen by the process.
+    fn inside(&self, host_dir: &Path) -> PathBuf {
+        if self.bwrap.is_some() {
+            PathBuf::from(JOB_DIR_INSIDE)
         } else {
             host_dir.to_path_buf()
         }
     }
 
-    /// The process spec of one harness run in `host_dir` (seen as `inside`).
-    fn spec(&self, host_dir: &Path, inside: &Path, nonce: String, uid: Option<u32>) -> Spec {
-        let mut python_args: Vec<std::ffi::OsString> = vec![
-            self.python.clone().into(),
-            "-B".into(),
-            "-s".into(),
-            inside.join(HARNESS_FILE).into(),
-            inside.join(JOB_FILE).into(),
-        ];
-        self.wrap(
-            host_dir,
-            inside,
-            &mut python_args,
-            format!("{nonce}\n").into_bytes(),
-            uid,
-        )
+    /// The process spec of one harness run.
+    fn spec(&self, job: &Job<'_>, scratch: Option<&Path>) -> Spec {
+        let inside = self.inside(job.dir);
+        let mut argv: Vec<std::ffi::OsString> = vec![self.python.clone().into(), "-B".into()];
+        if job.isolated {
+            // The referee needs no site-packages: -S also saves start-up time.
+            argv.extend(["-I".into(), "-S".into()]);
+        } else {
+            argv.push("-s".into());
+        }
+        argv.push(inside.join(HARNESS_FILE).into());
+        argv.push(inside.join(JOB_FILE).into());
+        self.wrap(job.dir, scratch, argv, job.stdin.clone(), job.uid)
     }
 
     /// Builds the spec for `argv` (program first), through bwrap when enabled.
+    /// `scratch` is the writable working dir in `rlimits_only` mode.
     fn wrap(
         &self,
-        host_dir: &Path,
-        inside: &Path,
-        argv: &mut Vec<std::ffi::OsString>,
+        job_dir: &Path,
+        scratch: Option<&Path>,
+        mut argv: Vec<std::ffi::OsString>,
         stdin: Vec<u8>,
         uid: Option<u32>,
     ) -> Spec {
+        let work = match (&self.bwrap, scratch) {
+            (Some(_), _) => PathBuf::from(SCRATCH_INSIDE),
+            (None, Some(s)) => s.to_path_buf(),
+            (None, None) => job_dir.to_path_buf(),
+        };
+        let path = match &self.bwrap {
+            Some(_) => self.layout.path_env(),
+            None => std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        };
         let env = vec![
-            (
-                "PATH".to_string(),
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-            ),
+            ("PATH".to_string(), path),
             ("LANG".to_string(), "C.UTF-8".to_string()),
             ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
             ("PYTHONHASHSEED".to_string(), "0".to_string()),
-            ("HOME".to_string(), inside.display().to_string()),
+            ("HOME".to_string(), work.display().to_string()),
+            ("TMPDIR".to_string(), work.display().to_string()),
             (
                 "DOCSMITH_NPROC".to_string(),
                 self.cfg.max_processes.to_string(),
@@ -425,30 +686,8 @@ impl Sandbox {
         ];
         let (program, args, nproc) = match &self.bwrap {
             Some(bwrap) => {
-                let mut args: Vec<std::ffi::OsString> = [
-                    "--unshare-all",
-                    "--die-with-parent",
-                    "--new-session",
-                    "--ro-bind",
-                    "/",
-                    "/",
-                    "--tmpfs",
-                    "/tmp",
-                    "--proc",
-                    "/proc",
-                    "--dev",
-                    "/dev",
-                ]
-                .iter()
-                .map(Into::into)
-                .collect();
-                args.push("--bind".into());
-                args.push(host_dir.into());
-                args.push(inside.into());
-                args.push("--chdir".into());
-                args.push(inside.into());
-                args.push("--".into());
-                args.append(argv);
+                let mut args = self.layout.bwrap_args(job_dir, self.cfg.tmp_size_bytes);
+                args.append(&mut argv);
                 // The harness also sets RLIMIT_NPROC inside the user namespace,
                 // where it counts only this run's processes. With a per-run uid
                 // the outer limit can bind too (+2: the two bwrap processes).
@@ -463,14 +702,14 @@ impl Sandbox {
                     // Not root: the limit counts all of this user's processes.
                     count_own_processes() + self.cfg.max_processes
                 };
-                (program, std::mem::take(argv), Some(nproc))
+                (program, argv, Some(nproc))
             }
         };
         Spec {
             program,
             args,
             env,
-            cwd: host_dir.to_path_buf(),
+            cwd: scratch.unwrap_or(job_dir).to_path_buf(),
             limits: Limits {
                 cpu_seconds: self.cfg.cpu_seconds,
                 address_space_bytes: self.cfg.address_space_bytes,
@@ -479,67 +718,113 @@ impl Sandbox {
             },
             run_as: uid,
             stdin,
+            stdin_later: None,
             wall: Duration::from_millis(self.cfg.wall_timeout_ms),
         }
     }
 
-    /// Runs `python -c 'print(sys.executable)'` in the current mode; returns
-    /// the interpreter path or why it failed.
-    fn probe_python(&self) -> Result<PathBuf, String> {
+    /// Runs the configured interpreter (as the sandbox user, outside bwrap, in
+    /// an empty temp dir, `-I`) to learn where it lives. Errors: why it failed.
+    fn probe_interpreter(&self) -> Result<ProbeInfo, String> {
         let dir = self
             .new_work_dir()
             .map_err(|e| format!("cannot create a temp dir: {e}"))?;
         let host_dir = dir.path().canonicalize().map_err(|e| e.to_string())?;
-        let uid = self.run_uid();
-        if let Some(uid) = uid {
-            std::os::unix::fs::chown(&host_dir, Some(uid), Some(uid))
-                .map_err(|e| format!("cannot chown the probe dir: {e}"))?;
-        }
-        let inside = self.inside_dir(&host_dir);
-        let mut argv = vec![
-            self.python.clone().into_os_string(),
+        let argv = vec![
+            self.cfg.python.clone().into_os_string(),
+            "-I".into(),
             "-B".into(),
-            "-s".into(),
+            "-c".into(),
+            mounts::PROBE_SCRIPT.into(),
+        ];
+        let mut spec = Sandbox {
+            bwrap: None,
+            ..self.clone()
+        }
+        .wrap(&host_dir, None, argv, Vec::new(), self.run_uid());
+        spec.wall = Duration::from_secs(20);
+        let line = run_probe(spec)?;
+        serde_json::from_str::<ProbeInfo>(&line)
+            .map_err(|e| format!("unreadable probe output ({e}): {line:.200}"))
+    }
+
+    /// Runs `python -I -c ...` through bwrap with the real layout and an empty
+    /// job dir. Errors: why it failed.
+    fn probe_bwrap(&self) -> Result<(), String> {
+        let dir = self
+            .new_work_dir()
+            .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+        let host_dir = dir.path().canonicalize().map_err(|e| e.to_string())?;
+        let argv = vec![
+            self.python.clone().into_os_string(),
+            "-I".into(),
+            "-B".into(),
             "-c".into(),
             "import sys; print(sys.executable)".into(),
         ];
-        let mut spec = self.wrap(&host_dir, &inside, &mut argv, Vec::new(), uid);
+        let mut spec = self.wrap(&host_dir, None, argv, Vec::new(), self.run_uid());
         spec.wall = Duration::from_secs(20);
-        let mut lines = Vec::new();
-        // A separate thread with its own runtime: `new` may be called from
-        // inside a runtime, where blocking on (or dropping) another one panics.
-        let result = std::thread::scope(|s| {
-            s.spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let cancel = CancellationToken::new();
-                rt.block_on(process::supervise(spec, &cancel, |l| {
-                    lines.push(l.to_string())
-                }))
-            })
-            .join()
-        });
-        let finished = match result {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => return Err(format!("cannot start it: {e}")),
-            Err(_) => return Err("the probe thread panicked".into()),
-        };
-        match finished.end {
-            End::Exited { code: Some(0), .. } => {}
-            ref end => {
-                return Err(format!(
-                    "probe run {}: {}",
-                    describe_end(end),
-                    finished.stderr_tail.trim()
-                ))
-            }
-        }
-        match lines.iter().find(|l| !l.trim().is_empty()) {
-            Some(path) => Ok(PathBuf::from(path.trim())),
-            None => Err("probe run printed no interpreter path".into()),
+        run_probe(spec).map(|_| ())
+    }
+}
+
+/// The referee's input: a first line with every test's expected text (never
+/// its call), then one line per item `(candidate, test)` with that candidate's
+/// outcome for that test (JSON lines, judged one at a time).
+fn referee_job(tests: &[TestCase], runs: &[CandidateRun], items: &[(usize, usize)]) -> Vec<u8> {
+    let expected: Vec<serde_json::Value> = tests
+        .iter()
+        .map(|t| serde_json::json!({"id": t.id, "expected": t.expected, "raises": t.raises}))
+        .collect();
+    let mut out = serde_json::json!({ "tests": expected }).to_string();
+    out.push('\n');
+    for &(c, t) in items {
+        let id = &tests[t].id;
+        let outcome = runs[c].lines.outcome(id).map(|o| &o.value);
+        out.push_str(&serde_json::json!({"test_id": id, "outcome": outcome}).to_string());
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// Runs a probe spec to completion on its own runtime; returns its first
+/// non-empty stdout line or why it failed.
+fn run_probe(spec: Spec) -> Result<String, String> {
+    let mut lines = Vec::new();
+    // A separate thread with its own runtime: `new` may be called from
+    // inside a runtime, where blocking on (or dropping) another one panics.
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let cancel = CancellationToken::new();
+            rt.block_on(process::supervise(spec, &cancel, |l| {
+                lines.push(l.to_string())
+            }))
+        })
+        .join()
+    });
+    let finished = match result {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return Err(format!("cannot start it: {e}")),
+        Err(_) => return Err("the probe thread panicked".into()),
+    };
+    match finished.end {
+        End::Exited { code: Some(0), .. } => {}
+        ref end => {
+            return Err(format!(
+                "probe run {}: {}",
+                describe_end(end),
+                finished.stderr_tail.trim()
+            ))
         }
     }
+    lines
+        .into_iter()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+        .ok_or_else(|| "the probe run printed nothing".into())
 }
 
 fn describe_end(end: &End) -> String {
@@ -554,121 +839,14 @@ fn describe_end(end: &End) -> String {
     }
 }
 
-/// Collects harness channel lines as they arrive.
-struct Collector {
-    nonce: String,
-    ready: bool,
-    loaded: bool,
-    load_error: Option<String>,
-    in_progress: Option<(String, Instant)>,
-    results: HashMap<String, TestResult>,
-}
-
-#[derive(Deserialize)]
-struct Event {
-    event: String,
-    #[serde(default)]
-    test_id: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(flatten)]
-    rest: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Collector {
-    fn new(nonce: &str) -> Self {
-        Collector {
-            nonce: nonce.to_string(),
-            ready: false,
-            loaded: false,
-            load_error: None,
-            in_progress: None,
-            results: HashMap::new(),
-        }
-    }
-
-    fn line(&mut self, line: &str) {
-        let Some(json) = line.strip_prefix(&self.nonce) else {
-            tracing::debug!(target: "docsmith::sandbox", "ignoring a channel line without the nonce");
-            return;
-        };
-        let Ok(ev) = serde_json::from_str::<Event>(json) else {
-            tracing::warn!(target: "docsmith::sandbox", "unparsable harness line: {json:.200}");
-            return;
-        };
-        match ev.event.as_str() {
-            "ready" => self.ready = true,
-            "loaded" => self.loaded = true,
-            "load_error" => self.load_error = ev.error,
-            "start" => self.in_progress = ev.test_id.map(|id| (id, Instant::now())),
-            "result" => {
-                let Some(id) = ev.test_id else { return };
-                let mut map = ev.rest;
-                map.insert("test_id".into(), serde_json::Value::String(id.clone()));
-                match serde_json::from_value::<TestResult>(serde_json::Value::Object(map)) {
-                    Ok(r) => {
-                        self.results.insert(id, r);
-                    }
-                    Err(e) => tracing::warn!(target: "docsmith::sandbox", "bad result line: {e}"),
-                }
-                self.in_progress = None;
-            }
-            _ => {}
-        }
-    }
-
-    fn result_for(
-        &mut self,
-        test: &TestCase,
-        load_error: Option<&str>,
-        killed: bool,
-        end: &End,
-    ) -> TestResult {
-        if let Some(r) = self.results.remove(&test.id) {
-            return r;
-        }
-        let mut r = TestResult {
-            test_id: test.id.clone(),
-            passed: false,
-            error_type: Some("NotRun".into()),
-            message: Some("not run: the sandboxed process ended before this test".into()),
-            traceback: None,
-            actual: None,
-            duration_ms: 0,
-            outcome: None,
-        };
-        if let Some(err) = load_error {
-            r.error_type = Some("LoadError".into());
-            r.message = Some(format!(
-                "the candidate module failed to load: {}",
-                first_line(err)
-            ));
-            return r;
-        }
-        if let Some((id, started)) = &self.in_progress {
-            if *id == test.id {
-                r.duration_ms = started.elapsed().as_millis() as u64;
-                if killed {
-                    r.error_type = Some("Timeout".into());
-                    r.message = Some(
-                        "killed by the wall timeout of the run while this test ran (it ignored its own timeout)"
-                            .into(),
-                    );
-                } else {
-                    r.error_type = Some("ProcessExited".into());
-                    r.message = Some(format!(
-                        "the sandboxed process ended during this test ({})",
-                        describe_end(end)
-                    ));
-                }
-            }
-        }
-        r
-    }
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
+/// Writes a job file readable by any uid (0644), replacing whatever was there
+/// (a previous run may have left a link).
+fn write_file(path: &Path, data: &[u8]) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::remove_file(path);
+    std::fs::write(path, data)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
 }
 
 /// 32 hex chars from /dev/urandom.
@@ -730,6 +908,7 @@ fn count_own_processes() -> u64 {
 mod tests {
     use super::*;
     use crate::types::TestOrigin;
+    use std::time::Instant;
 
     /// rlimits-only runs share RLIMIT_NPROC of uid 65534: run them one at a time.
     static RLIMITS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -1120,8 +1299,12 @@ def write_tmp():
             raises("etc", "write('/etc/docsmith-test')", "OSError"),
             raises("root", "write('/root/docsmith-test')", "OSError"),
             raises("usr", "write('/usr/docsmith-test')", "OSError"),
+            raises("jobdir", "write('/tmp/docsmith-run/here.txt')", "OSError"),
+            raises("harness", "write(__file__)", "OSError"),
+            raises("slash", "write('/here.txt')", "OSError"),
+            raises("dev", "write('/dev/shm/here.txt')", "OSError"),
             tc("tmp", "write_tmp()", "'written'"),
-            tc("workdir", "write('here.txt')", "'written'"),
+            tc("cwd", "write('here.txt')", "'written'"),
         ];
         let (run, dir) = run_cases(&sb, &code, &tests).await;
         for r in &run.results {
@@ -1132,10 +1315,57 @@ def write_tmp():
             "a write to the sandbox /tmp leaked to the host"
         );
         assert!(!Path::new("/etc/docsmith-test").exists());
+        // The working dir is the private tmpfs: nothing lands in the host work dir.
+        let files: Vec<String> = walk(dir.path());
         assert!(
-            dir.path().join("here.txt").exists(),
-            "the work dir is writable"
+            files.iter().all(|f| f.ends_with(HARNESS_FILE)
+                || f.ends_with(JOB_FILE)
+                || f.ends_with(CANDIDATE_FILE)),
+            "{files:?}"
         );
+    }
+
+    /// Every file under `dir`, recursively.
+    fn walk(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_candidate_job_holds_no_expected_values_and_the_referee_no_candidate() {
+        let sb = bwrap_sandbox();
+        let (run, dir) = run_cases(
+            &sb,
+            "def f():\n    return 'ok'\n",
+            &[
+                tc("a", "f()", "'EXPECTED-MARKER'"),
+                raises("b", "f()", "MarkerError"),
+            ],
+        )
+        .await;
+        assert!(!run.all_passed());
+        let cand = std::fs::read_to_string(dir.path().join("cand-0").join(JOB_FILE)).unwrap();
+        assert!(
+            !cand.contains("EXPECTED-MARKER") && !cand.contains("MarkerError"),
+            "{cand}"
+        );
+        let referee: Vec<String> = walk(&dir.path().join("referee"));
+        assert_eq!(referee.len(), 2, "{referee:?}");
+        assert!(referee.iter().all(|f| !f.ends_with(CANDIDATE_FILE)));
+        let job = std::fs::read_to_string(dir.path().join("referee").join(JOB_FILE)).unwrap();
+        // The referee gets the expected values on stdin: nothing on disk.
+        assert!(
+            !job.contains("EXPECTED-MARKER") && !job.contains("return 'ok'"),
+            "{job}"
+        );
+        assert!(job.contains("referee"), "{job}");
     }
 
     #[tokio::test]
@@ -1186,18 +1416,16 @@ def g():
 import os, subprocess, time
 def f():
     subprocess.Popen(["sleep", "{marker}"])
-    with open("pid.txt", "w") as fh:
-        fh.write(str(os.getpid()))
     while True:
         time.sleep(0.05)
 "#
         );
         let cancel = CancellationToken::new();
         let trigger = cancel.clone();
-        let pid_file = dir.path().join("pid.txt");
+        let watched = marker.clone();
         let watcher = tokio::spawn(async move {
-            for _ in 0..100 {
-                if pid_file.exists() {
+            for _ in 0..200 {
+                if !pids_with(&watched).is_empty() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1210,24 +1438,23 @@ def f():
             .await;
         watcher.await.unwrap();
         assert!(matches!(res, Err(SandboxError::Cancelled)), "{res:?}");
-        assert!(started.elapsed() < Duration::from_secs(4));
-        let pid =
-            std::fs::read_to_string(dir.path().join("pid.txt")).expect("candidate wrote its pid");
-        if sb.isolation() == Isolation::RlimitsOnly {
-            // Host pid: the process must be gone (reaped, not a zombie).
-            assert!(
-                !Path::new(&format!("/proc/{}", pid.trim())).exists(),
-                "candidate {pid} survived"
-            );
-        }
-        // The grandchild too (under bwrap the pid is namespaced, so look for it by its argument).
-        let mut left = pids_with(&marker);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The candidate's process (bwrap's or python's command line names the
+        // host job dir) and its grandchild (namespaced under bwrap, so found by
+        // its argument) are gone within a second.
+        let job_dir = dir.path().join("cand-0").display().to_string();
+        let survivors = || {
+            let mut left = pids_with(&marker);
+            left.extend(pids_with(&job_dir));
+            left
+        };
+        let mut left = survivors();
         for _ in 0..20 {
             if left.is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-            left = pids_with(&marker);
+            left = survivors();
         }
         assert!(left.is_empty(), "processes survived the cancel: {left:?}");
     }

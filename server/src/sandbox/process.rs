@@ -81,7 +81,11 @@ pub(crate) struct Spec {
     pub limits: Limits,
     /// Run as this uid and gid (set after the limits); swept after the run.
     pub run_as: Option<u32>,
+    /// Written to stdin at once.
     pub stdin: Vec<u8>,
+    /// Written to stdin after `stdin` when it arrives; stdin is closed then
+    /// (or when the sender is dropped). Lets a process start before its input exists.
+    pub stdin_later: Option<tokio::sync::oneshot::Receiver<Vec<u8>>>,
     pub wall: Duration,
 }
 
@@ -110,7 +114,7 @@ pub(crate) struct Finished {
 /// Bytes of stdout / stderr kept for the tails.
 pub(crate) const TAIL_BYTES: usize = 2000;
 /// A stdout line longer than this is dropped (the harness never writes one).
-const MAX_LINE: usize = 1 << 20;
+const MAX_LINE: usize = 4 << 20;
 /// How long to keep reading pipes after the process ended or was killed.
 const DRAIN: Duration = Duration::from_millis(300);
 
@@ -144,9 +148,17 @@ pub(crate) async fn supervise(
     let mut child = cmd.spawn()?;
     let pgid = child.id().map(|p| p as libc::pid_t);
     if let Some(mut stdin) = child.stdin.take() {
-        // A child that dies at once closes the pipe: not an error here.
-        let _ = stdin.write_all(&spec.stdin).await;
-        drop(stdin);
+        // A child that dies at once closes the pipe: not an error here. A task
+        // of its own, so that a large or late input never delays the deadline.
+        let (first, later) = (spec.stdin, spec.stdin_later);
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&first).await;
+            if let Some(rx) = later {
+                if let Ok(data) = rx.await {
+                    let _ = stdin.write_all(&data).await;
+                }
+            }
+        });
     }
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let (err_tx, mut err_rx) = mpsc::unbounded_channel::<Vec<u8>>();
