@@ -272,8 +272,12 @@ async fn main() {
 
     let provider = LocalProvider::new(path.clone(), name.clone(), LocalOptions::default());
     provider.load_now().expect("model loads");
-    let model = LlamaModel::load_from_file(backend().unwrap(), &path, &LlamaModelParams::default())
-        .expect("model loads");
+    let model = LlamaModel::load_from_file(
+        backend().unwrap(),
+        &path,
+        &LlamaModelParams::default().with_use_mmap(false),
+    )
+    .expect("model loads");
 
     let reqs = requests(n_tasks);
     // Warm-up: page the weights in, warm the caches.

@@ -14,7 +14,7 @@
 //! top_p = 0.95
 //! code_prompt = "plain"         # plain | spec | guided (DOCSMITH_CODE_PROMPT)
 //! max_clarifications = 2       # DOCSMITH_MAX_CLARIFICATIONS (alias MAX_PLANNER_ITERATIONS)
-//! max_generated_tests = 8      # DOCSMITH_MAX_GENERATED_TESTS
+//! max_generated_tests = 6      # DOCSMITH_MAX_GENERATED_TESTS
 //!
 //! [sandbox]                    # DOCSMITH_SANDBOX_MODE
 //! mode = "auto"                # "auto" | "bwrap" | "rlimits_only"
@@ -139,7 +139,7 @@ impl Default for Config {
             top_p: 0.95,
             code_prompt: "plain".to_string(),
             max_clarifications: 2,
-            max_generated_tests: 8,
+            max_generated_tests: 6,
             sandbox: SandboxSettings::default(),
             providers,
             roles: BTreeMap::new(),

@@ -278,8 +278,8 @@ pub fn tests_schema(max_tests: usize) -> Value {
         "properties": {
             "assumptions": {
                 "type": "array",
-                "maxItems": 3,
-                "items": {"type": "string", "maxLength": 120}
+                "maxItems": 2,
+                "items": {"type": "string", "maxLength": 100}
             },
             "tests": {
                 "type": "array",
@@ -287,8 +287,8 @@ pub fn tests_schema(max_tests: usize) -> Value {
                 "items": {
                     "type": "object",
                     "properties": {
-                        "call": {"type": "string", "maxLength": 160},
-                        "expected": {"type": "string", "maxLength": 120}
+                        "call": {"type": "string", "maxLength": 120},
+                        "expected": {"type": "string", "maxLength": 80}
                     },
                     "required": ["call", "expected"]
                 }

@@ -66,27 +66,31 @@ impl Default for LocalOptions {
     }
 }
 
-/// Default generation thread count: 1 on machines with up to 2 cores, otherwise
-/// half the cores (at most 8).
+/// Default generation thread count: every core on machines with up to 2
+/// cores, otherwise half the cores (at most 8).
 ///
-/// Measured on a 2-core machine with Qwen2.5-Coder-0.5B Q4_K_M, greedy, 128
-/// generated tokens, two runs each:
+/// Generation of one sequence reads every weight once per token, so it is
+/// bound by memory bandwidth: on this project's 2-core VMs (single-thread
+/// read bandwidth 7.4 GB/s measured on 2026-12-03) the 1.5B Q4_K_M model
+/// (about 1.0 GB of weights) cannot pass 7 tokens/s on one thread. Measured
+/// there (`bench/results/inference/batch.md`, aggregate tokens/s of k
+/// sequences in one batch):
 ///
-/// | threads | idle machine | while `yes > /dev/null` runs |
-/// |---------|--------------|------------------------------|
-/// | 1       | 27-29 tok/s  | 25-28 tok/s                  |
-/// | 2       | 38-45 tok/s  | 7.6-10.5 tok/s               |
+/// | threads | k = 1 | k = 2 | k = 4 | k = 8 |
+/// |---------|-------|-------|-------|-------|
+/// | 1       | 6.8   | 12.8  | 22.1  | 24.9  |
+/// | 2       | 12.1  | 15.0  | 22.5  | 25.6  |
 ///
-/// llama.cpp's threads wait on each other every token, so one busy neighbour
-/// (the sandbox running tests, a compiler, the editor) makes the second thread
-/// a 3x loss while its gain on an idle machine is 1.5x. A fresh 4096-token
-/// context costs 28-58 ms per request, small next to generation.
+/// Two threads are never slower on an idle machine. (An earlier machine of
+/// the same kind measured 18 tok/s on one thread, and a second thread lost
+/// 3x when another process was busy; the loop runs the sandbox between
+/// generations, never during one.)
 pub fn default_threads() -> i32 {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as i32;
     if cores <= 2 {
-        1
+        cores
     } else {
         (cores / 2).min(8)
     }
@@ -206,7 +210,11 @@ fn ensure_loaded<'s>(
         }
         let backend = backend()?;
         let start = Instant::now();
-        let params = LlamaModelParams::default();
+        // Weights in anonymous memory, not a file mapping: on machines that
+        // reclaim cold pages proactively (DAMON `pageout`, as on this
+        // project's VMs) mapped weights were evicted between tokens and
+        // generation ran at a third of its speed (bench/results/inference/).
+        let params = LlamaModelParams::default().with_use_mmap(false);
         let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
             LlmError::ModelLoad {
                 path: path.clone(),
@@ -248,6 +256,24 @@ impl Provider for LocalProvider {
         req: &CompletionRequest,
         cancel: &CancellationToken,
     ) -> Result<Completion, LlmError> {
+        let mut out = self
+            .complete_batch(std::slice::from_ref(req), cancel)
+            .await?;
+        Ok(out.remove(0))
+    }
+
+    /// All requests in one llama.cpp batch: each request's prompt in its own
+    /// sequence (sharing the common prefix's cells with the first), its
+    /// samples as further sequences, all decoded one token per sequence per
+    /// `llama_decode`. Latency and phase times are the batch's.
+    async fn complete_batch(
+        &self,
+        reqs: &[CompletionRequest],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Completion>, LlmError> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
         let start = Instant::now();
         // Cancelled by the caller, or by dropping this future (the guard).
         let token = cancel.child_token();
@@ -255,14 +281,14 @@ impl Provider for LocalProvider {
         let state = self.state.clone();
         let path = self.path.clone();
         let opts = self.opts.clone();
-        let req2 = req.clone();
-        let mut out = tokio::task::spawn_blocking(move || {
+        let reqs2 = reqs.to_vec();
+        let outs = tokio::task::spawn_blocking(move || {
             let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
             if token.is_cancelled() {
                 return Err(LlmError::Cancelled);
             }
             let engine = ensure_loaded(&mut state, &path)?;
-            let result = generate(engine, &opts, &req2, &token);
+            let result = generate(engine, &opts, &reqs2, &token);
             if result.is_err() {
                 // The KV cache may hold half a batch: start the next request clean.
                 if let Some(s) = engine.session.as_mut() {
@@ -274,24 +300,31 @@ impl Provider for LocalProvider {
         })
         .await
         .map_err(|e| LlmError::BadResponse(format!("local generation thread failed: {e}")))??;
-        let first = out.choices.remove(0);
-        let completion_tokens =
-            first.completion_tokens + out.choices.iter().map(|c| c.completion_tokens).sum::<u32>();
-        Ok(Completion {
-            text: first.text,
-            prompt_tokens: out.prompt_tokens,
-            completion_tokens,
-            latency_ms: start.elapsed().as_millis() as u64,
-            provider: "local".to_string(),
-            model: self.model_name.clone(),
-            finish_reason: first.finish_reason,
-            alternatives: out.choices,
-            phases: Some(out.phases),
-        })
+        let latency_ms = start.elapsed().as_millis() as u64;
+        Ok(outs
+            .into_iter()
+            .map(|mut out| {
+                let first = out.choices.remove(0);
+                let completion_tokens = first.completion_tokens
+                    + out.choices.iter().map(|c| c.completion_tokens).sum::<u32>();
+                Completion {
+                    text: first.text,
+                    prompt_tokens: out.prompt_tokens,
+                    completion_tokens,
+                    latency_ms,
+                    provider: "local".to_string(),
+                    model: self.model_name.clone(),
+                    finish_reason: first.finish_reason,
+                    alternatives: out.choices,
+                    phases: Some(out.phases),
+                }
+            })
+            .collect())
     }
 }
 
-/// What one generation produced: one choice per sequence, sequence 0 first.
+/// What one request of a batch produced: one choice per sequence, the
+/// request's own sampling first.
 struct Generated {
     choices: Vec<Choice>,
     prompt_tokens: u32,
@@ -429,15 +462,55 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 /// One sequence being decoded in the batch.
 struct Seq {
     id: i32,
+    /// Index of the request it answers.
+    req: usize,
     sampler: LlamaSampler,
     grammar: Option<LlamaSampler>,
     bytes: Vec<u8>,
     completion_tokens: u32,
     /// The token sampled last and not yet decoded.
     next: Option<LlamaToken>,
-    /// Index of this sequence's logits in the last decoded batch.
-    logits_at: i32,
+    /// Position of `next`.
+    pos: i32,
     finish: Option<FinishReason>,
+}
+
+impl Seq {
+    /// Samples the next token from the logits at `idx` of the last decode
+    /// and applies end-of-generation, stop sequences and `max_tokens`.
+    fn step(
+        &mut self,
+        ctx: &LlamaContext<'_>,
+        idx: i32,
+        req: &CompletionRequest,
+        model: &LlamaModel,
+    ) {
+        let vocab = model.vocab();
+        if self.completion_tokens >= req.max_tokens {
+            self.finish = Some(FinishReason::Length);
+            return;
+        }
+        let tok = sample_next(
+            ctx,
+            idx,
+            &mut self.sampler,
+            self.grammar.as_mut(),
+            vocab.eos(),
+        );
+        self.completion_tokens += 1;
+        if vocab.is_eog(tok) {
+            self.finish = Some(FinishReason::Stop);
+            return;
+        }
+        let before = self.bytes.len();
+        vocab.token_to_piece_into(tok, &mut self.bytes, false, None);
+        if let Some(at) = find_stop(&self.bytes, &req.stop, before) {
+            self.bytes.truncate(at);
+            self.finish = Some(FinishReason::StopSequence);
+            return;
+        }
+        self.next = Some(tok);
+    }
 }
 
 /// Creates the engine's persistent context when it has none.
@@ -483,73 +556,33 @@ fn ensure_session(engine: &mut Engine, opts: &LocalOptions) -> Result<f64, LlmEr
     Ok(ms)
 }
 
-/// Runs one request on `engine`: sequence 0 with the request's own sampling,
-/// plus `req.samples.n` sampled sequences in the same batches. Blocking;
-/// checks `cancel` before every decode.
-fn generate(
-    engine: &mut Engine,
-    opts: &LocalOptions,
-    req: &CompletionRequest,
-    cancel: &CancellationToken,
-) -> Result<Generated, LlmError> {
-    let setup_ms = ensure_session(engine, opts)?;
-    let loaded: &Loaded = &engine.loaded;
-    let session = engine.session.as_mut().expect("session exists");
-    let model = &loaded.model;
-    let vocab = model.vocab();
+/// Tokenizes a request's chat-templated prompt.
+fn prompt_tokens(loaded: &Loaded, req: &CompletionRequest) -> Result<Vec<LlamaToken>, LlmError> {
+    let vocab = loaded.model.vocab();
     let prompt = render_prompt(loaded, req)?;
     let mut tokens = vocab.tokenize(prompt.as_bytes(), true, true);
     // A template that writes its own BOS plus add_special would double it.
     if tokens.len() >= 2 && tokens[0] == vocab.bos() && tokens[1] == vocab.bos() {
         tokens.remove(0);
     }
-    let prompt_tokens = tokens.len() as u32;
-    if prompt_tokens == 0 {
+    if tokens.is_empty() {
         return Err(LlmError::Config("empty prompt".to_string()));
     }
-    let room = |n: u32| prompt_tokens as u64 + n as u64 * req.max_tokens as u64;
-    if room(1) > opts.n_ctx as u64 {
-        return Err(LlmError::ContextOverflow {
-            prompt_tokens,
-            n_ctx: opts.n_ctx,
-        });
-    }
-    // As many sequences as asked for, the sequence limit and the context allow.
-    let mut n_seq = req.n_choices().min(opts.max_sequences.max(1));
-    while n_seq > 1 && room(n_seq) > opts.n_ctx as u64 {
-        n_seq -= 1;
-    }
-    if n_seq < req.n_choices() {
-        tracing::warn!(
-            asked = req.n_choices(),
-            decoded = n_seq,
-            n_ctx = opts.n_ctx,
-            max_sequences = opts.max_sequences,
-            "fewer sequences than asked for fit the context"
-        );
-    }
+    Ok(tokens)
+}
 
-    let ctx = &mut session.ctx;
-
-    // Reuse the cached prefix; at least the last prompt token is decoded again
-    // so its logits exist.
-    let reuse = common_prefix(&session.cached, &tokens).min(tokens.len() - 1);
-    ctx.clear_kv_cache_seq(Some(0), Some(reuse as u32), None)
-        .map_err(|e| LlmError::BadResponse(format!("KV cache: {e}")))?;
-    for s in 1..opts.max_sequences.max(1) {
-        ctx.clear_kv_cache_seq(Some(s), None, None)
-            .map_err(|e| LlmError::BadResponse(format!("KV cache: {e}")))?;
-    }
-    session.cached.truncate(reuse);
-
-    let t_prompt = Instant::now();
-    let decode_err = |e: llama_cpp_2::DecodeError| {
-        LlmError::BadResponse(format!("llama.cpp decode failed: {e}"))
-    };
-    let mut batch = LlamaBatch::new(N_BATCH as usize, n_seq as i32);
-    let fresh = &tokens[reuse..];
-    let chunks: Vec<&[LlamaToken]> = fresh.chunks(N_BATCH as usize).collect();
-    let mut pos = reuse as i32;
+/// Decodes `tokens` into sequence `seq` from position `pos`, in batches of
+/// [`N_BATCH`], logits for the last token only. Returns the batch index of
+/// those logits.
+fn ingest(
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    tokens: &[LlamaToken],
+    mut pos: i32,
+    seq: i32,
+    cancel: &CancellationToken,
+) -> Result<i32, LlmError> {
+    let chunks: Vec<&[LlamaToken]> = tokens.chunks(N_BATCH as usize).collect();
     for (ci, chunk) in chunks.iter().enumerate() {
         if cancel.is_cancelled() {
             return Err(LlmError::Cancelled);
@@ -559,111 +592,220 @@ fn generate(
         for (i, t) in chunk.iter().enumerate() {
             let logits = last_chunk && i + 1 == chunk.len();
             batch
-                .add(*t, pos, &[0], logits)
+                .add(*t, pos, &[seq], logits)
                 .map_err(|e| LlmError::BadResponse(e.to_string()))?;
             pos += 1;
         }
-        ctx.decode(&mut batch).map_err(decode_err)?;
-        session.cached.extend_from_slice(chunk);
+        ctx.decode(batch).map_err(decode_err)?;
     }
-    let prompt_ms = ms_since(t_prompt);
-    // The other sequences start from the same prompt cells.
-    for s in 1..n_seq as i32 {
-        ctx.kv_cache_seq_cp(0, s, None, None)
-            .map_err(|e| LlmError::BadResponse(format!("KV cache: {e}")))?;
+    Ok(batch.n_tokens() - 1)
+}
+
+fn decode_err(e: llama_cpp_2::DecodeError) -> LlmError {
+    LlmError::BadResponse(format!("llama.cpp decode failed: {e}"))
+}
+
+fn kv_err(e: impl std::fmt::Display) -> LlmError {
+    LlmError::BadResponse(format!("KV cache: {e}"))
+}
+
+/// Runs a batch of requests on `engine`. Request 0's prompt goes to
+/// sequence 0, reusing what the KV cache holds from the last call; every
+/// other request's prompt gets its own sequence, starting from a copy of the
+/// prefix it shares with request 0. A request's extra samples copy its
+/// prompt's sequence. Then every sequence decodes one token per
+/// `llama_decode` until all have ended. Blocking; checks `cancel` before
+/// every decode.
+fn generate(
+    engine: &mut Engine,
+    opts: &LocalOptions,
+    reqs: &[CompletionRequest],
+    cancel: &CancellationToken,
+) -> Result<Vec<Generated>, LlmError> {
+    let setup_ms = ensure_session(engine, opts)?;
+    let loaded: &Loaded = &engine.loaded;
+    let session = engine.session.as_mut().expect("session exists");
+    let model = &loaded.model;
+    let prompts = reqs
+        .iter()
+        .map(|r| prompt_tokens(loaded, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Room: every prompt's own cells plus every sequence's completion.
+    let max_seq = opts.max_sequences.max(1);
+    let mut n_choices: Vec<u32> = reqs.iter().map(|r| r.n_choices()).collect();
+    if reqs.len() as u32 > max_seq {
+        return Err(LlmError::Config(format!(
+            "a batch of {} requests needs more sequences than max_sequences = {max_seq}",
+            reqs.len()
+        )));
+    }
+    let room = |n: &[u32]| -> u64 {
+        prompts.iter().map(|p| p.len() as u64).sum::<u64>()
+            + reqs
+                .iter()
+                .zip(n)
+                .map(|(r, k)| *k as u64 * r.max_tokens as u64)
+                .sum::<u64>()
+    };
+    if room(&vec![1; reqs.len()]) > opts.n_ctx as u64 {
+        return Err(LlmError::ContextOverflow {
+            prompt_tokens: prompts.iter().map(|p| p.len() as u32).sum(),
+            n_ctx: opts.n_ctx,
+        });
+    }
+    // Fewer samples where the sequences or the context run out (the largest
+    // request gives first).
+    while n_choices.iter().sum::<u32>() > max_seq || room(&n_choices) > opts.n_ctx as u64 {
+        let (i, _) = n_choices
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, k)| **k)
+            .expect("at least one request");
+        if n_choices[i] <= 1 {
+            break;
+        }
+        n_choices[i] -= 1;
+    }
+    let asked: u32 = reqs.iter().map(|r| r.n_choices()).sum();
+    if n_choices.iter().sum::<u32>() < asked {
+        tracing::warn!(
+            asked,
+            decoded = n_choices.iter().sum::<u32>(),
+            n_ctx = opts.n_ctx,
+            max_sequences = opts.max_sequences,
+            "fewer sequences than asked for fit the context"
+        );
     }
 
+    let ctx = &mut session.ctx;
+    // Reuse the cached prefix of request 0; at least its last prompt token is
+    // decoded again so its logits exist.
+    let first = &prompts[0];
+    let reuse = common_prefix(&session.cached, first).min(first.len() - 1);
+    ctx.clear_kv_cache_seq(Some(0), Some(reuse as u32), None)
+        .map_err(kv_err)?;
+    for s in 1..max_seq {
+        ctx.clear_kv_cache_seq(Some(s), None, None)
+            .map_err(kv_err)?;
+    }
+    session.cached.truncate(reuse);
+
+    let t_prompt = Instant::now();
+    let total_seqs: u32 = n_choices.iter().sum();
+    let mut batch = LlamaBatch::new(N_BATCH.max(total_seqs) as usize, total_seqs as i32);
+    let mut seqs: Vec<Seq> = Vec::new();
+    let mut next_id = 0i32;
+    let mut ingested = 0u32;
+    for (ri, (req, tokens)) in reqs.iter().zip(&prompts).enumerate() {
+        let seq0 = next_id;
+        let shared = if ri == 0 {
+            reuse
+        } else {
+            common_prefix(first, tokens).min(tokens.len() - 1)
+        };
+        if ri > 0 && shared > 0 {
+            ctx.kv_cache_seq_cp(0, seq0, Some(0), Some(shared as u32))
+                .map_err(kv_err)?;
+        }
+        let idx = ingest(
+            ctx,
+            &mut batch,
+            &tokens[shared..],
+            shared as i32,
+            seq0,
+            cancel,
+        )?;
+        ingested += (tokens.len() - shared) as u32;
+        if ri == 0 {
+            session.cached.extend_from_slice(&tokens[shared..]);
+        }
+        // This request's other sequences start from the same prompt cells.
+        for s in 1..n_choices[ri] as i32 {
+            ctx.kv_cache_seq_cp(seq0, seq0 + s, None, None)
+                .map_err(kv_err)?;
+        }
+        // Sample every one of its sequences from the prompt's logits now:
+        // the next decode overwrites them.
+        for s in 0..n_choices[ri] {
+            let mut seq = Seq {
+                id: seq0 + s as i32,
+                req: ri,
+                sampler: build_sampler(req, s),
+                grammar: build_grammar(model, req),
+                bytes: Vec::new(),
+                completion_tokens: 0,
+                next: None,
+                pos: tokens.len() as i32,
+                finish: None,
+            };
+            seq.step(ctx, idx, req, model);
+            seqs.push(seq);
+        }
+        next_id += n_choices[ri] as i32;
+    }
+    let prompt_ms = ms_since(t_prompt);
+
     let t_decode = Instant::now();
-    let first_logits = batch.n_tokens() - 1;
-    let mut seqs: Vec<Seq> = (0..n_seq)
-        .map(|s| Seq {
-            id: s as i32,
-            sampler: build_sampler(req, s),
-            grammar: build_grammar(model, req),
-            bytes: Vec::new(),
-            completion_tokens: 0,
-            next: None,
-            logits_at: first_logits,
-            finish: None,
-        })
-        .collect();
-    loop {
+    while seqs.iter().any(|s| s.finish.is_none()) {
         if cancel.is_cancelled() {
             return Err(LlmError::Cancelled);
         }
-        // Sample every live sequence from its logits of the last decode.
-        for seq in seqs.iter_mut().filter(|s| s.finish.is_none()) {
-            if seq.completion_tokens >= req.max_tokens {
-                seq.finish = Some(FinishReason::Length);
-                continue;
-            }
-            let tok = sample_next(
-                ctx,
-                seq.logits_at,
-                &mut seq.sampler,
-                seq.grammar.as_mut(),
-                vocab.eos(),
-            );
-            seq.completion_tokens += 1;
-            if vocab.is_eog(tok) {
-                seq.finish = Some(FinishReason::Stop);
-                continue;
-            }
-            let before = seq.bytes.len();
-            vocab.token_to_piece_into(tok, &mut seq.bytes, false, None);
-            if let Some(at) = find_stop(&seq.bytes, &req.stop, before) {
-                seq.bytes.truncate(at);
-                seq.finish = Some(FinishReason::StopSequence);
-                continue;
-            }
-            seq.next = Some(tok);
-        }
-        if seqs.iter().all(|s| s.finish.is_some()) {
-            break;
-        }
-        // One token per live sequence, all at the same position.
+        // One token per live sequence, each at its own position.
         batch.clear();
-        for seq in seqs.iter_mut().filter(|s| s.finish.is_none()) {
+        let mut at = Vec::new();
+        for (i, seq) in seqs
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| s.finish.is_none())
+        {
             let tok = seq.next.take().expect("a live sequence has a next token");
-            seq.logits_at = batch.n_tokens();
+            at.push((i, batch.n_tokens()));
             batch
-                .add(tok, pos, &[seq.id], true)
+                .add(tok, seq.pos, &[seq.id], true)
                 .map_err(|e| LlmError::BadResponse(e.to_string()))?;
+            seq.pos += 1;
             if seq.id == 0 {
                 session.cached.push(tok);
             }
         }
-        pos += 1;
         ctx.decode(&mut batch).map_err(decode_err)?;
+        for (i, idx) in at {
+            let seq = &mut seqs[i];
+            seq.step(ctx, idx, &reqs[seq.req], model);
+        }
     }
-    // Keep only sequence 0 (prompt + its completion) for the next prefix match.
-    for s in 1..n_seq {
+    // Keep only sequence 0 (request 0's prompt and first completion) for the
+    // next prefix match.
+    for s in 1..total_seqs {
         ctx.clear_kv_cache_seq(Some(s), None, None)
-            .map_err(|e| LlmError::BadResponse(format!("KV cache: {e}")))?;
+            .map_err(kv_err)?;
     }
-    let choices = seqs
-        .into_iter()
-        .map(|s| {
-            // Bytes were accumulated across tokens, so characters split between
-            // tokens decode whole; only a truncated final character is replaced.
-            let (text, _) = encoding_rs::UTF_8.decode_without_bom_handling(&s.bytes);
-            Choice {
-                text: text.into_owned(),
-                completion_tokens: s.completion_tokens,
-                finish_reason: s.finish.unwrap_or(FinishReason::Length),
-            }
+    let phases = PhaseTimes {
+        setup_ms,
+        prompt_ms,
+        decode_ms: ms_since(t_decode),
+        cached_tokens: (prompts.iter().map(|p| p.len() as u32).sum::<u32>())
+            .saturating_sub(ingested),
+    };
+    let mut out: Vec<Generated> = prompts
+        .iter()
+        .map(|p| Generated {
+            choices: Vec::new(),
+            prompt_tokens: p.len() as u32,
+            phases,
         })
         .collect();
-    Ok(Generated {
-        choices,
-        prompt_tokens,
-        phases: PhaseTimes {
-            setup_ms,
-            prompt_ms,
-            decode_ms: ms_since(t_decode),
-            cached_tokens: reuse as u32,
-        },
-    })
+    for s in seqs {
+        // Bytes were accumulated across tokens, so characters split between
+        // tokens decode whole; only a truncated final character is replaced.
+        let (text, _) = encoding_rs::UTF_8.decode_without_bom_handling(&s.bytes);
+        out[s.req].choices.push(Choice {
+            text: text.into_owned(),
+            completion_tokens: s.completion_tokens,
+            finish_reason: s.finish.unwrap_or(FinishReason::Length),
+        });
+    }
+    Ok(out)
 }
 
 /// Milliseconds since `t`, with sub-millisecond precision.

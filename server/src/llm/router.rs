@@ -106,6 +106,45 @@ impl Router {
         }
     }
 
+    /// Completes several `(role, request)` pairs together. When every role's
+    /// first provider is the same one, the requests go to it as one batch
+    /// ([`Provider::complete_batch`]: the local provider decodes them in one
+    /// llama.cpp batch); otherwise, or when that batch fails in a way another
+    /// provider might not, each request goes through [`Router::complete`]
+    /// (with its fallbacks), concurrently. Results are in input order.
+    pub async fn complete_batch(
+        &self,
+        items: &[(Role, CompletionRequest)],
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(Completion, usize)>, LlmError> {
+        let firsts: Vec<&Arc<dyn Provider>> = items
+            .iter()
+            .filter_map(|(role, _)| self.providers(*role).first())
+            .collect();
+        let shared =
+            firsts.len() == items.len() && firsts.windows(2).all(|w| Arc::ptr_eq(w[0], w[1]));
+        if shared && items.len() > 1 {
+            let reqs: Vec<CompletionRequest> = items.iter().map(|(_, r)| r.clone()).collect();
+            match firsts[0].complete_batch(&reqs, cancel).await {
+                Ok(cs) => {
+                    let mut out = Vec::with_capacity(cs.len());
+                    for (c, r) in cs.into_iter().zip(&reqs) {
+                        out.push((top_up(firsts[0].as_ref(), r, c, cancel).await?, 0));
+                    }
+                    return Ok(out);
+                }
+                Err(e) if e.is_retryable_elsewhere() => {
+                    tracing::warn!(provider = %label(firsts[0].as_ref()), error = %e, "batch failed; trying each request on its own");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let calls = items
+            .iter()
+            .map(|(role, r)| self.complete(*role, r, cancel));
+        futures_util::future::try_join_all(calls).await
+    }
+
     /// `role`'s chain as text, e.g. `local:qwen2.5-coder-1.5b -> openai:gpt-4o-mini`.
     pub fn describe(&self, role: Role) -> String {
         self.providers(role)
@@ -125,7 +164,17 @@ async fn complete_all(
     req: &CompletionRequest,
     cancel: &CancellationToken,
 ) -> Result<Completion, LlmError> {
-    let mut c = p.complete(req, cancel).await?;
+    let c = p.complete(req, cancel).await?;
+    top_up(p, req, c, cancel).await
+}
+
+/// Adds single sampled calls to `c` until it has the alternatives `req` asked for.
+async fn top_up(
+    p: &dyn Provider,
+    req: &CompletionRequest,
+    mut c: Completion,
+    cancel: &CancellationToken,
+) -> Result<Completion, LlmError> {
     let Some(samples) = req.samples else {
         return Ok(c);
     };

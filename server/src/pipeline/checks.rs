@@ -1,7 +1,7 @@
 //! Validate and SecurityCheck on the chosen candidate. A candidate with an
 //! error finding gives way to the next one in the selection's rank order;
-//! when the ranking is exhausted the round goes to Critique (a repair round
-//! that shows the findings).
+//! when the ranking is exhausted the round counts as having no passing
+//! candidate (more samples after a greedy-only round, else Critique).
 
 use std::time::Instant;
 
@@ -13,6 +13,14 @@ impl TaskRun {
         let Some(i) = self.chosen else {
             return Ok(Stage::Critique);
         };
+        // A candidate carried over from an earlier round was checked already.
+        if self.candidates[i].checked {
+            return Ok(if self.has_errors(i) {
+                self.next_ranked()
+            } else {
+                Stage::Review
+            });
+        }
         self.enter(
             Stage::Validate,
             format!("validating candidate {}", self.candidates[i].n),
@@ -25,6 +33,7 @@ impl TaskRun {
         );
         self.finish_checks(i, report, "validate", t0)?;
         Ok(if self.has_errors(i) {
+            self.candidates[i].checked = true;
             self.next_ranked()
         } else {
             Stage::SecurityCheck
@@ -73,7 +82,7 @@ impl TaskRun {
                 if let Some(&r) = ranking.first() {
                     self.chosen = Some(self.round_start + r);
                 }
-                Stage::Critique
+                self.after_no_pass()
             }
         }
     }

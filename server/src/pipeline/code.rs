@@ -1,11 +1,14 @@
-//! WriteCode and Critique: a round of k candidates from one prompt, and the
-//! facts a repair round starts from.
+//! WriteCode, DesignTests and Critique: rounds of candidates from one
+//! prompt, and the facts a repair round starts from.
 //!
-//! WriteCode asks for the greedy completion plus k-1 samples of the same
-//! prompt in one call ([`CompletionRequest::samples`]; the local provider
-//! decodes them as sequences of one batch sharing the prompt's KV cache),
-//! deduplicates them by normalised code (duplicates add weight to the vote),
-//! and records each distinct one as an attempt. The first round's prompt is
+//! The first round is the greedy candidate alone (accepted when it passes
+//! every docstring example: on this CPU one sequence costs a third of four).
+//! When it does not, DesignTests asks for k-1 samples of the same prompt and
+//! the test designer's inputs in one batch ([`crate::llm::Router::complete_batch`];
+//! the local provider decodes every sequence in the same llama.cpp batch,
+//! sharing the prompt's KV cells). Samples are deduplicated by normalised
+//! code (duplicates add weight to the vote) and each distinct one is
+//! recorded as an attempt. The first round's prompt is
 //! the plain stub (the strongest single shot measured on the dev set); a
 //! repair round shows the closest candidate with its failing examples' input,
 //! expected and actual value; a feedback round shows the rejected proposal
@@ -22,56 +25,94 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{failures_of, Candidate, PipelineError, Stage, TaskRun};
+use super::{failures_of, Candidate, PipelineError, RoundKind, Stage, TaskRun};
 use crate::llm::Samples;
 use crate::python;
 use crate::roles::{self, Repair};
 use crate::types::{Role, Severity, TestOrigin};
 
 impl TaskRun {
-    pub(super) async fn step_write_code(
+    /// WriteCode (`with_tests` false) and DesignTests (true): one round of
+    /// candidates, and with `with_tests` the test designer's request in the
+    /// same batch.
+    pub(super) async fn sample_round(
         &mut self,
         cancel: &CancellationToken,
+        with_tests: bool,
     ) -> Result<Stage, PipelineError> {
+        let kind = self.next_round;
         self.round += 1;
-        self.round_start = self.candidates.len();
+        if kind != RoundKind::Widen {
+            self.round_start = self.candidates.len();
+        }
         self.selection = None;
         self.chosen = None;
         self.rank_pos = 0;
         let k = self.deps.settings.candidates.max(1);
-        let what = match (&self.feedback, self.repair_basis) {
-            (Some(_), _) => "refining with your feedback",
-            (None, Some(_)) => "repairing",
-            (None, None) => "writing code",
+        // (greedy candidate included, sampled candidates)
+        let (greedy, sampled) = match kind {
+            RoundKind::Greedy => (true, 0),
+            RoundKind::Widen => (false, k.saturating_sub(1).max(1)),
+            RoundKind::Full | RoundKind::Repair | RoundKind::Feedback => (true, k - 1),
         };
-        self.enter(
-            Stage::WriteCode,
-            format!("{what}: sampling {k} candidate(s) (round {})", self.round),
-        );
+        let n = u32::from(greedy) + sampled;
+        let what = match kind {
+            RoundKind::Greedy => "writing code".to_string(),
+            RoundKind::Widen => format!("sampling {n} more candidate(s)"),
+            RoundKind::Full => format!("sampling {n} candidate(s)"),
+            RoundKind::Repair => format!("repairing: sampling {n} candidate(s)"),
+            RoundKind::Feedback => {
+                format!("refining with your feedback: sampling {n} candidate(s)")
+            }
+        };
+        let stage = if with_tests {
+            Stage::DesignTests
+        } else {
+            Stage::WriteCode
+        };
+        let message = if with_tests {
+            format!("designing test inputs and {what} (round {})", self.round)
+        } else {
+            format!("{what} (round {})", self.round)
+        };
+        self.enter(stage, message);
         let t0 = Instant::now();
-        let req = self.code_request(k);
+        let req = self.code_request(greedy, sampled);
+        let c = if with_tests {
+            let tests = self.tests_request();
+            let items = [(Role::Developer, req.clone()), (Role::TestDesigner, tests)];
+            let mut res = match self.deps.router.complete_batch(&items, cancel).await {
+                Ok(v) => v.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            };
+            let code = self.record_call(Role::Developer, res.remove(0))?;
+            let tests = self.record_call(Role::TestDesigner, res.remove(0))?;
+            self.apply_designed_tests(roles::parse_tests(&tests.text))?;
+            code
+        } else {
+            self.call(Role::Developer, &req, cancel).await?
+        };
         let name = self.stub.name.clone();
-        let c = self.call(Role::Developer, &req, cancel).await?;
-        let mut texts = vec![c.text.clone()];
-        texts.extend(c.alternatives.iter().map(|a| a.text.clone()));
+        let mut texts = vec![(c.text.clone(), greedy)];
+        texts.extend(c.alternatives.iter().map(|a| (a.text.clone(), false)));
         let feedback_given = self.feedback.take();
-        // Distinct candidates in sample order; the greedy sample is first.
-        let mut distinct: Vec<(String, u32, bool)> = Vec::new();
-        let mut keys: BTreeMap<String, usize> = BTreeMap::new();
+        let rejected = match (&feedback_given, self.repair_basis) {
+            (Some(_), Some(i)) => Some(python::normalized_code(&self.candidates[i].generated)),
+            _ => None,
+        };
+        let ms = t0.elapsed().as_millis() as u64;
         let mut unusable = 0;
-        for (i, text) in texts.iter().enumerate() {
+        for (text, is_greedy) in &texts {
             let Ok(code) = roles::parse_code(text, &name) else {
                 unusable += 1;
                 continue;
             };
             let key = python::normalized_code(&code);
-            match keys.get(&key) {
-                Some(&j) => distinct[j].1 += 1,
-                None => {
-                    keys.insert(key, distinct.len());
-                    distinct.push((code, 1, i == 0 && req.temperature <= 0.0));
-                }
+            // A feedback round must not hand back the proposal the user rejected.
+            if rejected.as_ref() == Some(&key) {
+                continue;
             }
+            self.add_sample(code, key, *is_greedy, ms)?;
         }
         if unusable > 0 {
             self.note(format!(
@@ -80,31 +121,23 @@ impl TaskRun {
                 self.round
             ));
         }
-        // A feedback round should not hand back the proposal the user rejected.
-        if feedback_given.is_some() {
-            if let Some(basis) = self
-                .repair_basis
-                .map(|i| self.candidates[i].generated.clone())
-            {
-                let rejected = python::normalized_code(&basis);
-                distinct.retain(|(code, _, _)| python::normalized_code(code) != rejected);
-            }
-        }
-        let ms = t0.elapsed().as_millis() as u64;
-        for (code, weight, greedy) in distinct {
-            self.add_candidate(code, weight, greedy, ms)?;
-        }
         if self.round_candidates().is_empty() {
-            return Ok(Stage::Critique);
+            return Ok(self.after_no_pass());
         }
         Ok(Stage::RunTests)
     }
 
-    /// The developer request of this round, asking for `k` candidates.
-    fn code_request(&self, k: u32) -> crate::llm::CompletionRequest {
+    /// The developer request of this round: the greedy candidate (when
+    /// `greedy`) and `sampled` samples.
+    fn code_request(&self, greedy: bool, sampled: u32) -> crate::llm::CompletionRequest {
         let s = &self.deps.settings;
         let guide = self.deps.guidelines.for_role(Role::Developer, false);
-        let basis = self.repair_basis.map(|i| &self.candidates[i]);
+        let basis = match self.next_round {
+            RoundKind::Repair | RoundKind::Feedback => {
+                self.repair_basis.map(|i| &self.candidates[i])
+            }
+            _ => None,
+        };
         let failures;
         let repair = match basis {
             Some(b) => {
@@ -135,16 +168,50 @@ impl TaskRun {
             None => None,
         };
         let mut req = roles::code_request(&self.view, s.code_prompt, &guide, repair.as_ref());
-        if k > 1 {
+        // Every round samples other candidates.
+        req.seed = 1000 * self.round;
+        let extra = if greedy {
+            sampled
+        } else {
+            sampled.saturating_sub(1)
+        };
+        if !greedy {
+            req.temperature = s.sample_temperature;
+        }
+        if extra > 0 {
             req.samples = Some(Samples {
-                n: k - 1,
+                n: extra,
                 temperature: s.sample_temperature,
                 top_p: s.top_p,
             });
-            // Another round samples other candidates.
-            req.seed = 1000 * self.round;
         }
         req
+    }
+
+    /// Adds one parsed sample to the round: more weight to an equal
+    /// candidate already in it, else a new candidate.
+    fn add_sample(
+        &mut self,
+        code: String,
+        key: String,
+        greedy: bool,
+        write_ms: u64,
+    ) -> Result<(), PipelineError> {
+        let existing = (self.round_start..self.candidates.len())
+            .find(|&i| python::normalized_code(&self.candidates[i].generated) == key);
+        match existing {
+            Some(i) => {
+                let c = &mut self.candidates[i];
+                c.weight += 1;
+                c.greedy |= greedy;
+                let (id, round, weight, greedy) = (c.id, c.round, c.weight, c.greedy);
+                self.deps
+                    .store
+                    .set_attempt_candidate(id, round, weight, greedy)?;
+                Ok(())
+            }
+            None => self.add_candidate(code, 1, greedy, write_ms),
+        }
     }
 
     /// Records a distinct candidate of the current round as an attempt,
@@ -211,6 +278,7 @@ impl TaskRun {
         }
         self.enter(Stage::Critique, "collecting the failing examples".into());
         self.repairs += 1;
+        self.next_round = RoundKind::Repair;
         // The repair starts from the closest candidate (or, with no usable
         // candidate this round, from the last one that had code).
         self.repair_basis = self.chosen.or(self.repair_basis);
@@ -228,7 +296,7 @@ impl TaskRun {
             );
             self.deps.store.add_critique(c.id, &text, None)?;
         }
-        Ok(Stage::WriteCode)
+        Ok(self.sampling_stage())
     }
 
     /// Finishes the attempts of the current round in the store.

@@ -1,58 +1,70 @@
-//! DesignTests: the docstring's examples (ground truth) plus generated test
-//! cases, which are mostly *inputs*: every candidate runs on them and
-//! candidates vote by behaviour; an expected value, when the designer gives
+//! The generated test cases: mostly *inputs*. They are designed once, in the
+//! first round that samples several candidates (the same llama.cpp batch as
+//! those candidates, see `code.rs`); every candidate then runs on them and
+//! candidates vote by behaviour. An expected value, when the designer gives
 //! one, only breaks ties. A generated case with the same call as a docstring
 //! example but another expected value contradicts the docstring: it is
 //! dropped and the drop recorded.
 
 use std::collections::{BTreeMap, HashSet};
 
-use tokio_util::sync::CancellationToken;
-
-use super::{is_identifier_path, normalize, Event, PipelineError, Stage, TaskRun};
+use super::{is_identifier_path, normalize, Event, PipelineError, TaskRun};
+use crate::llm::CompletionRequest;
 use crate::python;
-use crate::roles;
+use crate::roles::{self, DesignedTests, ParseError};
 use crate::types::{Role, TestCase, TestOrigin};
 
 impl TaskRun {
-    pub(super) async fn step_design_tests(
+    /// The test designer's request (examples listed so they are not repeated).
+    pub(super) fn tests_request(&self) -> CompletionRequest {
+        let guide = self.deps.guidelines.for_role(Role::TestDesigner, false);
+        let examples: Vec<TestCase> = self
+            .tests
+            .iter()
+            .filter(|t| t.origin == TestOrigin::Docstring)
+            .cloned()
+            .collect();
+        roles::tests_request(
+            &self.view,
+            &guide,
+            &examples,
+            &self.answered,
+            self.deps.settings.max_generated_tests,
+        )
+    }
+
+    /// Adds the test designer's cases (and assumptions) to the task's tests.
+    pub(super) fn apply_designed_tests(
         &mut self,
-        cancel: &CancellationToken,
-    ) -> Result<Stage, PipelineError> {
-        self.enter(Stage::DesignTests, "designing test inputs".into());
-        let examples = python::extract_examples(&self.stub);
-        let max = self.deps.settings.max_generated_tests;
-        let mut generated = Vec::new();
-        if max > 0 {
-            let guide = self.deps.guidelines.for_role(Role::TestDesigner, false);
-            let req = roles::tests_request(&self.view, &guide, &examples, &self.answered, max);
-            match self
-                .call_parsed(Role::TestDesigner, req, roles::parse_tests, cancel)
-                .await?
-            {
-                Ok(t) => {
-                    for a in t.assumptions {
-                        let a = a.trim().to_string();
-                        if !a.is_empty() && !self.assumptions.contains(&a) {
-                            self.assumptions.push(a);
-                        }
-                    }
-                    generated = t.tests;
-                }
-                Err(e) => self.note(format!(
+        reply: Result<DesignedTests, ParseError>,
+    ) -> Result<(), PipelineError> {
+        self.designed = true;
+        let designed = match reply {
+            Ok(t) => t,
+            Err(e) => {
+                self.note(format!(
                     "test designer output unusable ({e}); going on with the docstring's examples only"
-                )),
+                ));
+                return Ok(());
+            }
+        };
+        for a in designed.assumptions {
+            let a = a.trim().to_string();
+            if !a.is_empty() && !self.assumptions.contains(&a) {
+                self.assumptions.push(a);
             }
         }
-        let mut tests = examples;
-        let doc_calls: BTreeMap<String, String> = tests
+        let max = self.deps.settings.max_generated_tests;
+        let doc_calls: BTreeMap<String, String> = self
+            .tests
             .iter()
             .map(|t| (normalize(&t.call), normalize(&t.expected)))
             .collect();
         let mut seen: HashSet<String> = doc_calls.keys().cloned().collect();
         let mut contradictions = Vec::new();
+        let mut added = Vec::new();
         let mut n = 0;
-        for g in generated.into_iter().take(max) {
+        for g in designed.tests.into_iter().take(max) {
             let call = g.call.trim().to_string();
             let raises = Some(g.raises.trim().to_string()).filter(|r| is_identifier_path(r));
             let mut expected = if raises.is_some() {
@@ -60,10 +72,10 @@ impl TaskRun {
             } else {
                 g.expected.trim().to_string()
             };
-            if call.is_empty() || !call.contains(&self.stub.name) {
-                continue;
-            }
-            if !python::syntax_errors(&call).is_empty() {
+            if call.is_empty()
+                || !call.contains(&self.stub.name)
+                || !python::syntax_errors(&call).is_empty()
+            {
                 continue;
             }
             // Prose instead of a literal is no expectation: the input still votes.
@@ -87,11 +99,13 @@ impl TaskRun {
                 continue;
             }
             if seen.insert(key) {
-                tests.push(case);
+                added.push(case);
             }
         }
-        self.deps.store.add_test_cases(self.task, &tests)?;
+        self.deps.store.add_test_cases(self.task, &added)?;
         self.deps.store.add_test_cases(self.task, &contradictions)?;
+        let generated = added.len();
+        self.tests.extend(added);
         for c in contradictions {
             let reason = format!(
                 "same call as a docstring example but expects {} instead",
@@ -99,23 +113,11 @@ impl TaskRun {
             );
             self.drop_test(&c.id, &reason, 0)?;
         }
-        let doc = tests
-            .iter()
-            .filter(|t| t.origin == TestOrigin::Docstring)
-            .count();
-        if doc == 0 {
+        if !self.tests.iter().any(|t| t.origin == TestOrigin::Docstring) {
             self.note("the docstring has no examples: candidates are chosen by agreement on generated inputs only (add `>>>` examples for trustworthy results)".into());
         }
-        self.tests = tests;
-        self.enter(
-            Stage::DesignTests,
-            format!(
-                "designed tests ({} from the docstring, {} generated inputs)",
-                doc,
-                self.tests.len() - doc
-            ),
-        );
-        Ok(Stage::WriteCode)
+        tracing::debug!(task = self.task.0, generated, "designed test inputs");
+        Ok(())
     }
 
     /// Drops a generated test case (recorded with its reason).

@@ -1,17 +1,20 @@
 //! The agent loop of one task, as an explicit state machine. One file per
-//! stage: `plan.rs` (Plan, Clarify), `design_tests.rs` (DesignTests),
-//! `code.rs` (WriteCode, Critique), `run.rs` (RunTests, Select), `checks.rs`
+//! stage: `plan.rs` (Plan, Clarify), `code.rs` (WriteCode and DesignTests,
+//! which sample a round of candidates; Critique), `design_tests.rs` (the
+//! generated test cases of the first sampling round), `run.rs` (RunTests, Select), `checks.rs`
 //! (Validate, SecurityCheck), `review.rs` (Review, Package, proposal files);
 //! the pure choice among candidates is `select.rs`.
 //!
 //! ```text
-//! Plan --clear--> DesignTests -> WriteCode(k candidates) -> RunTests(all x all) -> Select
+//! Plan --clear--> WriteCode(greedy) -> RunTests -> Select
 //! Plan --unclear--> Clarify -> Plan
 //! Select --a candidate passes every docstring example--> Validate --ok--> SecurityCheck --ok--> Review --accept--> Package -> Done
+//! Select --the greedy one alone fails--> DesignTests(test inputs + k-1 samples, one batch) -> RunTests(all x all) -> Select
 //! Select --none passes--> Critique (repair budget left: facts of the closest candidate) -> WriteCode(k repairs)
 //!                         Critique (budget spent) -> Review (the closest, marked failing)
-//! Validate/SecurityCheck --findings--> next candidate in rank order, or Critique
+//! Validate/SecurityCheck --findings--> next candidate in rank order, or as if none passed
 //! Review --reject+feedback--> WriteCode(k candidates conditioned on the feedback)
+//! (no docstring examples: the first round is DesignTests with the greedy candidate and k-1 samples)
 //! ```
 //!
 //! Why this shape: on the dev set, asking a 1.5B model to critique and rewrite
@@ -110,7 +113,7 @@ pub struct Settings {
     pub code_prompt: CodePrompt,
     /// Clarifying questions allowed before the planner must state assumptions (default 2).
     pub max_clarifications: u32,
-    /// Cap on generated test cases (default 8).
+    /// Cap on generated test cases (default 6).
     pub max_generated_tests: usize,
     /// Whether the front end can answer questions. When false no planner call
     /// is made (there is nobody to ask); the test designer states assumptions.
@@ -130,7 +133,7 @@ impl Default for Settings {
             top_p: 0.95,
             code_prompt: CodePrompt::Plain,
             max_clarifications: 2,
-            max_generated_tests: 8,
+            max_generated_tests: 6,
             interactive: false,
             python: PathBuf::from("python3"),
             write_proposal_files: true,
@@ -377,6 +380,25 @@ pub enum PipelineError {
     Io(#[from] std::io::Error),
 }
 
+/// What a round of candidates is. The loop tries the cheapest thing first:
+/// the greedy candidate alone, accepted when it passes every docstring
+/// example; only when it does not (or there are no examples) are more
+/// candidates sampled and test inputs designed, in one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoundKind {
+    /// The greedy candidate of the plain prompt, alone.
+    Greedy,
+    /// k-1 sampled candidates of the same prompt, joining the greedy one.
+    Widen,
+    /// The greedy candidate and k-1 samples (no examples to try the greedy
+    /// one against alone).
+    Full,
+    /// k candidates of a repair prompt: the closest candidate and its failing facts.
+    Repair,
+    /// k candidates conditioned on the user's feedback.
+    Feedback,
+}
+
 /// One distinct candidate: code a round sampled (once or several times).
 #[derive(Debug, Clone)]
 struct Candidate {
@@ -429,6 +451,11 @@ pub struct TaskRun {
     candidates: Vec<Candidate>,
     /// Rounds of candidates started (1 after the first WriteCode).
     round: u32,
+    /// What the next round of candidates is.
+    next_round: RoundKind,
+    /// Generated test cases were designed (they are designed once, in the
+    /// first round that samples).
+    designed: bool,
     /// Repair rounds used since the task began or the last feedback.
     repairs: u32,
     /// Index into `candidates` where the current round starts.
@@ -502,6 +529,17 @@ impl TaskRun {
         }
         // `docsmith-task-<pid>-*`: removed by a later start if this process dies.
         let work = crate::sandbox::temp_work_dir("task")?;
+        // The docstring's examples are ground truth from the start; generated
+        // inputs join them when a round samples.
+        let tests = python::extract_examples(&stub);
+        deps.store.add_test_cases(task, &tests)?;
+        let next_round = if feedback.is_some() {
+            RoundKind::Feedback
+        } else if tests.is_empty() {
+            RoundKind::Full
+        } else {
+            RoundKind::Greedy
+        };
         Ok(TaskRun {
             feedback,
             deps,
@@ -518,10 +556,12 @@ impl TaskRun {
             questions_asked: 0,
             pending_question: None,
             assumptions: Vec::new(),
-            tests: Vec::new(),
+            tests,
             dropped: Vec::new(),
             candidates: Vec::new(),
             round: 0,
+            next_round,
+            designed: false,
             repairs: 0,
             round_start: 0,
             selection: None,
@@ -598,7 +638,8 @@ impl TaskRun {
                 self.feedback = Some(fb);
                 self.repair_basis = shown;
                 self.repairs = 0;
-                self.stage = Stage::WriteCode;
+                self.next_round = RoundKind::Feedback;
+                self.stage = self.sampling_stage();
             }
             (Stage::Review, Reply::Discard) => {
                 self.deps.store.set_task_status(
@@ -635,8 +676,8 @@ impl TaskRun {
                         .set_task_status(self.task, TaskStatus::AwaitingAnswer, None)?;
                     return Ok(Pause::Question(q));
                 }
-                Stage::DesignTests => self.step_design_tests(cancel).await?,
-                Stage::WriteCode => self.step_write_code(cancel).await?,
+                Stage::DesignTests => self.sample_round(cancel, true).await?,
+                Stage::WriteCode => self.sample_round(cancel, false).await?,
                 Stage::RunTests => self.step_run_tests(cancel).await?,
                 Stage::Select => self.step_select()?,
                 Stage::Validate => self.step_validate()?,
@@ -702,8 +743,18 @@ impl TaskRun {
         req: &CompletionRequest,
         cancel: &CancellationToken,
     ) -> Result<Completion, PipelineError> {
-        let attempt = self.candidates.last().map(|a| a.id);
         let res = self.deps.router.complete(role, req, cancel).await;
+        self.record_call(role, res)
+    }
+
+    /// Records one LLM call's result (tokens, reply text, or the error) in
+    /// the store and as an event.
+    fn record_call(
+        &mut self,
+        role: Role,
+        res: Result<(Completion, usize), LlmError>,
+    ) -> Result<Completion, PipelineError> {
+        let attempt = self.candidates.last().map(|a| a.id);
         match res {
             Ok((c, _)) => {
                 self.llm_calls += 1;
@@ -773,6 +824,29 @@ impl TaskRun {
                 let second = self.call(role, &repair, cancel).await?;
                 Ok(parse(&second.text))
             }
+        }
+    }
+
+    /// The stage that makes the next round of candidates: DesignTests when
+    /// it also designs the test inputs (the first round that samples), else
+    /// WriteCode.
+    fn sampling_stage(&self) -> Stage {
+        if !self.designed && self.next_round != RoundKind::Greedy {
+            Stage::DesignTests
+        } else {
+            Stage::WriteCode
+        }
+    }
+
+    /// Where to go when the current round has no acceptable candidate: a
+    /// greedy-only round widens to sampled candidates (not a repair), any
+    /// other goes to Critique.
+    fn after_no_pass(&mut self) -> Stage {
+        if self.next_round == RoundKind::Greedy {
+            self.next_round = RoundKind::Widen;
+            self.sampling_stage()
+        } else {
+            Stage::Critique
         }
     }
 

@@ -23,7 +23,7 @@ impl TaskRun {
         let s = &self.deps.settings;
         let may_ask = s.interactive && self.questions_asked < s.max_clarifications;
         if !may_ask || self.feedback.is_some() {
-            return Ok(Stage::DesignTests);
+            return Ok(self.sampling_stage());
         }
         self.enter(Stage::Plan, "planning".into());
         let guide = self.deps.guidelines.for_role(Role::Planner, false);
@@ -50,7 +50,7 @@ impl TaskRun {
             }
         }
         if self.plan.question.is_empty() {
-            return Ok(Stage::DesignTests);
+            return Ok(self.sampling_stage());
         }
         self.questions_asked += 1;
         self.pending_question = Some(Question {
@@ -94,7 +94,7 @@ impl TaskRun {
                         &assumed
                     }
                 ));
-                self.stage = Stage::DesignTests;
+                self.stage = self.sampling_stage();
             }
         }
         // The task runs again (issue 14: the status no longer stays at

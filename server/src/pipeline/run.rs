@@ -142,7 +142,7 @@ impl TaskRun {
         Ok(if passes {
             Stage::Validate
         } else {
-            Stage::Critique
+            self.after_no_pass()
         })
     }
 }

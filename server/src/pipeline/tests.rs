@@ -191,14 +191,13 @@ fn start(
 }
 
 #[tokio::test]
-async fn happy_path_samples_k_candidates_in_one_call_and_is_accepted() {
-    let h = harness(script(&[GOOD, GOOD2, GOOD]), k(3));
+async fn a_greedy_candidate_that_passes_the_docstring_is_accepted_alone() {
+    let h = harness(script(&[GOOD]), k(3));
     let (mut run, mut rx) = start(&h, None);
     let (p, stages) = to_review(&mut run, &mut rx).await;
     assert_eq!(
         stages,
         vec![
-            Stage::DesignTests,
             Stage::WriteCode,
             Stage::RunTests,
             Stage::Select,
@@ -208,14 +207,14 @@ async fn happy_path_samples_k_candidates_in_one_call_and_is_accepted() {
         ]
     );
     assert!(p.passing, "{:?}", p.reasons);
-    assert_eq!(p.test_counts(), (4, 4));
-    assert_eq!(p.attempts, 2, "three samples, two distinct codes");
+    assert_eq!(p.test_counts(), (2, 2), "the docstring's examples");
+    assert_eq!((p.attempts, p.rounds), (1, 1));
     assert!(
-        p.chosen_because.contains("3 of 3 candidates pass"),
+        p.chosen_because.contains("1 of 1 candidates pass"),
         "{}",
         p.chosen_because
     );
-    assert!(p.new_source.contains("    return a + b\n"), "greedy chosen");
+    assert!(p.new_source.contains("    return a + b\n"));
     assert!(
         p.new_source.contains("def other():"),
         "the rest of the file is kept"
@@ -224,59 +223,78 @@ async fn happy_path_samples_k_candidates_in_one_call_and_is_accepted() {
         p.new_source.contains("    >>> add(2, 3)\n"),
         "the docstring is kept"
     );
-    assert_eq!(p.assumptions, vec!["ints only"]);
     let dir = p.dir.clone().expect("proposal files written");
     for f in ["add.py", "test_add.py", "proposal.diff", "report.md"] {
         assert!(dir.join(f).exists(), "{f}");
     }
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(report.contains("## How it was chosen"), "{report}");
-    let tests_py = std::fs::read_to_string(dir.join("test_add.py")).unwrap();
-    assert!(
-        tests_py.contains("add(7, 8)  # a generated input"),
-        "{tests_py}"
-    );
     run.reply(Reply::Accept).unwrap();
     match run.advance(&CancellationToken::new()).await.unwrap() {
         Pause::Finished(o) => assert_eq!(o.status, TaskStatus::Accepted),
         other => panic!("{other:?}"),
     }
-    // Non-interactive: no planner call; one developer call for three candidates.
-    assert_eq!(*h.calls.lock().unwrap(), vec!["tests", "developer"]);
+    // Non-interactive, greedy passes: one call, no planner, no test designer.
+    assert_eq!(*h.calls.lock().unwrap(), vec!["developer"]);
     let sels = h.deps.store.selections(run.task_id()).unwrap();
     assert_eq!(sels.len(), 1);
     assert!(sels[0].2, "passes the gate");
-    let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
-    assert_eq!(d.attempts.len(), 2);
 }
 
 #[tokio::test]
-async fn the_docstring_gates_before_any_vote() {
-    // Two of three samples are wrong; the one that passes the examples wins.
-    let h = harness(script(&[WRONG, GOOD, WRONG]), k(3));
+async fn a_failing_greedy_candidate_widens_to_samples_and_test_inputs_in_one_batch() {
+    let h = harness(script(&[WRONG, GOOD, GOOD2]), k(3));
     let (mut run, mut rx) = start(&h, None);
-    let (p, _) = to_review(&mut run, &mut rx).await;
+    let (p, stages) = to_review(&mut run, &mut rx).await;
+    assert_eq!(
+        stages,
+        vec![
+            Stage::WriteCode,
+            Stage::RunTests,
+            Stage::Select,
+            Stage::DesignTests,
+            Stage::RunTests,
+            Stage::Select,
+            Stage::Validate,
+            Stage::SecurityCheck,
+            Stage::Review
+        ]
+    );
     assert!(p.passing, "{:?}", p.reasons);
-    assert!(p.new_source.contains("return a + b"));
+    assert_eq!(p.test_counts(), (4, 4), "examples + two generated cases");
+    assert_eq!(p.attempts, 3);
     assert!(
-        p.chosen_because.contains("1 of 3 candidates pass"),
+        p.chosen_because.contains("2 of 3 candidates pass") && p.chosen_because.contains("sampled"),
         "{}",
         p.chosen_because
     );
-    assert_eq!(h.calls_to("developer"), 1);
+    assert_eq!(p.assumptions, vec!["ints only"]);
+    let tests_py = std::fs::read_to_string(p.dir.clone().unwrap().join("test_add.py")).unwrap();
+    assert!(
+        tests_py.contains("add(7, 8)  # a generated input"),
+        "{tests_py}"
+    );
+    // The greedy call, then the widening batch: code samples and test design.
+    assert_eq!(
+        *h.calls.lock().unwrap(),
+        vec!["developer", "developer", "tests"]
+    );
+    let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
+    assert_eq!(d.attempts.len(), 3);
+    assert_eq!(h.deps.store.selections(run.task_id()).unwrap().len(), 2);
 }
 
 #[tokio::test]
-async fn the_largest_cluster_on_generated_inputs_beats_the_greedy_candidate() {
-    // The greedy sample passes the docstring but behaves differently on the
-    // generated inputs from the two others, which agree with each other.
-    let h = harness(script(&[ODD, GOOD, GOOD2]), k(3));
+async fn the_largest_cluster_on_generated_inputs_wins() {
+    // After the greedy candidate fails, ODD passes the docstring but behaves
+    // differently on the generated inputs from GOOD and GOOD2, which agree.
+    let h = harness(script(&[WRONG, ODD, GOOD, GOOD2]), k(4));
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(p.passing);
     assert!(p.new_source.contains("return a + b\n"), "{}", p.new_source);
     assert!(
-        p.chosen_because.contains("2 of them agree") && p.chosen_because.contains("sampled"),
+        p.chosen_because.contains("2 of them agree"),
         "{}",
         p.chosen_because
     );
@@ -288,15 +306,15 @@ async fn without_a_passing_candidate_a_repair_round_gets_the_failing_facts() {
     let (mut run, mut rx) = start(&h, None);
     let (p, stages) = to_review(&mut run, &mut rx).await;
     assert!(p.passing, "{:?}", p.reasons);
-    assert_eq!(p.rounds, 2);
+    assert_eq!(p.rounds, 3, "greedy, widened, repaired");
     assert!(stages.contains(&Stage::Critique));
-    assert_eq!(h.calls_to("developer"), 2);
+    assert_eq!(h.calls_to("developer"), 3);
     let prompts = h.dev_prompts.lock().unwrap().clone();
     assert!(
-        prompts[1].contains("return a - b")
-            && prompts[1].contains("`add(2, 3)` expected 5 but got -1"),
+        prompts[2].contains("return a - b")
+            && prompts[2].contains("`add(2, 3)` expected 5 but got -1"),
         "{}",
-        prompts[1]
+        prompts[2]
     );
     assert_eq!(h.calls_to("critic"), 0, "repairs get facts, not a critique");
 }
@@ -311,7 +329,7 @@ async fn a_spent_budget_still_offers_the_closest_candidate_marked_failing() {
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(!p.passing);
-    assert_eq!(p.rounds, 2, "the first round plus one repair");
+    assert_eq!(p.rounds, 3, "greedy, widened, one repair");
     assert!(
         p.reasons.iter().any(|r| r.contains("add(2, 3)")),
         "{:?}",
@@ -326,10 +344,10 @@ async fn a_spent_budget_still_offers_the_closest_candidate_marked_failing() {
 
 #[tokio::test]
 async fn a_generated_test_that_contradicts_the_docstring_is_dropped_and_recorded() {
-    let mut s = script(&[GOOD]);
+    let mut s = script(&[WRONG, GOOD]);
     // Same call as the docstring's `add(2, 3)` but another answer.
     s.tests = vec![tests_json(&[("add(2,3)", "6"), ("add(1, 1)", "2")])];
-    let h = harness(s, k(1));
+    let h = harness(s, k(2));
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(p.passing, "{:?} {:?}", p.reasons, p.tests);
@@ -346,9 +364,9 @@ async fn a_generated_test_that_contradicts_the_docstring_is_dropped_and_recorded
 
 #[tokio::test]
 async fn a_wrong_generated_expectation_never_fails_a_candidate_that_passes_the_docstring() {
-    let mut s = script(&[GOOD]);
+    let mut s = script(&[WRONG, GOOD]);
     s.tests = vec![tests_json(&[("add(10, 20)", "31")])];
-    let h = harness(s, k(1));
+    let h = harness(s, k(2));
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(
@@ -356,24 +374,36 @@ async fn a_wrong_generated_expectation_never_fails_a_candidate_that_passes_the_d
         "generated expectations only break ties: {:?}",
         p.reasons
     );
-    assert_eq!(p.rounds, 1);
+    assert_eq!(p.rounds, 2);
 }
 
 #[tokio::test]
-async fn security_findings_pass_the_choice_to_the_next_ranked_candidate() {
-    // EVIL (greedy) behaves like GOOD, so both are in the top cluster, the
-    // greedy one first; its `eval` finding hands the choice to GOOD.
+async fn security_findings_pass_the_choice_to_another_candidate() {
+    // The greedy EVIL passes the docstring, then its `eval` finding widens
+    // the round; GOOD behaves alike and takes over.
     let h = harness(script(&[EVIL, GOOD]), k(2));
     let (mut run, mut rx) = start(&h, None);
     let (p, stages) = to_review(&mut run, &mut rx).await;
     assert!(p.passing, "{:?}", p.reasons);
     assert!(p.new_source.contains("return a + b"));
-    assert_eq!(p.rounds, 1, "no repair round was needed");
-    assert!(!stages.contains(&Stage::Critique));
+    assert!(
+        !stages.contains(&Stage::Critique),
+        "no repair round was needed"
+    );
     assert!(
         p.notes.iter().any(|n| n.contains("next in rank order")),
         "{:?}",
         p.notes
+    );
+    let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
+    let evil = d.attempts.iter().find(|a| a.code.contains("eval")).unwrap();
+    assert_eq!(
+        evil.findings
+            .iter()
+            .filter(|f| f.finding.rule == "eval")
+            .count(),
+        1,
+        "a carried candidate is not checked twice"
     );
 }
 
@@ -449,12 +479,12 @@ async fn the_clarification_budget_ends_questions() {
 #[tokio::test]
 async fn reject_with_feedback_starts_a_round_conditioned_on_the_feedback() {
     let summed = "```python\ndef add(a, b):\n    return sum((a, b))\n```";
-    let h = harness(script(&[GOOD, GOOD, summed, GOOD]), k(2));
+    let h = harness(script(&[GOOD, GOOD, summed]), k(2));
     let (mut run, mut rx) = start(&h, None);
     let _ = to_review(&mut run, &mut rx).await;
     run.reply(Reply::Reject("use sum()".into())).unwrap();
     let (p, stages) = to_review(&mut run, &mut rx).await;
-    assert_eq!(stages.first(), Some(&Stage::WriteCode));
+    assert_eq!(stages.first(), Some(&Stage::DesignTests));
     assert_eq!(p.rounds, 2);
     assert!(
         p.new_source.contains("sum((a, b))"),
@@ -511,7 +541,9 @@ async fn samples_without_code_are_skipped_and_counted() {
     assert!(p.passing);
     assert_eq!(p.attempts, 1);
     assert!(
-        p.notes.iter().any(|n| n.contains("2 of 3 sample(s)")),
+        p.notes
+            .iter()
+            .any(|n| n.contains("1 of 2 sample(s) in round 2")),
         "{:?}",
         p.notes
     );
@@ -523,14 +555,14 @@ async fn no_usable_code_in_any_round_fails_with_no_code() {
     let (mut run, _rx) = start(&h, None);
     let err = run.advance(&CancellationToken::new()).await.unwrap_err();
     assert!(matches!(err, PipelineError::NoCode(_)), "{err}");
-    assert_eq!(h.calls_to("developer"), 2, "the first round and one repair");
+    assert_eq!(h.calls_to("developer"), 3, "greedy, widened, one repair");
 }
 
 #[tokio::test]
 async fn unparsable_test_designer_output_degrades_to_the_docstring() {
-    let mut s = script(&[GOOD]);
+    let mut s = script(&[WRONG, GOOD]);
     s.tests = vec!["{\"tests\": 5}".into()];
-    let h = harness(s, k(1));
+    let h = harness(s, k(2));
     let (mut run, mut rx) = start(&h, None);
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(p.passing);
