@@ -379,6 +379,12 @@ pub struct Repair<'a> {
     pub diagnosis: Option<&'a str>,
 }
 
+/// Ends a developer reply at the code block's closing fence: what follows is
+/// prose the loop never reads (on the dev set replies ran to 384 tokens, of
+/// which the code was about half). An opening fence (```` ```python ````)
+/// does not match.
+pub const CODE_STOP: &str = "\n```\n";
+
 /// Developer prompt for one round of candidates: the stub and a plain
 /// instruction (no guidelines, no plan: the strongest single shot measured
 /// on the dev set), or in a repair round the closest candidate with the
@@ -409,7 +415,9 @@ pub fn code_request(
                 format!("{CODE_MARK}{}`. {reply} No explanations, no usage examples.", stub.name),
             ),
         };
-        return request(messages(stub, guide, ins), CODE_MAX_TOKENS, None);
+        let mut req = request(messages(stub, guide, ins), CODE_MAX_TOKENS, None);
+        req.stop = vec![CODE_STOP.to_string()];
+        return req;
     };
     let mut ins = format!(
         "{REPAIR_MARK}{}` is wrong:\n```python\n{}\n```\n",
@@ -430,7 +438,9 @@ pub fn code_request(
         "\n{CODE_MARK}{}` correctly, following the docstring. {reply}",
         stub.name
     ));
-    request(messages(stub, "", ins), CODE_MAX_TOKENS, None)
+    let mut req = request(messages(stub, "", ins), CODE_MAX_TOKENS, None);
+    req.stop = vec![CODE_STOP.to_string()];
+    req
 }
 
 /// Bullet lines describing failing test cases: call, expected, and what happened.
@@ -689,6 +699,11 @@ mod tests {
         assert_eq!(request_kind(&req), "developer");
         let plain = code_request(&stub(), CodePrompt::Plain, "GUIDE", None);
         assert!(!plain.messages[1].content.contains("GUIDE"));
+        assert_eq!(plain.stop, vec![CODE_STOP.to_string()]);
+        assert!(
+            !"```python\n".contains(CODE_STOP),
+            "an opening fence does not stop"
+        );
         let guided = code_request(&stub(), CodePrompt::Guided, "GUIDE", None);
         assert!(guided.messages[1].content.contains("GUIDE"));
         let preq = plan_request(&stub(), "", &[], false);
@@ -716,6 +731,11 @@ mod tests {
     #[test]
     fn code_must_define_the_function() {
         assert!(parse_code("```python\ndef add(a, b):\n    return a + b\n```", "add").is_ok());
+        // A reply cut at CODE_STOP has no closing fence.
+        assert_eq!(
+            parse_code("Sure:\n```python\ndef add(a, b):\n    return a + b", "add").unwrap(),
+            "def add(a, b):\n    return a + b"
+        );
         assert!(matches!(
             parse_code("```python\ndef sub(a, b):\n    return a - b\n```", "add"),
             Err(ParseError::NoCode { .. })
