@@ -391,6 +391,7 @@ pub fn pipeline_settings(cfg: &Config) -> Settings {
         top_p: cfg.top_p,
         code_prompt: crate::roles::CodePrompt::parse(&cfg.code_prompt)
             .unwrap_or(crate::roles::CodePrompt::Plain),
+        greedy_first: cfg.greedy_first,
         max_clarifications: cfg.max_clarifications,
         max_generated_tests: cfg.max_generated_tests,
         interactive: false,
@@ -694,8 +695,17 @@ async fn render_events(mut rx: mpsc::UnboundedReceiver<Event>, tty: bool) {
 pub fn print_proposal(p: &Proposal) {
     println!("{}", p.diff);
     println!("docsmith: `{}` {}", p.function, p.summary());
+    println!("  chosen: {}", p.chosen_because);
+    for a in &p.assumptions {
+        println!("  assumed: {a}");
+    }
     for t in &p.tests {
+        let input_only = t.case.expected.is_empty() && t.case.raises.is_none();
         let status = match &t.result {
+            Some(r) if input_only && r.error_type.is_none() => format!(
+                "returned {}",
+                r.actual.clone().unwrap_or_default()
+            ),
             Some(r) if r.passed => "pass".to_string(),
             Some(r) => format!("FAIL ({})", r.message.clone().unwrap_or_default()),
             None => "not run".into(),
@@ -705,6 +715,15 @@ pub fn print_proposal(p: &Proposal) {
             .raises
             .as_ref()
             .map_or(t.case.expected.clone(), |e| format!("raises {e}"));
+        if input_only {
+            println!(
+                "  [{}] {:<9} {}  {status}",
+                t.case.id,
+                "input",
+                t.case.call.replace('\n', "; ")
+            );
+            continue;
+        }
         println!(
             "  [{}] {:<9} {} == {}  {status}",
             t.case.id,

@@ -13,6 +13,7 @@
 //! sample_temperature = 0.8     # DOCSMITH_SAMPLE_TEMPERATURE
 //! top_p = 0.95
 //! code_prompt = "plain"         # plain | spec | guided (DOCSMITH_CODE_PROMPT)
+//! greedy_first = true          # accept the greedy candidate alone when it passes the examples (DOCSMITH_GREEDY_FIRST)
 //! max_clarifications = 2       # DOCSMITH_MAX_CLARIFICATIONS (alias MAX_PLANNER_ITERATIONS)
 //! max_generated_tests = 6      # DOCSMITH_MAX_GENERATED_TESTS
 //!
@@ -104,6 +105,10 @@ pub struct Config {
     /// The developer prompt of the first round: `plain` (default), `spec` or
     /// `guided` (with the developer guidelines); see `roles::CodePrompt`.
     pub code_prompt: String,
+    /// Accept the greedy candidate alone when it passes every docstring
+    /// example (default true); false: always sample `candidates` and design
+    /// test inputs in the first round.
+    pub greedy_first: bool,
     /// Clarifying questions before the planner must state assumptions.
     pub max_clarifications: u32,
     /// Cap on test cases the test designer may add.
@@ -138,6 +143,7 @@ impl Default for Config {
             sample_temperature: 0.8,
             top_p: 0.95,
             code_prompt: "plain".to_string(),
+            greedy_first: true,
             max_clarifications: 2,
             max_generated_tests: 6,
             sandbox: SandboxSettings::default(),
@@ -379,6 +385,19 @@ impl Config {
         }
         if let Some((_, v)) = get(&["DOCSMITH_CODE_PROMPT"]) {
             self.code_prompt = v;
+        }
+        if let Some((k, v)) = get(&["DOCSMITH_GREEDY_FIRST"]) {
+            self.greedy_first = match v.as_str() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: k,
+                        value: v,
+                        message: "expected true or false".into(),
+                    })
+                }
+            };
         }
         if let Some((k, v)) = get(&["DOCSMITH_MAX_CLARIFICATIONS", "MAX_PLANNER_ITERATIONS"]) {
             self.max_clarifications = num(k, v)?;

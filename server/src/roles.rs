@@ -156,7 +156,7 @@ pub const SYSTEM_LINE: &str = "You are an expert Python programmer.";
 const PLAN_MARK: &str = "Read the specification of `";
 const TESTS_MARK: &str = "Design test inputs for `";
 const CODE_MARK: &str = "Complete the function `";
-const REPAIR_MARK: &str = "This implementation of `";
+const REPAIR_MARK: &str = "An earlier implementation of `";
 const CRITIC_MARK: &str = "Explain why this implementation of `";
 
 /// Which role a request is for, from its text (all messages concatenated, or
@@ -419,14 +419,18 @@ pub fn code_request(
         req.stop = vec![CODE_STOP.to_string()];
         return req;
     };
-    let mut ins = format!(
-        "{REPAIR_MARK}{}` is wrong:\n```python\n{}\n```\n",
-        stub.name,
-        rp.code.trim_end()
-    );
-    if let Some(fb) = rp.feedback {
-        ins.push_str(&format!("The user reviewed it and says: {fb}\n"));
-    }
+    // With feedback the user speaks about that code, so it is shown. Without,
+    // only the facts: shown the wrong code, the 1.5B model copied it back in
+    // every sample of a repair round (HumanEval/10: 5 of 5 samples identical),
+    // so a repair restarts from the stub with the failures as warnings.
+    let mut ins = match rp.feedback {
+        Some(fb) => format!(
+            "{REPAIR_MARK}{}` was reviewed:\n```python\n{}\n```\nThe user says: {fb}\n",
+            stub.name,
+            rp.code.trim_end()
+        ),
+        None => format!("{REPAIR_MARK}{}` (not shown) was wrong.\n", stub.name),
+    };
     ins.push_str(&describe_failures(&rp.failures, 3));
     for f in rp.findings.iter().take(5) {
         ins.push_str(&format!("- finding {}: {}\n", f.rule, f.message));
@@ -695,6 +699,15 @@ mod tests {
         assert!(user.contains("`add(1, 2)` expected 3 but got 4"));
         assert!(user.contains("off by one"));
         assert!(user.contains("use plain addition"));
+        assert!(user.contains("a + b + 1"), "feedback is about the shown code");
+        let facts_only = Repair {
+            feedback: None,
+            ..rp.clone()
+        };
+        let req = code_request(&stub(), CodePrompt::Plain, "", Some(&facts_only));
+        let user = &req.messages[1].content;
+        assert!(!user.contains("a + b + 1"), "a repair is not shown the wrong code: {user}");
+        assert!(user.contains("`add(1, 2)` expected 3 but got 4"));
         assert!(req.json_schema.is_none());
         assert_eq!(request_kind(&req), "developer");
         let plain = code_request(&stub(), CodePrompt::Plain, "GUIDE", None);

@@ -383,9 +383,18 @@ pub fn apply_edits(text: &str, edits: &[Value]) -> String {
     out
 }
 
-/// The role a chat request is for, from its system prompt (`roles::prompt_kind`).
+/// The role a chat request is for, from its messages' text (`roles::prompt_kind`).
 pub fn role_of(body: &Value) -> &'static str {
-    docsmith::roles::prompt_kind(body["messages"][0]["content"].as_str().unwrap_or(""))
+    let text: String = body["messages"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| m["content"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    docsmith::roles::prompt_kind(&text)
 }
 
 /// Scripted replies: (role, n-th call for that role from 0, request body) -> reply text.

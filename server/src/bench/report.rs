@@ -218,46 +218,41 @@ pub fn candidates(rows: &[Row]) -> String {
         .iter()
         .filter(|r| r.candidates.iter().any(|c| c.passed))
         .count();
-    let first_round = lp
-        .iter()
-        .filter(|r| r.candidates.iter().any(|c| c.round == 1 && c.passed))
-        .count();
     let greedy = lp
         .iter()
-        .filter(|r| {
-            r.candidates
-                .iter()
-                .any(|c| c.round == 1 && c.greedy && c.passed)
-        })
+        .filter(|r| r.candidates.iter().any(|c| c.round == 1 && c.greedy && c.passed))
         .count();
     let lost = lp
         .iter()
         .filter(|r| !r.passed && r.candidates.iter().any(|c| c.passed))
         .count();
-    let repaired = lp
+    let later = lp
         .iter()
-        .filter(|r| r.passed && !r.candidates.iter().any(|c| c.round == 1 && c.passed))
+        .filter(|r| r.passed && !r.candidates.iter().any(|c| c.round == 1 && c.greedy && c.passed))
         .count();
     let distinct: Vec<f64> = lp.iter().map(|r| r.candidates.len() as f64).collect();
-    format!(
-        "
-Candidates scored on the hidden tests after the run ({} loop tasks; the loop never sees these scores):
-
-         | | tasks |
-|---|---|
-         | greedy first candidate correct | {greedy} |
-         | some first-round candidate correct | {first_round} |
-         | some candidate of any round correct (oracle) | {any} |
-         | chosen proposal correct | {} |
-         | lost by selection (a correct candidate existed, another was chosen) | {lost} |
-         | won only by a repair round | {repaired} |
-
-         Distinct candidates per task: mean {:.1}.
-",
-        lp.len(),
-        lp.iter().filter(|r| r.passed).count(),
+    let mut s = format!(
+        "\nCandidates scored on the hidden tests after the run ({} loop tasks; the loop never sees these scores):\n\n",
+        lp.len()
+    );
+    s.push_str("| | tasks |\n|---|---|\n");
+    s.push_str(&format!("| greedy candidate correct | {greedy} |\n"));
+    s.push_str(&format!("| some candidate of any round correct (oracle) | {any} |\n"));
+    s.push_str(&format!(
+        "| chosen proposal correct | {} |\n",
+        lp.iter().filter(|r| r.passed).count()
+    ));
+    s.push_str(&format!(
+        "| lost by selection (a correct candidate existed, another was chosen) | {lost} |\n"
+    ));
+    s.push_str(&format!(
+        "| won by a later round (greedy wrong, proposal correct) | {later} |\n"
+    ));
+    s.push_str(&format!(
+        "\nDistinct candidates per task: mean {:.1}.\n",
         mean(&distinct).unwrap_or(0.0)
-    )
+    ));
+    s
 }
 
 /// Writes `chart.svg` and `chart.png`: pass@1 with its interval and median wall time per mode.

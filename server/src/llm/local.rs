@@ -427,15 +427,35 @@ fn sample_next(
     let tok = match tok {
         Some(t) => t,
         None => {
-            g.apply(&mut all);
-            base.apply(&mut all);
-            all.selected_token().unwrap_or(eos)
+            // The grammar over the whole vocabulary is the slow path (tens of
+            // ms a token, and in a batch every sequence waits for it): try the
+            // most likely tokens first; only if the grammar allows none of
+            // them, all of them.
+            let mut top = all.data.clone();
+            let k = GRAMMAR_TOP_K.min(top.len());
+            top.select_nth_unstable_by(k.saturating_sub(1), |a, b| {
+                b.logit().total_cmp(&a.logit())
+            });
+            top.truncate(k);
+            let mut top = LlamaTokenDataArray::new(top, false);
+            g.apply(&mut top);
+            if top.data.iter().any(|d| d.logit().is_finite()) {
+                base.apply(&mut top);
+                top.selected_token().unwrap_or(eos)
+            } else {
+                g.apply(&mut all);
+                base.apply(&mut all);
+                all.selected_token().unwrap_or(eos)
+            }
         }
     };
     g.accept(tok);
     base.accept(tok);
     tok
 }
+
+/// Tokens tried against the grammar before the whole vocabulary is (see [`sample_next`]).
+const GRAMMAR_TOP_K: usize = 64;
 
 /// The byte offset of the earliest stop sequence occurring in `text` at or after
 /// `from` (stops may start before `from` if they end after it), if any.

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ChatMessage, ChatRole, Completion, CompletionRequest, FinishReason, LlmError, Provider,
+    ChatMessage, ChatRole, Choice, Completion, CompletionRequest, FinishReason, LlmError, Provider,
 };
 
 /// First retry delay; doubles each retry (with jitter) up to [`MAX_DELAY`].
@@ -376,13 +376,74 @@ impl Provider for OpenAiProvider {
         &self.opts.model
     }
 
+    /// One completion; with [`CompletionRequest::samples`], a second request
+    /// with `n` = the samples asked for (vLLM and OpenAI support `n`) runs
+    /// concurrently and fills [`Completion::alternatives`]. A server that
+    /// refuses `n` gives no alternatives here; the router then tops up with
+    /// single sampled requests.
     async fn complete(
         &self,
         req: &CompletionRequest,
         cancel: &CancellationToken,
     ) -> Result<Completion, LlmError> {
         let start = Instant::now();
-        let body = self.body(req);
+        let main = self.send(self.body(req), cancel);
+        let extra = async {
+            let s = req.samples.filter(|s| s.n > 0)?;
+            let mut body = self.body(req);
+            body["n"] = json!(s.n);
+            body["temperature"] = json!(s.temperature);
+            body["top_p"] = json!(s.top_p);
+            body["seed"] = json!(req.seed.wrapping_add(1));
+            Some(self.send(body, cancel).await)
+        };
+        let (main, extra) = tokio::join!(main, extra);
+        let reply = main?;
+        let (text, finish_reason, prompt_tokens, mut completion_tokens) = parse_reply(&reply)?;
+        let mut alternatives = Vec::new();
+        match extra {
+            None => {}
+            Some(Ok(v)) => {
+                for (text, finish_reason) in parse_choices(&v) {
+                    alternatives.push(Choice {
+                        text,
+                        completion_tokens: 0,
+                        finish_reason,
+                    });
+                }
+                let n = alternatives.len().max(1) as u32;
+                let total = v
+                    .pointer("/usage/completion_tokens")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0) as u32;
+                for a in &mut alternatives {
+                    a.completion_tokens = total / n;
+                }
+                completion_tokens += total;
+            }
+            Some(Err(LlmError::Cancelled)) => return Err(LlmError::Cancelled),
+            Some(Err(e)) => {
+                tracing::warn!(url = %self.url, error = %e, "the sampled request (n > 1) failed; sampling one at a time instead");
+            }
+        }
+        Ok(Completion {
+            text,
+            prompt_tokens,
+            completion_tokens,
+            latency_ms: start.elapsed().as_millis() as u64,
+            provider: self.opts.name.clone(),
+            model: self.opts.model.clone(),
+            finish_reason,
+            alternatives,
+            phases: None,
+        })
+    }
+}
+
+impl OpenAiProvider {
+    /// Sends `body` with retries (backoff, `Retry-After`) until a reply,
+    /// a final error or `cancel`.
+    async fn send(&self, body: Value, cancel: &CancellationToken) -> Result<Value, LlmError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(MIN_DELAY)
             .with_max_delay(MAX_DELAY)
@@ -406,24 +467,31 @@ impl Provider for OpenAiProvider {
                 d.as_secs_f64()
             );
         });
-        let reply = tokio::select! {
+        tokio::select! {
             biased;
-            _ = cancel.cancelled() => return Err(LlmError::Cancelled),
-            r = call => r.map_err(|e| e.into_final(attempts.load(Ordering::SeqCst).saturating_sub(1)))?,
-        };
-        let (text, finish_reason, prompt_tokens, completion_tokens) = parse_reply(&reply)?;
-        Ok(Completion {
-            text,
-            prompt_tokens,
-            completion_tokens,
-            latency_ms: start.elapsed().as_millis() as u64,
-            provider: self.opts.name.clone(),
-            model: self.opts.model.clone(),
-            finish_reason,
-            alternatives: Vec::new(),
-            phases: None,
-        })
+            _ = cancel.cancelled() => Err(LlmError::Cancelled),
+            r = call => r.map_err(|e| e.into_final(attempts.load(Ordering::SeqCst).saturating_sub(1))),
+        }
     }
+}
+
+/// Every choice's text and finish reason (choices without text are skipped).
+fn parse_choices(v: &Value) -> Vec<(String, FinishReason)> {
+    v.get("choices")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| {
+                    let text = c.pointer("/message/content")?.as_str()?.to_string();
+                    let finish = match c.get("finish_reason").and_then(Value::as_str) {
+                        Some("length") => FinishReason::Length,
+                        _ => FinishReason::Stop,
+                    };
+                    Some((text, finish))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -500,7 +500,12 @@ async fn ask_review(inner: Arc<Inner>, e: Arc<TaskEntry>, p: Box<Proposal>, paus
     } else {
         MessageType::WARNING
     };
-    let msg = format!("docsmith: proposal for `{}` ready: {}", e.name, p.summary());
+    let msg = format!(
+        "docsmith: proposal for `{}` ready: {}. Chosen because {}.",
+        e.name,
+        p.summary(),
+        p.chosen_because
+    );
     // Show diff and a reject without feedback come back to the same question.
     for _ in 0..4 {
         let actions = [REVIEW_ACCEPT, REVIEW_REJECT, REVIEW_DIFF, REVIEW_DISCARD]

@@ -111,6 +111,10 @@ pub struct Settings {
     pub top_p: f32,
     /// The first round's developer prompt (default [`CodePrompt::Plain`]).
     pub code_prompt: CodePrompt,
+    /// Try the greedy candidate alone first and accept it when it passes
+    /// every docstring example (default true); false samples k candidates
+    /// and designs test inputs in the first round, always.
+    pub greedy_first: bool,
     /// Clarifying questions allowed before the planner must state assumptions (default 2).
     pub max_clarifications: u32,
     /// Cap on generated test cases (default 6).
@@ -132,6 +136,7 @@ impl Default for Settings {
             sample_temperature: 0.8,
             top_p: 0.95,
             code_prompt: CodePrompt::Plain,
+            greedy_first: true,
             max_clarifications: 2,
             max_generated_tests: 6,
             interactive: false,
@@ -535,7 +540,7 @@ impl TaskRun {
         deps.store.add_test_cases(task, &tests)?;
         let next_round = if feedback.is_some() {
             RoundKind::Feedback
-        } else if tests.is_empty() {
+        } else if tests.is_empty() || !deps.settings.greedy_first {
             RoundKind::Full
         } else {
             RoundKind::Greedy

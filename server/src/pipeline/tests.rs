@@ -311,7 +311,7 @@ async fn without_a_passing_candidate_a_repair_round_gets_the_failing_facts() {
     assert_eq!(h.calls_to("developer"), 3);
     let prompts = h.dev_prompts.lock().unwrap().clone();
     assert!(
-        prompts[2].contains("return a - b")
+        !prompts[2].contains("return a - b")
             && prompts[2].contains("`add(2, 3)` expected 5 but got -1"),
         "{}",
         prompts[2]
