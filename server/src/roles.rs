@@ -710,7 +710,7 @@ mod tests {
         assert!(preq.json_schema.is_some());
         assert!(preq.messages[1].content.contains("Do not ask questions"));
         assert_eq!(request_kind(&preq), "planner");
-        let treq = tests_request(&stub(), "", &[tc.clone()], &[], 6);
+        let treq = tests_request(&stub(), "", std::slice::from_ref(&tc), &[], 6);
         assert_eq!(request_kind(&treq), "tests");
         assert!(treq.messages[1].content.contains("- add(1, 2)"));
     }
