@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Trust};
 use crate::files::FileError;
 use crate::pipeline::{
     Deps, Event, Pause, PipelineError, Proposal, Reply, Settings, Target, TaskRun, TaskSpec,
@@ -127,6 +127,12 @@ struct GenerateArgs {
     /// Print the outcome as one JSON object on stdout instead of the human summary.
     #[arg(long)]
     json: bool,
+    /// Apply the workspace's `docsmith.toml` whole, endpoints, keys and sandbox
+    /// mode included (otherwise only its harmless settings apply unless the
+    /// workspace is listed in `trusted_workspaces` of the user-level config).
+    /// Env: DOCSMITH_TRUST_WORKSPACE=1.
+    #[arg(long)]
+    trust_workspace: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -438,8 +444,18 @@ async fn generate(args: GenerateArgs) -> i32 {
         .workspace
         .clone()
         .unwrap_or_else(|| find_workspace(&file));
-    let mut cfg = match Config::load(&workspace) {
-        Ok(c) => c,
+    let trust = if args.trust_workspace {
+        Trust::Granted
+    } else {
+        Trust::UserDecides
+    };
+    let mut cfg = match Config::load_layered(&workspace, trust, &[]) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("docsmith: warning: {w}");
+            }
+            loaded.config
+        }
         Err(e) => {
             eprintln!("docsmith: configuration: {e}");
             return EXIT_MODEL;
