@@ -92,6 +92,7 @@ pub const FILE_NAME: &str = "docsmith.toml";
 /// left out.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The configuration, validated.
     pub config: Config,
     /// Whether the workspace's `docsmith.toml` applied whole.
     pub trusted: bool,

@@ -51,6 +51,7 @@ pub enum FileError {
 /// A source file's encoding, from its PEP 263 declaration (UTF-8 without one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceEncoding {
+    /// No declaration, or `utf-8` (any `utf-8-*` spelling).
     Utf8,
     /// ISO-8859-1 proper (every byte is the code point of the same number),
     /// which Python's `latin-1` is; WHATWG maps the label to windows-1252.
@@ -175,6 +176,7 @@ fn first_malformed(e: &'static Encoding, bytes: &[u8]) -> usize {
 pub struct SourceFile {
     /// The path as the user named it (a symlink stays a symlink).
     pub path: PathBuf,
+    /// What the file is decoded from and written back in.
     pub encoding: SourceEncoding,
     /// The decoded text.
     pub text: String,
