@@ -203,6 +203,8 @@ fn cli_logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
         .args(["generate", "calc.py", "-f", "add", "--yes"])
         .current_dir(dir.path())
         .env("HOME", dir.path())
+        // The workspace's docsmith.toml points at the scripted endpoint.
+        .env("DOCSMITH_TRUST_WORKSPACE", "1")
         .env_remove("DOCSMITH_LOG")
         .env_remove("NO_COLOR")
         .output()

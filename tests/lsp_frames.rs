@@ -60,6 +60,8 @@ fn server(ws: &Ws) -> LspClient {
             ),
             // The dropped frames are logged at warn; keep the test output short.
             ("DOCSMITH_LOG", "error".into()),
+            // The workspace's docsmith.toml points at the scripted endpoint.
+            ("DOCSMITH_TRUST_WORKSPACE", "1".into()),
         ],
     );
     c.initialize(&ws.root, json!({}), Value::Null);

@@ -52,7 +52,15 @@ fn workspace(mock: &MockLlm, extra_toml: &str) -> Ws {
     let file = root.join("calc.py");
     std::fs::write(&file, STUB).unwrap();
     let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
+    // The user trusts this workspace, so its docsmith.toml may name the
+    // scripted endpoint (an untrusted one could not set `base_url`).
+    let user_config = home.join("config").join("docsmith");
+    std::fs::create_dir_all(&user_config).unwrap();
+    std::fs::write(
+        user_config.join("config.toml"),
+        format!("trusted_workspaces = [{:?}]\n", root.display().to_string()),
+    )
+    .unwrap();
     Ws {
         _dir: dir,
         root,
@@ -70,6 +78,10 @@ fn server(ws: &Ws) -> LspClient {
             (
                 "XDG_STATE_HOME",
                 ws.home.join("state").display().to_string(),
+            ),
+            (
+                "XDG_CONFIG_HOME",
+                ws.home.join("config").display().to_string(),
             ),
             ("DOCSMITH_LOG", "warn,llama-cpp-2=error".into()),
         ],

@@ -781,32 +781,6 @@ async fn memory_and_disk_fills_stop_at_the_limits() {
 
 // ---------------------------------------------------------------- no silent fallback
 
-/// A directory holding a `bwrap` that always fails.
-fn fake_bwrap_dir() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt as _;
-    let d = tempfile::Builder::new()
-        .prefix("docsmith-adv-bin-")
-        .tempdir()
-        .unwrap();
-    let p = d.path().join("bwrap");
-    std::fs::write(
-        &p,
-        "#!/bin/sh\necho 'bwrap: broken on purpose' >&2\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    d
-}
-
-fn path_with(first: &Path) -> String {
-    format!(
-        "{}:{}",
-        first.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 #[test]
 #[ignore = "helper: run by a_broken_or_missing_bwrap_fails_in_auto_mode"]
 fn helper_new_auto() {
@@ -834,10 +808,10 @@ fn helper_new_auto() {
 
 #[test]
 fn a_broken_or_missing_bwrap_fails_in_auto_mode() {
-    let fake = fake_bwrap_dir();
+    let fake = support::fake_bwrap_dir();
     let (ok, out) = helper(
         "helper_new_auto",
-        &[("PATH", path_with(fake.path()))],
+        &[("PATH", support::path_with(fake.path()))],
         None,
         false,
     );
@@ -869,7 +843,7 @@ fn a_broken_or_missing_bwrap_fails_in_auto_mode() {
     let (ok, out) = helper(
         "helper_new_auto",
         &[
-            ("PATH", path_with(fake.path())),
+            ("PATH", support::path_with(fake.path())),
             ("DOCSMITH_ADV_MODE", "rlimits_only".into()),
         ],
         None,
@@ -883,7 +857,7 @@ mod support;
 
 #[test]
 fn the_cli_exits_4_when_bwrap_is_broken() {
-    let fake = fake_bwrap_dir();
+    let fake = support::fake_bwrap_dir();
     let mock = support::MockLlm::start(std::sync::Arc::new(|_role, _n, _body| {
         "{\"plan\": \"x\"}".to_string()
     }));
@@ -902,7 +876,7 @@ fn the_cli_exits_4_when_bwrap_is_broken() {
         "--yes",
     ])
     .current_dir(ws.path())
-    .env("PATH", path_with(fake.path()))
+    .env("PATH", support::path_with(fake.path()))
     .env("XDG_CONFIG_HOME", xdg.path())
     .env("DOCSMITH_OPENAI_BASE_URL", &mock.base_url)
     .env("DOCSMITH_OPENAI_MODEL", "mock")

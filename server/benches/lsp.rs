@@ -74,6 +74,8 @@ fn server(root: &Path, home: &Path) -> LspClient {
         &[
             ("XDG_STATE_HOME", home.join("state").display().to_string()),
             ("DOCSMITH_LOG", "warn,llama-cpp-2=error".into()),
+            // The workspace's docsmith.toml points at the scripted endpoint.
+            ("DOCSMITH_TRUST_WORKSPACE", "1".into()),
         ],
     );
     c.initialize(root, json!({}), Value::Null);

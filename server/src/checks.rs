@@ -47,7 +47,8 @@ fn on_path(name: &str) -> Option<PathBuf> {
 fn temp_module(code: &str) -> std::io::Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("candidate.py");
-    std::fs::write(&file, code)?;
+    // Written as UTF-8, so a PEP 263 line must not say otherwise.
+    std::fs::write(&file, crate::python::utf8_module(code).as_bytes())?;
     Ok((dir, file))
 }
 

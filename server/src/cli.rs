@@ -10,10 +10,11 @@
 //! - 0: success (for `generate`: a passing proposal accepted; printed, and written with `--apply`)
 //! - 1: unexpected internal error (store, I/O)
 //! - 2: usage error (bad arguments)
-//! - 3: the file or function could not be read or analysed (not found, no docstring, method)
+//! - 3: the file or function could not be read or analysed (not found, no docstring, method,
+//!   nested or defined twice, undecodable), or the new text cannot be written in the file's encoding
 //! - 4: model or provider error (model missing or corrupt, endpoint unreachable, 401), or bad configuration
 //! - 5: the proposal still fails tests or checks after the refinement budget; nothing written
-//! - 6: the file changed since it was read; nothing written
+//! - 6: the file changed (or went away) since it was read; nothing written
 //! - 7: the user rejected or discarded the proposal
 //! - 130: cancelled (Ctrl-C)
 
@@ -26,7 +27,8 @@ use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Trust};
+use crate::files::FileError;
 use crate::pipeline::{
     Deps, Event, Pause, PipelineError, Proposal, Reply, Settings, Target, TaskRun, TaskSpec,
 };
@@ -125,6 +127,12 @@ struct GenerateArgs {
     /// Print the outcome as one JSON object on stdout instead of the human summary.
     #[arg(long)]
     json: bool,
+    /// Apply the workspace's `docsmith.toml` whole, endpoints, keys and sandbox
+    /// mode included (otherwise only its harmless settings apply unless the
+    /// workspace is listed in `trusted_workspaces` of the user-level config).
+    /// Env: DOCSMITH_TRUST_WORKSPACE=1.
+    #[arg(long)]
+    trust_workspace: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -321,13 +329,14 @@ pub fn parse_target(s: &str) -> (PathBuf, Option<usize>) {
 }
 
 /// The workspace root for a file: the nearest ancestor holding `.git`, `docsmith.toml`
-/// or `.docsmith`, else the file's own folder.
+/// or `.docsmith`, else the file's own folder. Looked up from the folder the
+/// user named the file in (canonicalised), not from a symlink's target.
 pub fn find_workspace(file: &Path) -> PathBuf {
-    let abs = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    let start = abs
+    let named = file
         .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let start = std::fs::canonicalize(named).unwrap_or_else(|_| named.to_path_buf());
     for dir in start.ancestors() {
         if dir.join(".git").exists()
             || dir.join("docsmith.toml").exists()
@@ -424,19 +433,30 @@ async fn generate(args: GenerateArgs) -> i32 {
             return 2;
         }
     };
-    let source = match std::fs::read_to_string(&file) {
-        Ok(s) => s,
+    let read = match crate::files::read(&file) {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("docsmith: cannot read {}: {e}", file.display());
+            eprintln!("docsmith: {e}");
             return EXIT_ANALYSIS;
         }
     };
+    let source = read.text.clone();
     let workspace = args
         .workspace
         .clone()
         .unwrap_or_else(|| find_workspace(&file));
-    let mut cfg = match Config::load(&workspace) {
-        Ok(c) => c,
+    let trust = if args.trust_workspace {
+        Trust::Granted
+    } else {
+        Trust::UserDecides
+    };
+    let mut cfg = match Config::load_layered(&workspace, trust, &[]) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("docsmith: warning: {w}");
+            }
+            loaded.config
+        }
         Err(e) => {
             eprintln!("docsmith: configuration: {e}");
             return EXIT_MODEL;
@@ -458,7 +478,7 @@ async fn generate(args: GenerateArgs) -> i32 {
     let spec = TaskSpec {
         workspace: workspace.clone(),
         file: file.clone(),
-        source: source.clone(),
+        source,
         target,
         feedback: args.feedback.clone(),
         kind: if args.feedback.is_some() {
@@ -551,7 +571,7 @@ async fn generate(args: GenerateArgs) -> i32 {
                 if accepted {
                     let write = args.apply || interactive;
                     let applied = if write {
-                        apply(&file, &source, &p.new_source)
+                        read.write_if_unchanged(&p.new_source).map(|()| true)
                     } else {
                         Ok(false)
                     };
@@ -561,13 +581,21 @@ async fn generate(args: GenerateArgs) -> i32 {
                             "docsmith: accepted; not written (pass --apply to write {})",
                             file.display()
                         ),
-                        Err(msg) => {
+                        Err(e) => {
+                            let (code, status) = match &e {
+                                FileError::Changed { .. } | FileError::Read { .. } => {
+                                    (EXIT_STALE, "stale")
+                                }
+                                FileError::Unencodable { .. } => (EXIT_ANALYSIS, "unencodable"),
+                                _ => (EXIT_INTERNAL, "write-failed"),
+                            };
+                            let msg = e.to_string();
                             let _ = store.set_task_status(task_id, TaskStatus::Failed, Some(&msg));
                             if args.json {
-                                print_json(&p, "stale", Some(&msg));
+                                print_json(&p, status, Some(&msg));
                             }
                             eprintln!("docsmith: {msg}");
-                            break EXIT_STALE;
+                            break code;
                         }
                     }
                     if args.json {
@@ -593,32 +621,6 @@ async fn generate(args: GenerateArgs) -> i32 {
 fn print_json(p: &Proposal, status: &str, error: Option<&str>) {
     let v = serde_json::json!({"status": status, "error": error, "proposal": p});
     println!("{v}");
-}
-
-/// Writes `new` to `file` only if the file still holds `original`. Returns Ok(true)
-/// when written; Err with the reason when the file changed (nothing is written).
-pub fn apply(file: &Path, original: &str, new: &str) -> Result<bool, String> {
-    let now = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot re-read {}: {e}; nothing written", file.display()))?;
-    if now != original {
-        return Err(format!(
-            "{} changed since docsmith read it; nothing written (re-run `docsmith generate` on the current text)",
-            file.display()
-        ));
-    }
-    let dir = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| format!("cannot write beside {}: {e}", file.display()))?;
-    std::io::Write::write_all(&mut tmp, new.as_bytes()).map_err(|e| e.to_string())?;
-    if let Ok(meta) = std::fs::metadata(file) {
-        let _ = std::fs::set_permissions(tmp.path(), meta.permissions());
-    }
-    tmp.persist(file)
-        .map_err(|e| format!("cannot replace {}: {e}", file.display()))?;
-    Ok(true)
 }
 
 async fn render_events(mut rx: mpsc::UnboundedReceiver<Event>, tty: bool) {
@@ -702,10 +704,9 @@ pub fn print_proposal(p: &Proposal) {
     for t in &p.tests {
         let input_only = t.case.expected.is_empty() && t.case.raises.is_none();
         let status = match &t.result {
-            Some(r) if input_only && r.error_type.is_none() => format!(
-                "returned {}",
-                r.actual.clone().unwrap_or_default()
-            ),
+            Some(r) if input_only && r.error_type.is_none() => {
+                format!("returned {}", r.actual.clone().unwrap_or_default())
+            }
             Some(r) if r.passed => "pass".to_string(),
             Some(r) => format!("FAIL ({})", r.message.clone().unwrap_or_default()),
             None => "not run".into(),
@@ -985,17 +986,6 @@ mod tests {
         assert_eq!(parse_target("a/b.py"), (PathBuf::from("a/b.py"), None));
         assert_eq!(parse_target("c:/x.py"), (PathBuf::from("c:/x.py"), None));
         assert_eq!(parse_target("b.py:0"), (PathBuf::from("b.py:0"), None));
-    }
-
-    #[test]
-    fn apply_refuses_a_changed_file_and_writes_an_unchanged_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("m.py");
-        std::fs::write(&f, "old\n").unwrap();
-        assert!(apply(&f, "other\n", "new\n").is_err());
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), "old\n");
-        assert_eq!(apply(&f, "old\n", "new\n"), Ok(true));
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), "new\n");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod llm;
 pub mod lsp;
 pub mod models;

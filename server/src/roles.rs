@@ -699,14 +699,20 @@ mod tests {
         assert!(user.contains("`add(1, 2)` expected 3 but got 4"));
         assert!(user.contains("off by one"));
         assert!(user.contains("use plain addition"));
-        assert!(user.contains("a + b + 1"), "feedback is about the shown code");
+        assert!(
+            user.contains("a + b + 1"),
+            "feedback is about the shown code"
+        );
         let facts_only = Repair {
             feedback: None,
             ..rp.clone()
         };
         let req = code_request(&stub(), CodePrompt::Plain, "", Some(&facts_only));
         let user = &req.messages[1].content;
-        assert!(!user.contains("a + b + 1"), "a repair is not shown the wrong code: {user}");
+        assert!(
+            !user.contains("a + b + 1"),
+            "a repair is not shown the wrong code: {user}"
+        );
         assert!(user.contains("`add(1, 2)` expected 3 but got 4"));
         assert!(req.json_schema.is_none());
         assert_eq!(request_kind(&req), "developer");
@@ -723,7 +729,7 @@ mod tests {
         assert!(preq.json_schema.is_some());
         assert!(preq.messages[1].content.contains("Do not ask questions"));
         assert_eq!(request_kind(&preq), "planner");
-        let treq = tests_request(&stub(), "", &[tc.clone()], &[], 6);
+        let treq = tests_request(&stub(), "", std::slice::from_ref(&tc), &[], 6);
         assert_eq!(request_kind(&treq), "tests");
         assert!(treq.messages[1].content.contains("- add(1, 2)"));
     }

@@ -383,18 +383,17 @@ pub fn apply_edits(text: &str, edits: &[Value]) -> String {
     out
 }
 
-/// The role a chat request is for, from its messages' text (`roles::prompt_kind`).
+/// The role a chat request is for, from all its messages (every role shares
+/// one system message; the user message names the task), as
+/// `roles::request_kind` reads a request.
 pub fn role_of(body: &Value) -> &'static str {
-    let text: String = body["messages"]
+    let all: Vec<&str> = body["messages"]
         .as_array()
-        .map(|ms| {
-            ms.iter()
-                .filter_map(|m| m["content"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default();
-    docsmith::roles::prompt_kind(&text)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    docsmith::roles::prompt_kind(&all.join("\n"))
 }
 
 /// Scripted replies: (role, n-th call for that role from 0, request body) -> reply text.
@@ -423,6 +422,8 @@ pub struct MockLlm {
     pub faults: Arc<Mutex<VecDeque<Fault>>>,
     /// When each request (faulted or not) was read, in order.
     pub arrivals: Arc<Mutex<Vec<Instant>>>,
+    /// The header lines of each request (faulted or not), as sent, in order.
+    pub headers: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
 impl MockLlm {
@@ -433,23 +434,27 @@ impl MockLlm {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let faults = Arc::new(Mutex::new(VecDeque::new()));
         let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let headers = Arc::new(Mutex::new(Vec::new()));
         let counts = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
         let (reqs, delay) = (requests.clone(), delay_ms.clone());
-        let (faults2, arrivals2) = (faults.clone(), arrivals.clone());
+        let (faults2, arrivals2, headers2) = (faults.clone(), arrivals.clone(), headers.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { continue };
                 let (reqs, delay, counts, script) =
                     (reqs.clone(), delay.clone(), counts.clone(), script.clone());
-                let (faults, arrivals) = (faults2.clone(), arrivals2.clone());
+                let (faults, arrivals, headers) =
+                    (faults2.clone(), arrivals2.clone(), headers2.clone());
                 std::thread::spawn(move || {
                     let mut r = BufReader::new(s.try_clone().unwrap());
                     let mut len = 0;
+                    let mut lines = Vec::new();
                     loop {
                         let mut line = String::new();
                         if r.read_line(&mut line).unwrap_or(0) == 0 {
                             return;
                         }
+                        lines.push(line.trim_end().to_string());
                         let l = line.trim_end().to_ascii_lowercase();
                         if l.is_empty() {
                             break;
@@ -463,6 +468,7 @@ impl MockLlm {
                         return;
                     }
                     arrivals.lock().unwrap().push(Instant::now());
+                    headers.lock().unwrap().push(lines);
                     let fault = faults.lock().unwrap().pop_front();
                     match fault {
                         Some(Fault::Status { code, retry_after }) => {
@@ -518,6 +524,7 @@ impl MockLlm {
             delay_ms,
             faults,
             arrivals,
+            headers,
         }
     }
 
@@ -562,4 +569,85 @@ pub fn http_date(t: SystemTime) -> String {
         .expect("run date(1)");
     assert!(out.status.success(), "date(1) failed");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A script whose developer always answers `code` in a fenced block; the
+/// planner plans without a question, the test designer adds no tests.
+pub fn code_script(code: &str) -> Script {
+    let code = code.to_string();
+    Arc::new(move |role, _n, _body| match role {
+        "developer" => format!("```python\n{code}\n```"),
+        "planner" => json!({"understanding": "as documented", "steps": [], "edge_cases": [],
+                            "assumptions": [], "question": "", "options": []})
+        .to_string(),
+        "tests" => json!({"tests": []}).to_string(),
+        _ => json!({"root_cause": "", "instructions": ""}).to_string(),
+    })
+}
+
+/// `docsmith generate FILE --function NAME --yes` run in `cwd`, isolated from
+/// the caller's configuration: `HOME` and the XDG folders under `home` (the
+/// user-level file is `home/config/docsmith/config.toml`; no model is
+/// installed there), and every `DOCSMITH_*` variable removed but
+/// `DOCSMITH_LOG=warn`.
+pub fn generate_command(file: &Path, function: &str, cwd: &Path, home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_docsmith"));
+    c.args([
+        "generate",
+        &file.display().to_string(),
+        "--function",
+        function,
+        "--yes",
+    ])
+    .current_dir(cwd);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("DOCSMITH_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("DOCSMITH_LOG", "warn")
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_STATE_HOME", home.join("state"));
+    c
+}
+
+/// Routes every role to `mock` through the environment (a provider named
+/// `openai`, user-level).
+pub fn route_env(cmd: &mut Command, mock: &MockLlm) {
+    cmd.env("DOCSMITH_OPENAI_BASE_URL", &mock.base_url)
+        .env("DOCSMITH_OPENAI_MODEL", "mock");
+    for role in ["PLANNER", "TEST_DESIGNER", "DEVELOPER", "CRITIC"] {
+        cmd.env(format!("DOCSMITH_{role}_PROVIDER"), "openai");
+    }
+}
+
+/// A folder holding a `bwrap` that fails every run, to put first on `PATH`:
+/// only `sandbox.mode = "rlimits_only"` can run code then. The folder is
+/// 0755, so a sandbox user can traverse it.
+pub fn fake_bwrap_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = tempfile::Builder::new()
+        .prefix("docsmith-adv-bin-")
+        .tempdir()
+        .unwrap();
+    let p = d.path().join("bwrap");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\necho 'bwrap: broken on purpose' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// `PATH` with `first` in front.
+pub fn path_with(first: &Path) -> String {
+    format!(
+        "{}:{}",
+        first.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }

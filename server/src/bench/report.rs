@@ -220,7 +220,11 @@ pub fn candidates(rows: &[Row]) -> String {
         .count();
     let greedy = lp
         .iter()
-        .filter(|r| r.candidates.iter().any(|c| c.round == 1 && c.greedy && c.passed))
+        .filter(|r| {
+            r.candidates
+                .iter()
+                .any(|c| c.round == 1 && c.greedy && c.passed)
+        })
         .count();
     let lost = lp
         .iter()
@@ -228,7 +232,13 @@ pub fn candidates(rows: &[Row]) -> String {
         .count();
     let later = lp
         .iter()
-        .filter(|r| r.passed && !r.candidates.iter().any(|c| c.round == 1 && c.greedy && c.passed))
+        .filter(|r| {
+            r.passed
+                && !r
+                    .candidates
+                    .iter()
+                    .any(|c| c.round == 1 && c.greedy && c.passed)
+        })
         .count();
     let distinct: Vec<f64> = lp.iter().map(|r| r.candidates.len() as f64).collect();
     let mut s = format!(
@@ -237,7 +247,9 @@ pub fn candidates(rows: &[Row]) -> String {
     );
     s.push_str("| | tasks |\n|---|---|\n");
     s.push_str(&format!("| greedy candidate correct | {greedy} |\n"));
-    s.push_str(&format!("| some candidate of any round correct (oracle) | {any} |\n"));
+    s.push_str(&format!(
+        "| some candidate of any round correct (oracle) | {any} |\n"
+    ));
     s.push_str(&format!(
         "| chosen proposal correct | {} |\n",
         lp.iter().filter(|r| r.passed).count()

@@ -433,9 +433,7 @@ fn sample_next(
             // them, all of them.
             let mut top = all.data.clone();
             let k = GRAMMAR_TOP_K.min(top.len());
-            top.select_nth_unstable_by(k.saturating_sub(1), |a, b| {
-                b.logit().total_cmp(&a.logit())
-            });
+            top.select_nth_unstable_by(k.saturating_sub(1), |a, b| b.logit().total_cmp(&a.logit()));
             top.truncate(k);
             let mut top = LlamaTokenDataArray::new(top, false);
             g.apply(&mut top);

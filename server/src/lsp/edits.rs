@@ -211,6 +211,29 @@ mod tests {
     }
 
     #[test]
+    fn a_crlf_document_gets_crlf_lines() {
+        let file = FILE.replace('\n', "\r\n");
+        let stub = python::function_source(&file, "add").unwrap();
+        let code = "import math\n\ndef add(a, b):\n    s = math.fsum([a, b])\n    return s\n";
+        let plan = plan_accept(&file, "add", &stub, code).unwrap();
+        assert!(plan
+            .new_source
+            .contains("    s = math.fsum([a, b])\r\n    return s\r\n"));
+        assert!(
+            plan.new_source
+                .match_indices('\n')
+                .all(|(i, _)| plan.new_source.as_bytes()[i - 1] == b'\r'),
+            "{:?}",
+            plan.new_source
+        );
+        assert!(plan
+            .hunks
+            .iter()
+            .all(|h| !h.new_text.replace("\r\n", "").contains('\n')));
+        assert_eq!(apply(&file, &plan.hunks), plan.new_source);
+    }
+
+    #[test]
     fn feedback_comes_from_comments_above_or_inside() {
         let src = "# docsmith: handle negative numbers\n# docsmith: and zero\ndef f(x):\n    \"\"\"F.\"\"\"\n    return x\n";
         let f = python::find_function(src, "f").unwrap();

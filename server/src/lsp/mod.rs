@@ -3,7 +3,8 @@
 //! Owns: the protocol edge (tower-lsp-server), open documents, code actions and
 //! code lenses, `workspace/executeCommand`, background tasks with work-done
 //! progress, review prompts, versioned workspace edits, configuration from
-//! every door, and restoring tasks after a restart. It drives
+//! every door (through `Config::load_layered`, so an untrusted workspace's
+//! `docsmith.toml` sets harmless keys only), and restoring tasks after a restart. It drives
 //! `pipeline::TaskRun` exactly as the CLI does; the pipeline knows nothing of LSP.
 //!
 //! Concurrency rules: handlers never await a task's loop (commands spawn the
@@ -41,7 +42,7 @@ use tower_lsp_server::jsonrpc::Result as RpcResult;
 use tower_lsp_server::ls_types::*;
 use tower_lsp_server::{Client, LanguageServer, LspService, Server};
 
-use crate::config::Config;
+use crate::config::{Config, Trust};
 use crate::pipeline::Deps;
 use crate::store::{Store, TaskRow, TaskStatus};
 use documents::{Document, Encoding};
@@ -141,6 +142,10 @@ pub struct Inner {
     runtime: RwLock<Option<Arc<Runtime>>>,
     /// Why there is no runtime (bad configuration), shown on use.
     runtime_error: RwLock<Option<String>>,
+    /// Warnings of the last configuration (ignored keys of an untrusted
+    /// workspace), and those already shown (each is shown once).
+    config_warnings: Mutex<Vec<String>>,
+    shown_warnings: Mutex<std::collections::HashSet<String>>,
     store: OnceLock<Arc<Store>>,
     init_options: Mutex<Option<Value>>,
     /// Live tasks (queued, running, waiting for an answer or a review) by task id.
@@ -167,6 +172,8 @@ impl Inner {
             session: OnceLock::new(),
             runtime: RwLock::new(None),
             runtime_error: RwLock::new(None),
+            config_warnings: Mutex::new(Vec::new()),
+            shown_warnings: Mutex::new(std::collections::HashSet::new()),
             store: OnceLock::new(),
             init_options: Mutex::new(None),
             tasks: DashMap::new(),
@@ -225,20 +232,24 @@ impl Inner {
         Err(LspError::Config(why))
     }
 
-    /// Builds (or rebuilds) the runtime from `docsmith.toml` + environment +
-    /// `initializationOptions` + `overlay` (the `docsmith` section of the
-    /// client's settings). Unchanged providers keep their router (a loaded
+    /// Builds (or rebuilds) the runtime from the layered configuration
+    /// (`Config::load_layered`: user-level file, the workspace's
+    /// `docsmith.toml` as far as it is trusted, environment,
+    /// `initializationOptions`, then `overlay`, the `docsmith` section of the
+    /// client's settings); its warnings wait in `config_warnings` for
+    /// [`Inner::show_config_problems`]. Unchanged providers keep their router (a loaded
     /// model stays loaded); an unchanged sandbox section keeps its sandbox.
     /// On error the previous runtime stays and the error is returned.
     pub fn configure(&self, overlay: Option<&Value>) -> Result<(), LspError> {
         let session = self.session()?;
-        let mut cfg = Config::load(&session.root).map_err(|e| LspError::Config(e.to_string()))?;
         let init = self.init_options.lock().expect("init options lock").clone();
-        for o in [init.as_ref(), overlay].into_iter().flatten() {
-            cfg = cfg
-                .overlay(o)
-                .map_err(|e| LspError::Config(e.to_string()))?;
-        }
+        let editor: Vec<&Value> = [init.as_ref(), overlay].into_iter().flatten().collect();
+        // The editor's settings are the user's own; the workspace's
+        // docsmith.toml applies whole only when the workspace is trusted.
+        let loaded = Config::load_layered(&session.root, Trust::UserDecides, &editor)
+            .map_err(|e| LspError::Config(e.to_string()))?;
+        *self.config_warnings.lock().expect("config warnings lock") = loaded.warnings;
+        let cfg = loaded.config;
         let previous = self.runtime.read().expect("runtime lock").clone();
         let store = match self.store.get() {
             Some(s) => s.clone(),
@@ -266,6 +277,33 @@ impl Inner {
             Some(Arc::new(Runtime { config: cfg, deps }));
         *self.runtime_error.write().expect("runtime error lock") = None;
         Ok(())
+    }
+
+    /// Shows the configuration's problems with `window/showMessage`: `error`
+    /// (the configuration was refused) as an error, and each warning not
+    /// shown before (say, the keys an untrusted workspace's `docsmith.toml`
+    /// could not set) as a warning.
+    pub async fn show_config_problems(&self, error: Option<String>) {
+        if let Some(e) = error {
+            self.client
+                .show_message(MessageType::ERROR, format!("docsmith: {e}"))
+                .await;
+        }
+        let fresh: Vec<String> = {
+            let current = self.config_warnings.lock().expect("config warnings lock");
+            let mut shown = self.shown_warnings.lock().expect("shown warnings lock");
+            current
+                .iter()
+                .filter(|w| shown.insert((*w).clone()))
+                .cloned()
+                .collect()
+        };
+        for w in fresh {
+            tracing::warn!("{w}");
+            self.client
+                .show_message(MessageType::WARNING, format!("docsmith: {w}"))
+                .await;
+        }
     }
 
     fn set_concurrency(&self, n: usize) {
@@ -439,11 +477,8 @@ impl LanguageServer for Backend {
         let config_error = inner.runtime_error.read().expect("lock").clone();
         if inner.session.get().is_some_and(|s| s.flags.configuration) {
             pull_configuration(inner).await;
-        } else if let Some(e) = config_error {
-            inner
-                .client
-                .show_message(MessageType::ERROR, format!("docsmith: {e}"))
-                .await;
+        } else {
+            inner.show_config_problems(config_error).await;
         }
         let n = inner.restored.len();
         if n > 0 {
@@ -491,10 +526,10 @@ impl LanguageServer for Backend {
         let inner = &self.inner;
         if inner.session.get().is_some_and(|s| s.flags.configuration) {
             pull_configuration(inner).await;
-        } else if let Err(e) = inner.configure(Some(&p.settings)) {
+        } else {
+            let error = inner.configure(Some(&p.settings)).err();
             inner
-                .client
-                .show_message(MessageType::ERROR, format!("docsmith: {e}"))
+                .show_config_problems(error.map(|e| e.to_string()))
                 .await;
         }
     }
@@ -543,13 +578,14 @@ async fn pull_configuration(inner: &Inner) {
             None
         }
     };
-    if let Err(e) = inner.configure(overlay.as_ref()) {
-        *inner.runtime_error.write().expect("lock") = Some(e.to_string());
-        inner
-            .client
-            .show_message(MessageType::ERROR, format!("docsmith: {e}"))
-            .await;
+    let error = inner
+        .configure(overlay.as_ref())
+        .err()
+        .map(|e| e.to_string());
+    if let Some(e) = &error {
+        *inner.runtime_error.write().expect("lock") = Some(e.clone());
     }
+    inner.show_config_problems(error).await;
 }
 
 /// How long `shutdown` waits for live tasks to stop and record how they ended.

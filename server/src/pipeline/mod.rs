@@ -488,7 +488,10 @@ impl TaskRun {
     /// Finds the function, checks it can be worked on, and records a new task.
     ///
     /// Errors: the function is not in the file ([`AnalysisError`], lists what is),
-    /// it is a method, it has no docstring (for generation), or the store fails.
+    /// it is a method, it is nested in another function or defined twice at
+    /// module level ([`AnalysisError::NestedFunction`],
+    /// [`AnalysisError::DuplicateDefinition`]), it has no docstring (for
+    /// generation), or the store fails. No model is called before these checks.
     pub fn start(
         spec: TaskSpec,
         deps: Deps,
@@ -501,6 +504,9 @@ impl TaskRun {
         if stub.class_name.is_some() {
             return Err(PipelineError::MethodUnsupported(stub.name.clone()));
         }
+        // Before any model call: a nested or twice-defined function cannot be
+        // spliced back alone, so every call spent on it would be lost.
+        python::check_replaceable(&spec.source, &stub)?;
         if stub.docstring.is_none() && spec.feedback.is_none() {
             return Err(PipelineError::NoDocstring(stub.name.clone()));
         }

@@ -31,6 +31,20 @@ pub enum AnalysisError {
     },
     #[error("generated code is not usable: {0}")]
     GeneratedCodeInvalid(String),
+    #[error("`{name}` (line {line}) is defined inside `{outer}`; docsmith replaces module-level functions only: move `{name}` to the top level of the module (passing what it uses from `{outer}` as arguments), generate it there, and call it from `{outer}`")]
+    NestedFunction {
+        name: String,
+        /// The innermost function around it.
+        outer: String,
+        /// 1-based line of its `def` (or first decorator).
+        line: usize,
+    },
+    #[error("`{name}` is defined {} times at module level (lines {}); Python keeps only the last one, so docsmith cannot tell which to replace: delete or rename the others, then run docsmith again", lines.len(), lines.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    DuplicateDefinition {
+        name: String,
+        /// 1-based lines of each definition, in order.
+        lines: Vec<usize>,
+    },
 }
 
 /// One `def` / `async def` found in a file. Ranges are byte offsets into the
@@ -134,6 +148,101 @@ pub fn normalized_code(source: &str) -> String {
     let mut out = Vec::new();
     walk(tree.root_node(), source.as_bytes(), &mut out);
     out.join(" ")
+}
+
+/// A PEP 263 encoding declaration in the first two lines of `head` (a file's
+/// first bytes, or its text): `# -*- coding: NAME -*-`, `# vim: set
+/// fileencoding=NAME :` and the like, matched as CPython does
+/// (`^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)`; the second line counts only
+/// when the first is blank or a comment). Returns the byte range of NAME in
+/// `head` and NAME.
+pub fn coding_declaration(head: &[u8]) -> Option<(Range<usize>, String)> {
+    let first_len = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let first = &head[..first_len];
+    if let Some((r, name)) = declared_in_line(first) {
+        return Some((r, name));
+    }
+    let rest = first
+        .iter()
+        .skip_while(|b| matches!(b, b' ' | b'\t' | b'\x0c' | b'\r'))
+        .copied()
+        .next();
+    if !matches!(rest, None | Some(b'#')) || first_len == head.len() {
+        return None;
+    }
+    let second_start = first_len + 1;
+    let second_len = head[second_start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(head.len() - second_start);
+    declared_in_line(&head[second_start..second_start + second_len])
+        .map(|(r, name)| (r.start + second_start..r.end + second_start, name))
+}
+
+/// The declaration on one line (range relative to the line).
+fn declared_in_line(line: &[u8]) -> Option<(Range<usize>, String)> {
+    let hash = line
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\x0c'))
+        .filter(|&i| line[i] == b'#')?;
+    let word = b"coding";
+    let mut from = hash + 1;
+    while let Some(i) = line
+        .get(from..)?
+        .windows(word.len())
+        .position(|w| w == word)
+    {
+        let after = from + i + word.len();
+        if matches!(line.get(after), Some(b':' | b'=')) {
+            let start = after
+                + 1
+                + line[after + 1..]
+                    .iter()
+                    .take_while(|b| matches!(b, b' ' | b'\t'))
+                    .count();
+            let len = line[start..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                .count();
+            if len > 0 {
+                let name = String::from_utf8_lossy(&line[start..start + len]).into_owned();
+                return Some((start..start + len, name));
+            }
+        }
+        from = after;
+    }
+    None
+}
+
+/// `source` as a module for a UTF-8 file: a PEP 263 declaration of another
+/// encoding is rewritten to `utf-8`, since the text is already decoded and is
+/// written as UTF-8 (the sandbox's and `py_compile`'s files), so Python reads
+/// it back as the same text. Unchanged without a declaration or with utf-8.
+pub fn utf8_module(source: &str) -> std::borrow::Cow<'_, str> {
+    let head = &source.as_bytes()[..source.len().min(4096)];
+    match coding_declaration(head) {
+        Some((range, name))
+            if !name
+                .to_ascii_lowercase()
+                .replace('_', "-")
+                .starts_with("utf-8")
+                && !name.eq_ignore_ascii_case("utf8") =>
+        {
+            let mut s = source.to_string();
+            s.replace_range(range, "utf-8");
+            std::borrow::Cow::Owned(s)
+        }
+        _ => std::borrow::Cow::Borrowed(source),
+    }
+}
+
+/// `"\r\n"` when the first line of `source` ends with CRLF, else `"\n"`: the
+/// line ending new lines spliced into it get.
+pub fn line_ending(source: &str) -> &'static str {
+    match source.find('\n') {
+        Some(i) if i > 0 && source.as_bytes()[i - 1] == b'\r' => "\r\n",
+        _ => "\n",
+    }
 }
 
 /// Parses Python source. tree-sitter is error tolerant: a tree is always produced.
@@ -465,6 +574,48 @@ pub fn find_function(source: &str, name: &str) -> Result<FunctionInfo, AnalysisE
     })
 }
 
+/// Checks that `func` (found in `source`) can be replaced on its own: it is
+/// not defined inside another function, and no other module-level
+/// definition has its name (including ones under `if`/`try` at module
+/// level). Methods are the caller's check.
+///
+/// Errors: [`AnalysisError::NestedFunction`],
+/// [`AnalysisError::DuplicateDefinition`].
+pub fn check_replaceable(source: &str, func: &FunctionInfo) -> Result<(), AnalysisError> {
+    let all = list_functions(source);
+    let around = |f: &FunctionInfo| {
+        all.iter()
+            .filter(|o| {
+                o.def_range != f.def_range
+                    && o.def_range.start <= f.def_range.start
+                    && f.def_range.end <= o.def_range.end
+            })
+            .max_by_key(|o| o.def_range.start)
+    };
+    if let Some(outer) = around(func) {
+        return Err(AnalysisError::NestedFunction {
+            name: func.name.clone(),
+            outer: outer.name.clone(),
+            line: func.start_line + 1,
+        });
+    }
+    if func.class_name.is_some() {
+        return Ok(());
+    }
+    let lines: Vec<usize> = all
+        .iter()
+        .filter(|f| f.name == func.name && f.class_name.is_none() && around(f).is_none())
+        .map(|f| f.start_line + 1)
+        .collect();
+    if lines.len() > 1 {
+        return Err(AnalysisError::DuplicateDefinition {
+            name: func.name.clone(),
+            lines,
+        });
+    }
+    Ok(())
+}
+
 /// The innermost function whose definition (decorators included) spans the
 /// 0-based `line`. Errors: [`AnalysisError::NoFunctionAtLine`].
 pub fn find_function_at_line(source: &str, line: usize) -> Result<FunctionInfo, AnalysisError> {
@@ -699,6 +850,19 @@ pub fn splice(
     func: &FunctionInfo,
     generated: &str,
 ) -> Result<Spliced, AnalysisError> {
+    // New lines get the file's line ending; the generated text is read with LF.
+    let eol = line_ending(source);
+    let generated = generated.replace("\r\n", "\n");
+    let generated = generated.as_str();
+    // Where a line's content ends in `source` (before its `\r\n` or `\n`).
+    let content_end = |pos: usize| {
+        let e = line_end(source, pos);
+        if e > pos && source.as_bytes()[e - 1] == b'\r' {
+            e - 1
+        } else {
+            e
+        }
+    };
     let gen_tree = parse(generated);
     if let Some(e) = {
         let mut v = Vec::new();
@@ -791,8 +955,8 @@ pub fn splice(
     // (1) the body.
     let body_edit = match &func.docstring_range {
         Some(d) => {
-            let doc_end = line_end(source, d.end);
-            let end = line_end(source, func.body_range.end).max(doc_end);
+            let doc_end = content_end(d.end);
+            let end = content_end(func.body_range.end).max(doc_end);
             (doc_end..end, format!("\n{new_body}"))
         }
         None => {
@@ -806,14 +970,11 @@ pub fn splice(
                         .unwrap_or(0)
                     + func.signature.len();
                 (
-                    colon_end..line_end(source, func.body_range.end),
+                    colon_end..content_end(func.body_range.end),
                     format!("\n{new_body}"),
                 )
             } else {
-                (
-                    ls..line_end(source, func.body_range.end),
-                    new_body.to_string(),
-                )
+                (ls..content_end(func.body_range.end), new_body.to_string())
             }
         }
     };
@@ -900,7 +1061,7 @@ pub fn splice(
         let joined = added_imports.join("\n");
         let last_import = src_top.iter().rev().find(|n| is_import(**n));
         let edit = if let Some(li) = last_import {
-            let at = line_end(source, li.end_byte());
+            let at = content_end(li.end_byte());
             (at..at, format!("\n{joined}"))
         } else {
             let anchor = src_top
@@ -909,10 +1070,14 @@ pub fn splice(
                 .map(|n| n.end_byte());
             match anchor {
                 Some(a) => {
-                    let at = line_end(source, a);
+                    let at = content_end(a);
                     (at..at, format!("\n\n{joined}"))
                 }
-                None => (0..0, format!("{joined}\n\n\n")),
+                None => {
+                    // Below a shebang, a PEP 263 line or any leading comment block.
+                    let at = leading_comments_end(source);
+                    (at..at, format!("{joined}\n\n\n"))
+                }
             }
         };
         edits.push(edit);
@@ -921,13 +1086,40 @@ pub fn splice(
     edits.sort_by_key(|e| std::cmp::Reverse(e.0.start));
     let mut out = source.to_string();
     for (range, t) in edits {
-        out.replace_range(range, &t);
+        if eol == "\n" {
+            out.replace_range(range, &t);
+        } else {
+            out.replace_range(range, &t.replace('\n', eol));
+        }
     }
     Ok(Spliced {
         source: out,
         added_imports,
         added_helpers,
     })
+}
+
+/// The byte offset of the first line after the comment lines (and blank
+/// lines) at the top of `source`, or 0 when it starts with no comment: where
+/// imports go in a file without imports or a module docstring, so a shebang
+/// or a PEP 263 line stays first.
+fn leading_comments_end(source: &str) -> usize {
+    let mut at = 0;
+    let mut comments = false;
+    for line in source.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('#') {
+            comments = true;
+        } else if !t.is_empty() {
+            break;
+        }
+        at += line.len();
+    }
+    if comments {
+        at
+    } else {
+        0
+    }
 }
 
 /// Pulls Python code out of an LLM reply: the fenced block (```python, ```py,
@@ -1202,6 +1394,130 @@ def size(n):
             out.source,
             "import re\n\n\ndef f(x):\n    return re.escape(x)\n"
         );
+    }
+
+    /// Every `\n` of `text` ends a CRLF pair.
+    fn all_crlf(text: &str) -> bool {
+        text.match_indices('\n')
+            .all(|(i, _)| i > 0 && text.as_bytes()[i - 1] == b'\r')
+    }
+
+    #[test]
+    fn splice_keeps_a_crlf_files_line_endings() {
+        let lf = "import os\n\n\ndef add(a, b):\n    \"\"\"Add.\n\n    >>> add(1, 2)\n    3\n    \"\"\"\n    ...\n\n\nX = 1\n";
+        let crlf = lf.replace('\n', "\r\n");
+        // A generated reply may come with either ending.
+        for generated in [
+            "import math\n\nK = 2\n\ndef add(a, b):\n    s = a + b\n    return s\n",
+            "import math\r\n\r\nK = 2\r\n\r\ndef add(a, b):\r\n    s = a + b\r\n    return s\r\n",
+        ] {
+            let out = splice(&crlf, &find_function(&crlf, "add").unwrap(), generated).unwrap();
+            let want = splice(lf, &find_function(lf, "add").unwrap(), generated).unwrap();
+            assert!(all_crlf(&out.source), "{:?}", out.source);
+            assert_eq!(out.source, want.source.replace('\n', "\r\n"));
+            assert!(!want.source.contains('\r'), "an LF file stays LF");
+        }
+        // No docstring, body on the header line, imports at the top.
+        let crlf = "def f(x): ...\r\n";
+        let out = splice(
+            crlf,
+            &find_function(crlf, "f").unwrap(),
+            "import re\ndef f(x):\n    return re.escape(x)\n",
+        )
+        .unwrap();
+        assert_eq!(
+            out.source,
+            "import re\r\n\r\n\r\ndef f(x):\r\n    return re.escape(x)\r\n"
+        );
+        assert_eq!(line_ending("a\r\nb\n"), "\r\n");
+        assert_eq!(line_ending("a\nb\r\n"), "\n");
+        assert_eq!(line_ending("a"), "\n");
+    }
+
+    #[test]
+    fn imports_go_below_a_shebang_and_a_coding_line() {
+        let src = "#!/usr/bin/env python\n# -*- coding: latin-1 -*-\n\ndef f(x):\n    pass\n";
+        let out = splice(
+            src,
+            &find_function(src, "f").unwrap(),
+            "import re\ndef f(x):\n    return re.escape(x)\n",
+        )
+        .unwrap();
+        assert_eq!(
+            out.source,
+            "#!/usr/bin/env python\n# -*- coding: latin-1 -*-\n\nimport re\n\n\ndef f(x):\n    return re.escape(x)\n"
+        );
+        assert_eq!(
+            coding_declaration(out.source.as_bytes()).unwrap().1,
+            "latin-1"
+        );
+    }
+
+    #[test]
+    fn nested_and_duplicate_definitions_cannot_be_replaced() {
+        let src = "def outer(xs):\n    def helper(x):\n        \"\"\"Double.\"\"\"\n    return [helper(x) for x in xs]\n\n\ndef add(a, b):\n    \"\"\"Add.\"\"\"\n\n\nclass K:\n    def add(self):\n        pass\n";
+        let helper = find_function(src, "helper").unwrap();
+        let e = check_replaceable(src, &helper).unwrap_err();
+        assert!(
+            matches!(&e, AnalysisError::NestedFunction { outer, line: 2, .. } if outer == "outer"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("move `helper` to the top level"),
+            "{e}"
+        );
+        let by_line = find_function_at_line(src, 2).unwrap();
+        assert!(
+            check_replaceable(src, &by_line).is_err(),
+            "found by line too"
+        );
+        // A method of the same name is not a duplicate.
+        check_replaceable(src, &find_function(src, "add").unwrap()).unwrap();
+        check_replaceable(src, &find_function(src, "outer").unwrap()).unwrap();
+        let dup = format!("{src}\n\nif True:\n    def add(a, b):\n        return 0\n");
+        let e = check_replaceable(&dup, &find_function(&dup, "add").unwrap()).unwrap_err();
+        assert!(
+            matches!(&e, AnalysisError::DuplicateDefinition { lines, .. } if lines == &[7, 17]),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("defined 2 times") && e.to_string().contains("lines 7, 17"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn coding_declarations_are_found_as_python_finds_them() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("# -*- coding: latin-1 -*-\nx = 1\n", Some("latin-1")),
+            ("#!/usr/bin/env python\n# coding=cp1252\n", Some("cp1252")),
+            (
+                "# vim: set fileencoding=iso-8859-15 :\n",
+                Some("iso-8859-15"),
+            ),
+            ("\n# coding: utf-8\n", Some("utf-8")),
+            ("\r\n  # coding: utf-8\r\n", Some("utf-8")),
+            ("x = 1\n# coding: latin-1\n", None),
+            ("x = 1  # coding: latin-1\n", None),
+            ("#\n#\n# coding: latin-1\n", None),
+            ("# coding:\n", None),
+            ("# encoding: euc_jp\n", Some("euc_jp")),
+            ("# coding", None),
+        ];
+        for (head, want) in cases {
+            let got = coding_declaration(head.as_bytes());
+            assert_eq!(got.as_ref().map(|g| g.1.as_str()), *want, "{head:?}");
+            if let Some((r, name)) = got {
+                assert_eq!(&head[r], name);
+            }
+        }
+        let src = "#!/bin/python\n# -*- coding: latin-1 -*-\nS = 'Ça'\n";
+        assert_eq!(
+            utf8_module(src),
+            "#!/bin/python\n# -*- coding: utf-8 -*-\nS = 'Ça'\n"
+        );
+        let plain = "# coding: utf_8\nS = 1\n";
+        assert!(matches!(utf8_module(plain), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

@@ -472,7 +472,11 @@ impl Sandbox {
             "per_test_timeout_ms": self.cfg.per_test_timeout_ms,
             "tests": calls,
         });
-        write_file(&dir.join(CANDIDATE_FILE), code.as_bytes())?;
+        // Written as UTF-8, so a PEP 263 line must not say otherwise.
+        write_file(
+            &dir.join(CANDIDATE_FILE),
+            crate::python::utf8_module(code).as_bytes(),
+        )?;
         write_file(&dir.join(JOB_FILE), job.to_string().as_bytes())?;
         write_file(&dir.join(HARNESS_FILE), HARNESS.as_bytes())?;
         let uid = self.run_uid();

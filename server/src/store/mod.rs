@@ -353,6 +353,14 @@ pub struct DropInfo {
     pub at_attempt: u32,
 }
 
+/// One selection of a task ([`Store::selections`]): `(round, chosen attempt,
+/// passes_gate, reason, detail_json)`.
+pub type SelectionRow = (u32, Option<AttemptId>, bool, String, String);
+
+/// One candidate of a task ([`Store::candidates`]): `(attempt, n, round,
+/// weight, greedy, code)`.
+pub type CandidateRow = (AttemptId, u32, u32, u32, bool, String);
+
 /// A test case of a task plus its drop state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredTestCase {
@@ -747,10 +755,7 @@ impl Store {
 
     /// The selections of a task, oldest first: `(round, chosen attempt,
     /// passes_gate, reason, detail_json)`.
-    pub fn selections(
-        &self,
-        task: TaskId,
-    ) -> Result<Vec<(u32, Option<AttemptId>, bool, String, String)>, StoreError> {
+    pub fn selections(&self, task: TaskId) -> Result<Vec<SelectionRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT round, chosen_attempt, passes_gate, reason, detail_json
@@ -773,10 +778,7 @@ impl Store {
     /// The candidates of a task (attempts marked by
     /// [`Store::set_attempt_candidate`]), in order: `(attempt, n, round,
     /// weight, greedy, code)`.
-    pub fn candidates(
-        &self,
-        task: TaskId,
-    ) -> Result<Vec<(AttemptId, u32, u32, u32, bool, String)>, StoreError> {
+    pub fn candidates(&self, task: TaskId) -> Result<Vec<CandidateRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, n, round, weight, greedy, code FROM attempts
