@@ -236,7 +236,12 @@ async fn drive(
                     end_message = cancelled(inner, e, &run);
                     break 'run;
                 }
-                let rejected = run.stage() == crate::pipeline::Stage::WriteCode;
+                // After Accept the run packages; after Discard it is done;
+                // after Reject it samples a new round of candidates.
+                let rejected = matches!(
+                    run.stage(),
+                    crate::pipeline::Stage::WriteCode | crate::pipeline::Stage::DesignTests
+                );
                 if rejected {
                     round += 1;
                     *reporter.lock().await = Reporter::begin(
