@@ -497,6 +497,26 @@ fn parse_choices(v: &Value) -> Vec<(String, FinishReason)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_choice_of_an_n_reply_is_read() {
+        let v = json!({
+            "choices": [
+                {"message": {"role": "assistant", "content": "a"}, "finish_reason": "stop"},
+                {"message": {"role": "assistant", "content": "b"}, "finish_reason": "length"},
+                {"message": {"role": "assistant"}, "finish_reason": "stop"}
+            ],
+            "usage": {"completion_tokens": 9}
+        });
+        assert_eq!(
+            parse_choices(&v),
+            vec![
+                ("a".to_string(), FinishReason::Stop),
+                ("b".to_string(), FinishReason::Length)
+            ]
+        );
+        assert!(parse_choices(&json!({})).is_empty());
+    }
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
