@@ -5,7 +5,8 @@
 //!    (a scripted endpoint stands in for the model; only the server's own work is timed).
 //! 2. `textDocument/codeAction` and `didChange` + codeAction round trips on
 //!    generated 500-, 5,000- and 50,000-line files, with no task and while a
-//!    task runs on the real local model (when it is installed), 200 samples each.
+//!    task runs on the real local model (when it is installed), 200 samples
+//!    each; `textDocument/codeLens` after an edit, 50 samples each.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -195,7 +196,32 @@ fn main() {
                 let _ = code_action_ms(c, &file, target);
                 dc.push(t.elapsed().as_secs_f64() * 1e3);
             }
+            let mut cl = Vec::new();
+            for i in 0..50 {
+                // An edit first, so that no listing can be reused from the last request.
+                c.notify(
+                    "textDocument/didChange",
+                    json!({"textDocument": {"uri": file_uri(&file), "version": 2000 + i},
+                           "contentChanges": [{"range": {"start": {"line": mid, "character": 4}, "end": {"line": mid, "character": 4}}, "text": if i % 2 == 0 { "#" } else { "" }}]}),
+                );
+                let t = Instant::now();
+                let lenses = c
+                    .request(
+                        "textDocument/codeLens",
+                        json!({"textDocument": {"uri": file_uri(&file)}}),
+                    )
+                    .unwrap();
+                cl.push(t.elapsed().as_secs_f64() * 1e3);
+                assert!(
+                    lenses.as_array().is_some_and(|a| !a.is_empty()),
+                    "a lens on the stub"
+                );
+            }
             println!("{n_lines:>6} lines, {label}: codeAction {}", stats(ca));
+            println!(
+                "{n_lines:>6} lines, {label}: didChange, then codeLens {}",
+                stats(cl)
+            );
             println!(
                 "{n_lines:>6} lines, {label}: didChange + codeAction {}",
                 stats(dc)

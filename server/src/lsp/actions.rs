@@ -167,17 +167,16 @@ fn function_at(inner: &Inner, uri: &Uri, line: usize) -> Option<FunctionInfo> {
 
 /// `textDocument/codeLens`: above each module-level function with a task or a
 /// proposal (its state and choices), and above each stub with a docstring
-/// (`Generate`).
+/// (`Generate`). Methods and nested functions get none (the pipeline refuses
+/// them). Lists the functions without entering their bodies, so a 50,000-line
+/// file costs a walk of its top-level statements (`cargo bench --bench lsp`).
 pub fn code_lenses(inner: &Inner, uri: &Uri) -> Vec<CodeLens> {
     let functions: Vec<FunctionInfo> = {
         let Some(doc) = inner.docs.get(uri) else {
             return Vec::new();
         };
         let text = doc.text();
-        python::functions_in_tree(doc.tree(), &text)
-            .into_iter()
-            .filter(|f| f.class_name.is_none())
-            .collect()
+        python::module_functions_in_tree(doc.tree(), &text)
     };
     let mut out = Vec::new();
     for f in functions {

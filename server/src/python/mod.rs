@@ -474,13 +474,48 @@ fn function_info(def: Node, source: &str) -> Option<FunctionInfo> {
     })
 }
 
+/// Whether a definition can sit below `node`: definitions are statements, and
+/// statements live only in the module, in blocks, in compound statements and
+/// their clauses (and, in broken code, in `ERROR` nodes). Expressions and
+/// simple statements are not entered, so listing definitions costs a walk of
+/// the statement tree, not of every node (a 50,000-line file has millions).
+fn may_hold_defs(kind: &str) -> bool {
+    matches!(
+        kind,
+        "module"
+            | "block"
+            | "ERROR"
+            | "function_definition"
+            | "class_definition"
+            | "decorated_definition"
+            | "if_statement"
+            | "for_statement"
+            | "while_statement"
+            | "try_statement"
+            | "with_statement"
+            | "match_statement"
+    ) || kind.ends_with("_clause")
+}
+
 fn collect_defs<'t>(node: Node<'t>, out: &mut Vec<Node<'t>>) {
+    collect_defs_until(node, out, |_| true);
+}
+
+/// Collects function definitions below `node`, entering a function or class
+/// only when `enter` says so.
+fn collect_defs_until<'t>(node: Node<'t>, out: &mut Vec<Node<'t>>, enter: fn(&str) -> bool) {
     if node.kind() == "function_definition" {
         out.push(node);
     }
     let mut cursor = node.walk();
     for c in node.children(&mut cursor) {
-        collect_defs(c, out);
+        let kind = c.kind();
+        let scope = matches!(kind, "function_definition" | "class_definition");
+        if kind == "function_definition" && !enter(kind) {
+            out.push(c);
+        } else if may_hold_defs(kind) && (!scope || enter(kind)) {
+            collect_defs_until(c, out, enter);
+        }
     }
 }
 
@@ -507,6 +542,20 @@ fn is_nested(f: &FunctionInfo, all: &[FunctionInfo]) -> bool {
 pub fn functions_in_tree(tree: &Tree, source: &str) -> Vec<FunctionInfo> {
     let mut defs = Vec::new();
     collect_defs(tree.root_node(), &mut defs);
+    defs.into_iter()
+        .filter_map(|d| function_info(d, source))
+        .collect()
+}
+
+/// The module-level functions of an already parsed `tree` of `source`, in
+/// source order: those at the top level and those under module-level `if`,
+/// `try`, `with` and loops, but no method and no function nested in another
+/// (what the language server shows code lenses on). Never enters a function's
+/// or a class's body, so its cost grows with the module's statements, not
+/// with the size of the functions.
+pub fn module_functions_in_tree(tree: &Tree, source: &str) -> Vec<FunctionInfo> {
+    let mut defs = Vec::new();
+    collect_defs_until(tree.root_node(), &mut defs, |_| false);
     defs.into_iter()
         .filter_map(|d| function_info(d, source))
         .collect()
@@ -1232,6 +1281,54 @@ def outer(x):
 def size(n):
     raise NotImplementedError
 "#;
+
+    /// Definitions under every kind of compound statement, in broken code too,
+    /// are still found by the pruned walk; the module-level listing keeps the
+    /// ones a code lens belongs on.
+    #[test]
+    fn the_pruned_walk_finds_defs_under_every_compound_statement() {
+        let src = "\
+if X:
+    def a(): pass
+elif Y:
+    def b(): pass
+else:
+    def c(): pass
+try:
+    def d(): pass
+except E:
+    def e(): pass
+finally:
+    def f(): pass
+with g() as h:
+    for i in j:
+        while k:
+            def l(): pass
+match m:
+    case 1:
+        def n(): pass
+@dec
+def o():
+    def p(): pass
+class Q:
+    def r(self): pass
+x = lambda: 0
+def s(:
+    def t(): pass
+";
+        let tree = parse(src);
+        let names = |fs: Vec<FunctionInfo>| fs.into_iter().map(|f| f.name).collect::<Vec<_>>();
+        let all = names(list_functions(src));
+        for want in ["a", "b", "c", "d", "e", "f", "l", "n", "o", "p", "r"] {
+            assert!(all.contains(&want.to_string()), "{want} in {all:?}");
+        }
+        let module = names(module_functions_in_tree(&tree, src));
+        for want in ["a", "b", "c", "d", "e", "f", "l", "n", "o"] {
+            assert!(module.contains(&want.to_string()), "{want} in {module:?}");
+        }
+        assert!(!module.contains(&"p".to_string()), "nested: {module:?}");
+        assert!(!module.contains(&"r".to_string()), "method: {module:?}");
+    }
 
     #[test]
     fn lists_and_describes_functions() {
