@@ -51,7 +51,12 @@ impl TaskRun {
             return Err(PipelineError::NoCode(self.stub.name.clone()));
         };
         let best = self.candidates[best_i].clone();
-        let passing = self.candidate_passes(&best);
+        // Without docstring examples, passing needs the samples' agreement.
+        let unconfirmed = match &self.selection {
+            Some(sel) if best.round == self.round => sel.unconfirmed(),
+            _ => None,
+        };
+        let passing = self.candidate_passes(&best) && unconfirmed.is_none();
         self.chosen = Some(best_i);
         self.close_round(if passing { "passing" } else { "failing" })?;
         let mut reasons = Vec::new();
@@ -77,6 +82,7 @@ impl TaskRun {
         {
             reasons.push(format!("{} finding {}: {}", f.tool, f.rule, f.message));
         }
+        reasons.extend(unconfirmed);
         if !passing && reasons.is_empty() {
             reasons.push("no test ran".into());
         }

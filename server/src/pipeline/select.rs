@@ -90,6 +90,8 @@ pub struct Selection {
     pub ground_truth_passed: usize,
     /// Ground-truth tests in all.
     pub ground_truth_total: usize,
+    /// Generated test cases (inputs, with or without an expected value).
+    pub generated_total: usize,
     /// One sentence a user can read: why this candidate.
     pub reason: String,
 }
@@ -196,10 +198,43 @@ pub fn select(candidates: &[Scored], tests: &[TestInfo]) -> Selection {
         expectations_total,
         ground_truth_passed,
         ground_truth_total: truth.len(),
+        generated_total: generated.len(),
         reason: String::new(),
     };
     sel.reason = explain(&sel, candidates, generated.len());
     sel
+}
+
+impl Selection {
+    /// Why a choice that passes the gate still cannot count as confirmed:
+    /// the docstring has no examples (nothing is ground truth) and either no
+    /// generated input ran, or the largest group of samples that agree on the
+    /// generated inputs is no strict majority. The proposal is then offered as
+    /// not passing, with this sentence as its reason, instead of accepted.
+    /// `None` when the choice is confirmed, or does not pass the gate.
+    ///
+    /// On the dev set (`bench/results/dev-both-final/`) the three accepted
+    /// answers of docstrings without examples whose candidates disagreed
+    /// (4-5 behaviours among 5 samples) were all wrong; the one whose 5
+    /// samples agreed was right.
+    pub fn unconfirmed(&self) -> Option<String> {
+        if !self.passes_gate || self.ground_truth_total > 0 {
+            return None;
+        }
+        let hint = "add an example (`>>> f(...)` and its result) to the docstring";
+        if self.generated_total == 0 {
+            return Some(format!(
+                "the docstring has no examples and no generated input ran, so nothing checked this code; {hint}"
+            ));
+        }
+        let top = self.clusters.first().map_or(0, |c| c.size);
+        (top * 2 <= self.samples).then(|| {
+            format!(
+                "the docstring has no examples and the candidates disagree: the largest group that behaves alike has {top} of {} samples, no majority; {hint}",
+                self.samples
+            )
+        })
+    }
 }
 
 /// Groups the gated candidates by signature and orders clusters and members.
@@ -460,6 +495,70 @@ mod tests {
         assert_eq!((s.chosen, s.passes_gate), (Some(1), true));
         assert!(s.reason.contains("no examples"), "{}", s.reason);
         assert_eq!(s.samples, 8);
+    }
+
+    #[test]
+    fn without_examples_only_a_majority_confirms_the_choice() {
+        let only_gen = vec![
+            t("gen1", TestOrigin::Generated, false),
+            t("gen2", TestOrigin::Generated, false),
+        ];
+        let behaving = |a: &str, b: &str| vec![r("gen1", true, a), r("gen2", true, b)];
+        // 2 of 5 agree: chosen, but not confirmed.
+        let split = vec![
+            cand(true, 2, behaving("1", "2")),
+            cand(false, 1, behaving("1", "3")),
+            cand(false, 1, behaving("0", "2")),
+            cand(false, 1, behaving("4", "4")),
+        ];
+        let s = select(&split, &only_gen);
+        assert_eq!((s.chosen, s.passes_gate), (Some(0), true));
+        let why = s.unconfirmed().expect("no majority");
+        assert!(
+            why.contains("2 of 5") && why.contains("add an example"),
+            "{why}"
+        );
+        // 3 of 5 agree: confirmed.
+        let agreed = vec![
+            cand(true, 3, behaving("1", "2")),
+            cand(false, 2, behaving("0", "2")),
+        ];
+        assert_eq!(select(&agreed, &only_gen).unconfirmed(), None);
+        // No example and no generated input: nothing checked it.
+        let nothing = select(&[cand(true, 1, vec![])], &[]);
+        assert!(nothing.passes_gate);
+        assert!(nothing.unconfirmed().unwrap().contains("nothing checked"));
+        // With docstring examples, the gate is the confirmation.
+        let c = vec![
+            cand(
+                true,
+                1,
+                vec![
+                    r("ex1", true, "2"),
+                    r("gen1", true, "a"),
+                    r("gen2", true, "a"),
+                ],
+            ),
+            cand(
+                false,
+                1,
+                vec![
+                    r("ex1", true, "2"),
+                    r("gen1", true, "b"),
+                    r("gen2", true, "b"),
+                ],
+            ),
+            cand(
+                false,
+                1,
+                vec![
+                    r("ex1", true, "2"),
+                    r("gen1", true, "c"),
+                    r("gen2", true, "c"),
+                ],
+            ),
+        ];
+        assert_eq!(select(&c, &tests()).unconfirmed(), None);
     }
 
     #[test]
