@@ -99,6 +99,7 @@ struct Server {
 impl Server {
     /// Starts the server on `port` with the 0.5B model, 4 slots (so `n` up to
     /// 4 is accepted), and waits until `/health` says 200 (at most 120 s).
+    /// Its log goes to a file in `log_dir`, shown when a test fails.
     fn start(port: u16, log_dir: &Path) -> Server {
         let log = log_dir.join(format!("llama-server-{port}-{}.log", now_ms()));
         let file = std::fs::File::create(&log).unwrap();
@@ -107,6 +108,10 @@ impl Server {
             .arg(small_model())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["-c", "8192", "-np", "4", "-t", "2"])
+            // No repacked (extra) weight buffers: on these VMs the CPU
+            // reports AMX, and llama.cpp's AMX matmul then crashes (SIGSEGV
+            // in `ggml_backend_amx_mul_mat`) on the first decode.
+            .arg("--no-repack")
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
@@ -196,7 +201,7 @@ fn workspace(base_url: &str) -> Workspace {
         format!(
             "candidates = 3\ngreedy_first = false\nmax_refinements = 1\n\
              [providers.srv]\nkind = \"openai\"\nbase_url = \"{base_url}\"\n\
-             model = \"qwen2.5-coder-0.5b\"\ntimeout_ms = 120000\n{routes}"
+             model = \"qwen2.5-coder-0.5b\"\ntimeout_ms = 600000\n{routes}"
         ),
     )
     .unwrap();
