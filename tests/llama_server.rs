@@ -226,6 +226,15 @@ impl Workspace {
         c
     }
 
+    /// [`Workspace::generate`] started in the background, output captured.
+    fn spawn_generate(&self) -> Child {
+        self.generate()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// (role, provider, ok) of every stored LLM call.
     fn llm_calls(&self) -> Vec<(String, String, bool)> {
         let db = rusqlite::Connection::open(self.dir.path().join(".docsmith/docsmith.db")).unwrap();
@@ -377,12 +386,7 @@ fn a_server_killed_mid_task_fails_the_task_naming_the_url_and_writes_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut server = Server::start(free_port(), &std::env::temp_dir());
     let ws = workspace(&server.base_url());
-    let child = ws
-        .generate()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = ws.spawn_generate();
     // Requests are in flight well within 1.5 s; generating three candidates on
     // 2 cores takes several seconds more.
     std::thread::sleep(Duration::from_millis(1500));
@@ -415,12 +419,7 @@ fn a_server_restarted_while_docsmith_retries_finishes_the_task() {
     // refused and retried (0.5 s, then about 1 s, 2 s, with jitter) while it
     // comes back on the same port.
     drop(Server::start(port, &std::env::temp_dir()));
-    let child = ws
-        .generate()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = ws.spawn_generate();
     std::thread::sleep(Duration::from_millis(300));
     let server = Server::start(port, &std::env::temp_dir());
     let out = child.wait_with_output().unwrap();
