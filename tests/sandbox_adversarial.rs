@@ -26,6 +26,7 @@ fn tc(id: &str, call: &str, expected: &str) -> TestCase {
         expected: expected.into(),
         raises: None,
         note: String::new(),
+        options: Vec::new(),
     }
 }
 
@@ -52,7 +53,7 @@ fn sandbox() -> Sandbox {
 async fn run_with(sb: &Sandbox, code: &str, tests: &[TestCase]) -> (TestRun, tempfile::TempDir) {
     let dir = sb.new_work_dir().unwrap();
     let run = sb
-        .run_tests(dir.path(), code, "f", tests, &CancellationToken::new())
+        .run_tests(dir.path(), code, tests, &CancellationToken::new())
         .await
         .expect("run_tests");
     assert_eq!(run.results.len(), tests.len());
@@ -742,7 +743,7 @@ async fn memory_and_disk_fills_stop_at_the_limits() {
         tc("hog", "len(bytearray(2 * 1024 ** 3))", "0"),
     ];
     let run = sb
-        .run_tests(dir.path(), FILLER, "f", &tests, &CancellationToken::new())
+        .run_tests(dir.path(), FILLER, &tests, &CancellationToken::new())
         .await
         .unwrap();
     eprintln!("{run:#?}");
@@ -1132,8 +1133,8 @@ async fn run_many_clusters_equal_outputs_and_keeps_candidates_apart() {
         .run_many(
             dir.path(),
             &candidates,
-            "f",
             &tests,
+            None,
             &CancellationToken::new(),
         )
         .await
@@ -1220,8 +1221,8 @@ def huge():
         .run_many(
             dir.path(),
             &[hostile, good],
-            "f",
             &tests,
+            None,
             &CancellationToken::new(),
         )
         .await
@@ -1267,8 +1268,8 @@ async fn cancelling_run_many_kills_every_process_within_a_second() {
         .run_many(
             dir.path(),
             &candidates,
-            "f",
             &[tc("a", "f()", "1")],
+            None,
             &cancel,
         )
         .await;
@@ -1351,8 +1352,8 @@ async fn timing_of_run_many() {
             .run_many(
                 dir.path(),
                 &candidates,
-                "f",
                 &tests,
+                None,
                 &CancellationToken::new(),
             )
             .await

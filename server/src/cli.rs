@@ -406,14 +406,13 @@ pub fn pipeline_settings(cfg: &Config) -> Settings {
         interactive: false,
         python: PathBuf::from("python3"),
         write_proposal_files: true,
+        context_tokens: Settings::default().context_tokens,
     }
 }
 
 fn exit_code_for(e: &PipelineError) -> i32 {
     match e {
-        PipelineError::Analysis(_)
-        | PipelineError::MethodUnsupported(_)
-        | PipelineError::NoDocstring(_) => EXIT_ANALYSIS,
+        PipelineError::Analysis(_) | PipelineError::NoDocstring(_) => EXIT_ANALYSIS,
         PipelineError::Llm(_) | PipelineError::NoCode(_) => EXIT_MODEL,
         PipelineError::Cancelled => EXIT_CANCELLED,
         _ => EXIT_INTERNAL,

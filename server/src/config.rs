@@ -228,6 +228,18 @@ impl Default for SandboxSettings {
     }
 }
 
+/// The interpreter of the virtual environment docsmith was started in
+/// (`$VIRTUAL_ENV/bin/python`, as an editor started from an activated venv
+/// passes it on), so that candidates can import the packages installed there.
+/// Read from docsmith's own environment, never from a repository's files.
+/// `None` when unset or when that file does not exist.
+pub fn venv_python(virtual_env: Option<std::ffi::OsString>) -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from(virtual_env?)
+        .join("bin")
+        .join("python");
+    p.is_file().then_some(p)
+}
+
 /// One provider entry, tagged by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -701,7 +713,8 @@ impl Config {
             tmp_size_bytes: s.tmp_size_mb << 20,
             per_test_timeout_ms: s.per_test_timeout_ms,
             wall_timeout_ms: s.wall_timeout_ms,
-            ..SandboxConfig::default()
+            python: venv_python(std::env::var_os("VIRTUAL_ENV"))
+                .unwrap_or_else(|| SandboxConfig::default().python),
         }
     }
 

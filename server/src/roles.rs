@@ -32,6 +32,24 @@ pub struct StubView {
     pub source: String,
     /// Top-level imports of the user's file, for context.
     pub imports: Vec<String>,
+    /// Outlines of what the function may use (this module's other names, the
+    /// project names it imports), shown between the imports and the stub;
+    /// empty for none (`python::context`).
+    pub context: String,
+    /// For a method: its class's outline with the method whole, shown
+    /// instead of `source`; and the class's name.
+    pub enclosing: Option<(String, String)>,
+}
+
+impl StubView {
+    /// What the prompt calls it: ``method `add` of class `Inventory` `` or
+    /// ``function `add` ``.
+    pub fn what(&self) -> String {
+        match &self.enclosing {
+            Some((class, _)) => format!("method `{}` of class `{class}`", self.name),
+            None => format!("function `{}`", self.name),
+        }
+    }
 }
 
 /// The planner's structured output.
@@ -143,7 +161,14 @@ fn stub_block(stub: &StubView) -> String {
         s.push_str(&stub.imports.join("\n"));
         s.push_str("\n\n");
     }
-    s.push_str(stub.source.trim_end());
+    if !stub.context.trim().is_empty() {
+        s.push_str(stub.context.trim_end());
+        s.push_str("\n\n\n");
+    }
+    match &stub.enclosing {
+        Some((_, class)) => s.push_str(class.trim_end()),
+        None => s.push_str(stub.source.trim_end()),
+    }
     format!("```python\n{s}\n```")
 }
 
@@ -156,6 +181,8 @@ pub const SYSTEM_LINE: &str = "You are an expert Python programmer.";
 const PLAN_MARK: &str = "Read the specification of `";
 const TESTS_MARK: &str = "Design test inputs for `";
 const CODE_MARK: &str = "Complete the function `";
+/// [`CODE_MARK`] for a method (`Complete the method `add` of class ...`).
+const METHOD_CODE_MARK: &str = "Complete the method `";
 const REPAIR_MARK: &str = "An earlier implementation of `";
 const CRITIC_MARK: &str = "Explain why this implementation of `";
 
@@ -168,6 +195,7 @@ pub fn prompt_kind(text: &str) -> &'static str {
         (PLAN_MARK, "planner"),
         (TESTS_MARK, "tests"),
         (CODE_MARK, "developer"),
+        (METHOD_CODE_MARK, "developer"),
         (REPAIR_MARK, "developer"),
         (CRITIC_MARK, "critic"),
     ]
@@ -396,23 +424,36 @@ pub fn code_request(
     guidelines: &str,
     repair: Option<&Repair<'_>>,
 ) -> CompletionRequest {
-    let reply = format!(
-        "Reply with the complete function `{}` (same signature, with the imports it needs) in one ```python block.",
-        stub.name
-    );
+    let (mark, target, reply) = match &stub.enclosing {
+        Some((class, _)) => (
+            METHOD_CODE_MARK,
+            format!("{}` of class `{class}", stub.name),
+            format!(
+                "Reply with the complete method `{}` (same signature and decorators, with the imports it needs; not the rest of the class) in one ```python block.",
+                stub.name
+            ),
+        ),
+        None => (
+            CODE_MARK,
+            stub.name.clone(),
+            format!(
+                "Reply with the complete function `{}` (same signature, with the imports it needs) in one ```python block.",
+                stub.name
+            ),
+        ),
+    };
     let Some(rp) = repair else {
         let (guide, ins) = match style {
-            CodePrompt::Plain => ("", format!("{CODE_MARK}{}`. {reply}", stub.name)),
+            CodePrompt::Plain => ("", format!("{mark}{target}`. {reply}")),
             CodePrompt::Spec => (
                 "",
                 format!(
-                    "{CODE_MARK}{}` so that it satisfies this specification; every example in the docstring must hold. {reply}",
-                    stub.name
+                    "{mark}{target}` so that it satisfies this specification; every example in the docstring must hold. {reply}"
                 ),
             ),
             CodePrompt::Guided => (
                 guidelines,
-                format!("{CODE_MARK}{}`. {reply} No explanations, no usage examples.", stub.name),
+                format!("{mark}{target}`. {reply} No explanations, no usage examples."),
             ),
         };
         let mut req = request(messages(stub, guide, ins), CODE_MAX_TOKENS, None);
@@ -439,8 +480,7 @@ pub fn code_request(
         ins.push_str(&format!("Reviewer's diagnosis: {}\n", d.trim()));
     }
     ins.push_str(&format!(
-        "\n{CODE_MARK}{}` correctly, following the docstring. {reply}",
-        stub.name
+        "\n{mark}{target}` correctly, following the docstring. {reply}"
     ));
     let mut req = request(messages(stub, "", ins), CODE_MAX_TOKENS, None);
     req.stop = vec![CODE_STOP.to_string()];
@@ -634,6 +674,8 @@ mod tests {
 
     fn stub() -> StubView {
         StubView {
+            context: String::new(),
+            enclosing: None,
             name: "add".into(),
             source: "def add(a, b):\n    \"\"\"Add.\n    >>> add(1, 2)\n    3\n    \"\"\"\n".into(),
             imports: vec![],
@@ -671,6 +713,7 @@ mod tests {
             expected: "3".into(),
             raises: None,
             note: String::new(),
+            options: Vec::new(),
         };
         let res = TestResult {
             test_id: "ex1".into(),

@@ -100,6 +100,11 @@ pub struct TestCase {
     /// Why this case exists (for generated tests) or the docstring line it came from.
     #[serde(default)]
     pub note: String,
+    /// Doctest option flags the docstring asks for on this example
+    /// (`ELLIPSIS`, `NORMALIZE_WHITESPACE`): the expected text is then
+    /// compared as doctest's `OutputChecker` does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
 
 /// The outcome of one test case in the sandbox.

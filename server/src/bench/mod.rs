@@ -43,12 +43,28 @@ pub struct BenchTask {
 
 impl BenchTask {
     /// The stub as the developer role sees it: the entry point's source (empty
-    /// when the prompt lacks it) and the prompt's imports.
+    /// when the prompt lacks it), the prompt's imports and, as the loop gets
+    /// it (`python::context::gather`, same budget), the outlines of the
+    /// prompt's other functions, so the single call is as informed as the loop.
     pub fn stub_view(&self) -> StubView {
+        let context = python::find_function(&self.prompt, &self.entry_point)
+            .map(|f| {
+                python::context::gather(
+                    &self.prompt,
+                    &f,
+                    None,
+                    crate::pipeline::Settings::default().context_tokens,
+                )
+                .context
+                .text
+            })
+            .unwrap_or_default();
         StubView {
             name: self.entry_point.clone(),
             source: python::function_source(&self.prompt, &self.entry_point).unwrap_or_default(),
             imports: python::module_imports(&self.prompt),
+            context,
+            enclosing: None,
         }
     }
 }

@@ -63,7 +63,8 @@ fn command(title: String, name: &str, arg: serde_json::Value) -> Command {
 
 /// The commands that apply to `f` in `uri` now, most useful first.
 fn commands_for(inner: &Inner, uri: &Uri, f: &FunctionInfo) -> Vec<Command> {
-    let name = &f.name;
+    // `Class.method` for a method: the name that finds it again.
+    let name = &f.qualname();
     let fn_arg = json!({"uri": uri.as_str(), "name": name});
     let review = |task: i64| {
         let t = json!({ "task": task });
@@ -143,9 +144,6 @@ pub fn code_actions(inner: &Inner, p: &CodeActionParams) -> CodeActionResponse {
     let Some(f) = function_at(inner, uri, p.range.start.line as usize) else {
         return Vec::new();
     };
-    if f.class_name.is_some() {
-        return Vec::new(); // methods are not supported (the pipeline refuses them)
-    }
     commands_for(inner, uri, &f)
         .into_iter()
         .map(|c| {
@@ -165,11 +163,12 @@ fn function_at(inner: &Inner, uri: &Uri, line: usize) -> Option<FunctionInfo> {
     python::function_at_line_in_tree(doc.tree(), &text, line, doc.line_start_byte(line))
 }
 
-/// `textDocument/codeLens`: above each module-level function with a task or a
-/// proposal (its state and choices), and above each stub with a docstring
-/// (`Generate`). Methods and nested functions get none (the pipeline refuses
-/// them). Lists the functions without entering their bodies, so a 50,000-line
-/// file costs a walk of its top-level statements (`cargo bench --bench lsp`).
+/// `textDocument/codeLens`: above each module-level function and method with
+/// a task or a proposal (its state and choices), and above each stub with a
+/// docstring (`Generate`). Functions nested in functions get none (the
+/// pipeline refuses them). Lists the functions without entering their
+/// bodies, so a 50,000-line file costs a walk of its top-level and class
+/// statements (`cargo bench --bench lsp`).
 pub fn code_lenses(inner: &Inner, uri: &Uri) -> Vec<CodeLens> {
     let functions: Vec<FunctionInfo> = {
         let Some(doc) = inner.docs.get(uri) else {
@@ -187,7 +186,7 @@ pub fn code_lenses(inner: &Inner, uri: &Uri) -> Vec<CodeLens> {
             command: Some(c),
             data: None,
         };
-        match state_of(inner, uri, &f.name) {
+        match state_of(inner, uri, &f.qualname()) {
             FnState::Idle => {
                 if f.is_stub && f.docstring.is_some() {
                     out.extend(commands_for(inner, uri, &f).into_iter().take(1).map(lens));

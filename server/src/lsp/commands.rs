@@ -178,7 +178,7 @@ pub fn start(
         let run = TaskRun::start(spec, rt.deps.clone(), Some(tx))?;
         let id = run.task_id().0;
         let stub_source =
-            crate::python::function_source(&text, &run.function().name).unwrap_or_default();
+            crate::python::function_source(&text, &run.function().qualname()).unwrap_or_default();
         let (entry, replies) = TaskEntry::new(id, uri.clone(), path, name.clone(), stub_source);
         // Tasks ahead in the queue: those already waiting, plus one running
         // task when no slot is free.

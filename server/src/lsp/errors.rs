@@ -59,7 +59,6 @@ impl From<LspError> for Error {
             | LspError::Feedback(_)
             | LspError::Document(_) => ErrorCode::InvalidParams,
             LspError::Pipeline(PipelineError::Analysis(_))
-            | LspError::Pipeline(PipelineError::MethodUnsupported(_))
             | LspError::Pipeline(PipelineError::NoDocstring(_)) => ErrorCode::InvalidParams,
             LspError::Stale(_) => ErrorCode::ServerError(-32801), // ContentModified
             LspError::Pipeline(PipelineError::Cancelled) => ErrorCode::ServerError(-32800), // RequestCancelled

@@ -5,7 +5,10 @@
 
 use std::time::Instant;
 
+use std::collections::HashSet;
+
 use super::{PipelineError, Stage, TaskRun};
+use crate::python;
 use crate::types::{CheckReport, Severity};
 
 impl TaskRun {
@@ -26,12 +29,9 @@ impl TaskRun {
             format!("validating candidate {}", self.candidates[i].n),
         );
         let t0 = Instant::now();
-        let report = crate::checks::validate(
-            &self.stub,
-            &self.candidates[i].standalone,
-            &self.deps.settings.python,
-        );
-        self.finish_checks(i, report, "validate", t0)?;
+        let (module, changed) = self.checked_module(i);
+        let report = crate::checks::validate(&self.stub, &module, &self.deps.settings.python);
+        self.finish_checks(i, only_on(report, changed.as_ref()), "validate", t0)?;
         Ok(if self.has_errors(i) {
             self.candidates[i].checked = true;
             self.next_ranked()
@@ -46,8 +46,9 @@ impl TaskRun {
         };
         self.enter(Stage::SecurityCheck, "security check".into());
         let t0 = Instant::now();
-        let report = crate::checks::security_check(&self.candidates[i].standalone);
-        self.finish_checks(i, report, "security", t0)?;
+        let (module, changed) = self.checked_module(i);
+        let report = crate::checks::security_check(&module);
+        self.finish_checks(i, only_on(report, changed.as_ref()), "security", t0)?;
         self.candidates[i].checked = true;
         Ok(if self.has_errors(i) {
             self.next_ranked()
@@ -87,6 +88,22 @@ impl TaskRun {
         }
     }
 
+    /// The module candidate `i` is checked as: the whole file with it spliced
+    /// in (so the module's own helpers, constants and classes resolve), with
+    /// the 1-based lines the candidate added or changed; or, when the file
+    /// itself does not parse, the standalone module and `None` (every line
+    /// counts).
+    fn checked_module(&self, i: usize) -> (String, Option<HashSet<usize>>) {
+        let c = &self.candidates[i];
+        if c.full_source.is_empty() || !python::syntax_errors(&self.spec.source).is_empty() {
+            return (c.standalone.clone(), None);
+        }
+        (
+            c.full_source.clone(),
+            Some(changed_lines(&self.spec.source, &c.full_source)),
+        )
+    }
+
     fn has_errors(&self, i: usize) -> bool {
         self.candidates[i]
             .findings
@@ -113,5 +130,54 @@ impl TaskRun {
         c.stage_times
             .insert(phase.to_string(), t0.elapsed().as_millis() as u64);
         Ok(())
+    }
+}
+
+/// 1-based lines of `new` that are not in `old` (inserted or replaced), by
+/// a line diff.
+pub(super) fn changed_lines(old: &str, new: &str) -> HashSet<usize> {
+    let diff = similar::TextDiff::from_lines(old, new);
+    let mut out = HashSet::new();
+    for op in diff.ops() {
+        for change in diff.iter_changes(op) {
+            if change.tag() == similar::ChangeTag::Insert {
+                if let Some(n) = change.new_index() {
+                    out.insert(n + 1);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `report` without the findings on lines outside `changed` (the user's own
+/// code elsewhere in the file is not the candidate's to answer for);
+/// findings without a line are kept. `None` keeps everything.
+fn only_on(mut report: CheckReport, changed: Option<&HashSet<usize>>) -> CheckReport {
+    if let Some(lines) = changed {
+        report
+            .findings
+            .retain(|f| f.line.is_none_or(|l| lines.contains(&l)));
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_lines_a_candidate_touched_count() {
+        let old = "import os\n\ndef f():\n    ...\n\ndef g():\n    eval('1')\n";
+        let new = "import os\nimport re\n\ndef f():\n    return re.escape('x')\n\ndef g():\n    eval('1')\n";
+        let changed = changed_lines(old, new);
+        assert_eq!(changed, HashSet::from([2, 5]));
+        let report = crate::checks::security_check(new);
+        assert!(
+            report.findings.iter().any(|f| f.line == Some(8)),
+            "{report:?}"
+        );
+        let kept = only_on(report, Some(&changed));
+        assert!(kept.findings.iter().all(|f| f.line != Some(8)), "{kept:?}");
     }
 }

@@ -243,7 +243,7 @@ impl TaskRun {
             failure: None,
             stage_times: BTreeMap::from([("write_code".to_string(), write_ms)]),
         };
-        let spliced = python::find_function(&self.stub_module, &self.stub.name)
+        let spliced = python::find_function(&self.stub_module, &self.stub.qualname())
             .and_then(|f| python::splice(&self.stub_module, &f, &generated))
             .and_then(|s| {
                 python::splice(&self.spec.source, &self.stub, &generated).map(|full| (s, full))

@@ -91,6 +91,7 @@ impl TaskRun {
                 expected,
                 raises,
                 note: g.why,
+                options: Vec::new(),
             };
             if let Some(doc_expected) = doc_calls.get(&key) {
                 if !case.expected.is_empty() && *doc_expected != normalize(&case.expected) {

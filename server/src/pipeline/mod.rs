@@ -126,6 +126,10 @@ pub struct Settings {
     pub python: PathBuf,
     /// Write `.docsmith/proposals/<task>/` when a proposal is ready.
     pub write_proposal_files: bool,
+    /// Budget of the context shown around the stub (outlines of the
+    /// module's other names and of imported project names), in estimated
+    /// tokens (`python::context::estimate_tokens`; default 1024).
+    pub context_tokens: usize,
 }
 
 impl Default for Settings {
@@ -142,6 +146,7 @@ impl Default for Settings {
             interactive: false,
             python: PathBuf::from("python3"),
             write_proposal_files: true,
+            context_tokens: 1024,
         }
     }
 }
@@ -290,6 +295,8 @@ pub struct Proposal {
     pub dir: Option<PathBuf>,
     /// The function's text when the task began (written as `original.py` beside the proposal).
     pub original: String,
+    /// What the model was shown around the stub (also in the store, `tasks.context_json`).
+    pub context: python::context::Context,
 }
 
 impl Proposal {
@@ -371,8 +378,6 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("the task was cancelled")]
     Cancelled,
-    #[error("`{0}` is a method; docsmith generates module-level functions only (move it out of the class, or wait for method support)")]
-    MethodUnsupported(String),
     #[error(
         "`{0}` has no docstring: write one describing what the function does (examples help most)"
     )]
@@ -383,6 +388,45 @@ pub enum PipelineError {
     NoCode(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The project mount for a file at `here` whose `source` imports modules of
+/// its own project, and a note when the project cannot be mounted. The
+/// import root is mounted only when an import needs it, and never when it is
+/// `/` or holds the home directory (a file directly in `~` with no project
+/// around it): then the candidate runs without the project and the note says
+/// why.
+fn project_mount(
+    here: &python::project::ModulePath,
+    source: &str,
+) -> (Option<crate::sandbox::ProjectMount>, Option<String>) {
+    let needed = python::project::project_imports(source, here)
+        .iter()
+        .any(|i| i.file.is_some());
+    if !needed {
+        return (None, None);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .and_then(|h| h.canonicalize().ok());
+    let too_wide =
+        here.root.parent().is_none() || home.as_ref().is_some_and(|h| h.starts_with(&here.root));
+    if too_wide {
+        return (
+            None,
+            Some(format!(
+                "the project's own imports were not made available to the tests: the import root `{}` is `/` or holds the home directory; put the code in a project folder (with `.git` or `docsmith.toml`)",
+                here.root.display()
+            )),
+        );
+    }
+    (
+        Some(crate::sandbox::ProjectMount {
+            root: here.root.clone(),
+            module: here.module.clone(),
+        }),
+        None,
+    )
 }
 
 /// What a round of candidates is. The loop tries the cheapest thing first:
@@ -442,6 +486,11 @@ pub struct TaskRun {
     stub: FunctionInfo,
     view: StubView,
     stub_module: String,
+    /// The user's project folder, mounted read-only for candidates when the
+    /// file imports the project's own modules.
+    project: Option<crate::sandbox::ProjectMount>,
+    /// What the model was shown around the stub.
+    context: python::context::Context,
     stage: Stage,
     started: Instant,
     plan: Plan,
@@ -488,7 +537,7 @@ impl TaskRun {
     /// Finds the function, checks it can be worked on, and records a new task.
     ///
     /// Errors: the function is not in the file ([`AnalysisError`], lists what is),
-    /// it is a method, it is nested in another function or defined twice at
+    /// it is nested in another function or defined twice at
     /// module level ([`AnalysisError::NestedFunction`],
     /// [`AnalysisError::DuplicateDefinition`]), it has no docstring (for
     /// generation), or the store fails. No model is called before these checks.
@@ -501,39 +550,56 @@ impl TaskRun {
             Target::Name(n) => python::find_function(&spec.source, n)?,
             Target::Line(l) => python::find_function_at_line(&spec.source, *l)?,
         };
-        if stub.class_name.is_some() {
-            return Err(PipelineError::MethodUnsupported(stub.name.clone()));
-        }
         // Before any model call: a nested or twice-defined function cannot be
         // spliced back alone, so every call spent on it would be lost.
         python::check_replaceable(&spec.source, &stub)?;
         if stub.docstring.is_none() && spec.feedback.is_none() {
-            return Err(PipelineError::NoDocstring(stub.name.clone()));
+            return Err(PipelineError::NoDocstring(stub.qualname()));
         }
         let imports = python::module_imports(&spec.source);
-        let fn_src = python::function_source(&spec.source, &stub.name).unwrap_or_default();
-        let stub_module = if imports.is_empty() {
-            fn_src.clone()
-        } else {
-            format!("{}\n\n\n{}", imports.join("\n"), fn_src)
-        };
+        let fn_src = python::function_source(&spec.source, &stub.qualname()).unwrap_or_default();
+        // The module the candidate is checked as when the file itself does not
+        // parse, and the code a proposal carries: imports, and for a method
+        // its class header(s) around it.
+        let stub_module = python::stub_module(&spec.source, &stub, &imports);
+        // What the function may use: its class, the module's other names and
+        // the project names it imports (outlines, within the token budget).
+        let here = python::project::locate(&spec.file, &spec.workspace);
+        let gathered = python::context::gather(
+            &spec.source,
+            &stub,
+            Some(&here),
+            deps.settings.context_tokens,
+        );
+        let project = project_mount(&here, &spec.source);
         let view = StubView {
             name: stub.name.clone(),
             source: fn_src,
             imports,
+            context: gathered.context.text.clone(),
+            enclosing: stub.class_name.clone().zip(gathered.enclosing.clone()),
         };
         let task = deps.store.create_task(&NewTask {
             workspace: spec.workspace.display().to_string(),
             file: spec.file.display().to_string(),
-            function: stub.name.clone(),
+            function: stub.qualname(),
             kind: spec.kind,
             stub_source: view.source.clone(),
             docstring: stub.docstring.clone(),
         })?;
+        deps.store
+            .set_task_context(task, &serde_json::to_string(&gathered).unwrap_or_default())?;
         let mut notes = Vec::new();
         if let Some(n) = deps.sandbox.isolation_note() {
             notes.push(n);
         }
+        for u in &gathered.unresolved {
+            notes.push(format!(
+                "import not found in the project: {u}; the model was not shown what it provides"
+            ));
+        }
+        let (project, note) = project;
+        notes.extend(note);
         let feedback = spec.feedback.clone();
         if let Some(fb) = &feedback {
             deps.store.add_feedback(task, None, fb)?;
@@ -560,6 +626,8 @@ impl TaskRun {
             stub,
             view,
             stub_module,
+            project,
+            context: gathered.context,
             stage: Stage::Plan,
             started: Instant::now(),
             plan: Plan::default(),

@@ -104,7 +104,7 @@ impl TaskRun {
         };
         let mut proposal = Proposal {
             task: self.task.0,
-            function: self.stub.name.clone(),
+            function: self.stub.qualname(),
             file: self.spec.file.clone(),
             code: best.standalone.clone(),
             new_source: best.full_source.clone(),
@@ -127,6 +127,7 @@ impl TaskRun {
             notes: self.notes.clone(),
             dir: None,
             original: self.view.source.clone(),
+            context: self.context.clone(),
         };
         if self.deps.settings.write_proposal_files {
             match write_proposal_files(&self.spec.workspace, &proposal) {
@@ -221,6 +222,44 @@ pub fn render_test_module(p: &Proposal, module: &str) -> String {
     s
 }
 
+/// The "Context given to the model" section of the report: each name shown
+/// around the stub (kind, where from, estimated tokens), what the budget
+/// left out.
+fn render_context(c: &crate::python::context::Context) -> String {
+    let mut s = format!(
+        "## Context given to the model\n\n{} name(s), about {} tokens of a {}-token budget (4 bytes per token estimate).\n\n",
+        c.items.len(),
+        c.tokens,
+        c.budget_tokens
+    );
+    for i in &c.items {
+        let from = if i.origin.is_empty() {
+            "this module".to_string()
+        } else {
+            format!("`{}`", i.origin)
+        };
+        s.push_str(&format!(
+            "- `{}` ({}, {from}, {} tokens{})\n",
+            i.name,
+            i.kind,
+            i.tokens,
+            if i.mentioned {
+                ", named in the stub"
+            } else {
+                ""
+            }
+        ));
+    }
+    if !c.omitted.is_empty() {
+        s.push_str(&format!(
+            "- left out for the budget: {}\n",
+            c.omitted.join(", ")
+        ));
+    }
+    s.push('\n');
+    s
+}
+
 /// The review report in Markdown: tests, dropped tests, findings, attempts, time, tokens.
 pub fn render_report(p: &Proposal) -> String {
     let mut s = format!(
@@ -247,6 +286,7 @@ pub fn render_report(p: &Proposal) -> String {
         }
         s.push('\n');
     }
+    s.push_str(&render_context(&p.context));
     s.push_str("## Tests\n\nDocstring examples must pass; generated inputs are votes (their expected values, where given, only break ties).\n\n| id | origin | call | expected | result |\n|---|---|---|---|---|\n");
     for t in &p.tests {
         let input_only = t.case.expected.is_empty() && t.case.raises.is_none();

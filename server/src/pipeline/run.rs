@@ -51,7 +51,7 @@ impl TaskRun {
         let runs = self
             .deps
             .sandbox
-            .run_many(&dir, &modules, &self.stub.name, &self.tests, cancel)
+            .run_many(&dir, &modules, &self.tests, self.project.as_ref(), cancel)
             .await;
         let runs = match runs {
             Ok(r) => r,

@@ -2,6 +2,7 @@
 //! transitions only; the real model is exercised by `tests/e2e_generate.rs`).
 //! The sandbox, the store and the checks are real.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::*;
@@ -620,4 +621,210 @@ async fn a_missing_function_lists_the_ones_there() {
         .expect("must fail");
     let msg = err.to_string();
     assert!(msg.contains("nope") && msg.contains("add"), "{msg}");
+}
+
+// ---------------------------------------------------------------- real code
+//
+// The fixture project `tests/fixtures/shop` (a package with a class, module
+// constants, a dataclass, helpers, an async function, a generator and a
+// cross-module relative import), copied to a temporary workspace.
+
+/// Copies `tests/fixtures/shop` into `dst`.
+fn copy_fixture(dst: &Path) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                copy(&p, &to.join(e.file_name()));
+            } else {
+                std::fs::copy(&p, to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/shop");
+    copy(&src, dst);
+}
+
+/// A harness whose workspace holds the shop fixture, and a started task on
+/// `target` in `file` (relative to the workspace).
+fn shop_task(
+    developer: &[&str],
+    file: &str,
+    target: &str,
+) -> (
+    Harness,
+    TaskRun,
+    tokio::sync::mpsc::UnboundedReceiver<Event>,
+    String,
+) {
+    let h = harness(script(developer), k(1));
+    copy_fixture(&h.ws);
+    let path = h.ws.join(file);
+    let source = std::fs::read_to_string(&path).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let spec = TaskSpec {
+        workspace: h.ws.clone(),
+        file: path,
+        source: source.clone(),
+        target: Target::Name(target.into()),
+        feedback: None,
+        kind: TaskKind::Generate,
+    };
+    let run = TaskRun::start(spec, h.deps.clone(), Some(tx)).unwrap();
+    (h, run, rx, source)
+}
+
+const ADD_METHOD: &str = "```python\ndef add(self, name: str, qty: int) -> int:\n    key = _clean(name)\n    new = self.items.get(key, 0) + qty\n    if new > MAX_STOCK:\n        raise ValueError(\"too much stock\")\n    self.items[key] = new\n    return new\n```";
+
+#[tokio::test]
+async fn a_method_sees_its_class_and_module_and_is_edited_in_place() {
+    let (h, mut run, mut rx, source) =
+        shop_task(&[ADD_METHOD], "shop/inventory.py", "Inventory.add");
+    assert_eq!(run.function().qualname(), "Inventory.add");
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(p.passing, "{:?} {:#?}", p.reasons, p.tests);
+    // Five docstring examples, state carried from line to line, one raising.
+    assert_eq!(p.test_counts(), (5, 5));
+    let prompt = h.dev_prompts.lock().unwrap()[0].clone();
+    for want in [
+        "Complete the method `add` of class `Inventory`",
+        "MAX_STOCK = 100",
+        "def _clean(name: str) -> str:\n    \"\"\"Normalises a product name",
+        "class Inventory:\n    \"\"\"Quantities in stock",
+        "        self.items: Dict[str, int] = {}",
+        "    def count(self, name: str) -> int:\n        \"\"\"How many of `name`",
+        "        raise NotImplementedError",
+    ] {
+        assert!(
+            prompt.contains(want),
+            "{want:?} not in the prompt:\n{prompt}"
+        );
+    }
+    assert!(
+        !prompt.contains("return self.items.get"),
+        "bodies are elided:\n{prompt}"
+    );
+    // In place: the body replaced with the class's indentation, everything
+    // before the method's docstring end and after its body byte-for-byte.
+    let new = &p.new_source;
+    let doc_end = source.find("        raise NotImplementedError\n").unwrap();
+    assert_eq!(&new[..doc_end], &source[..doc_end]);
+    let after = &source[doc_end + "        raise NotImplementedError\n".len()..];
+    assert!(
+        new.ends_with(after),
+        "the rest of the class and file are unchanged"
+    );
+    assert!(
+        new.contains("        key = _clean(name)\n        new = self.items.get(key, 0) + qty\n"),
+        "{new}"
+    );
+    // What the model saw is recorded and reported.
+    let stored = h.deps.store.task_context(run.task_id()).unwrap().unwrap();
+    assert!(stored.contains("\"name\":\"MAX_STOCK\""), "{stored}");
+    let report = std::fs::read_to_string(p.dir.unwrap().join("report.md")).unwrap();
+    assert!(report.contains("## Context given to the model"), "{report}");
+    assert!(
+        report.contains("`_clean` (function, this module"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_method_that_forgets_the_state_fails_the_later_doctest_lines() {
+    let forgetful = "```python\ndef add(self, name: str, qty: int) -> int:\n    return qty\n```";
+    let (_h, mut run, mut rx, _) = shop_task(&[forgetful], "shop/inventory.py", "Inventory.add");
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(!p.passing);
+    let failed: Vec<&str> = p
+        .tests
+        .iter()
+        .filter(|t| t.case.origin == crate::types::TestOrigin::Docstring)
+        .filter(|t| !t.result.as_ref().is_some_and(|r| r.passed))
+        .map(|t| t.case.id.as_str())
+        .collect();
+    // `add` returns 2 (not 5), the count stays 0 and nothing is raised.
+    assert_eq!(failed, ["ex2", "ex3", "ex4", "ex5"], "{:#?}", p.tests);
+}
+
+#[tokio::test]
+async fn property_staticmethod_and_classmethod_keep_their_decorators() {
+    let cases = [
+        (
+            "Inventory.total",
+            "```python\n@property\ndef total(self) -> int:\n    return sum(self.items.values())\n```",
+            "    @property\n    def total(self) -> int:\n",
+        ),
+        (
+            "Inventory.parse_line",
+            "```python\n@staticmethod\ndef parse_line(line: str) -> tuple:\n    name, qty = line.split(\":\")\n    return _clean(name), int(qty)\n```",
+            "    @staticmethod\n    def parse_line(line: str) -> tuple:\n",
+        ),
+        (
+            "Inventory.from_pairs",
+            "```python\nclass Inventory:\n    @classmethod\n    def from_pairs(cls, pairs):\n        inv = cls()\n        for name, qty in pairs:\n            inv.items[_clean(name)] = inv.count(name) + qty\n        return inv\n```",
+            "    @classmethod\n    def from_pairs(cls, pairs: List[tuple]) -> \"Inventory\":\n",
+        ),
+    ];
+    for (target, reply, kept) in cases {
+        let (_h, mut run, mut rx, _) = shop_task(&[reply], "shop/inventory.py", target);
+        let (p, _) = to_review(&mut run, &mut rx).await;
+        assert!(p.passing, "{target}: {:?} {:#?}", p.reasons, p.tests);
+        assert!(p.new_source.contains(kept), "{target}: {}", p.new_source);
+        // The generated signature never replaces the user's.
+        assert_eq!(p.new_source.matches("def from_pairs(").count(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_function_uses_a_helper_imported_from_another_module_of_the_project() {
+    let reply = "```python\ndef order_total(items):\n    return round_money(sum(i.subtotal() for i in items) * (1 + TAX_RATE))\n```";
+    let (h, mut run, mut rx, _) = shop_task(&[reply], "shop/pricing.py", "order_total");
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    // The relative import resolved in the sandbox: the project is mounted
+    // read-only and the candidate is imported as `shop.pricing`.
+    assert!(p.passing, "{:?} {:#?}", p.reasons, p.tests);
+    let prompt = h.dev_prompts.lock().unwrap()[0].clone();
+    for want in [
+        "# from .models import TAX_RATE, Item, round_money:",
+        "TAX_RATE = 0.25",
+        "def round_money(amount: float) -> float:\n    \"\"\"Rounds an amount to whole cents",
+        "@dataclass\nclass Item:",
+        "    name: str\n    price: float\n    qty: int = 1",
+        "    def subtotal(self) -> float:\n        \"\"\"Price times quantity, before tax.\"\"\"\n        ...",
+    ] {
+        assert!(prompt.contains(want), "{want:?} not in the prompt:\n{prompt}");
+    }
+    assert!(!prompt.contains("return self.price * self.qty"), "{prompt}");
+    let report = std::fs::read_to_string(p.dir.unwrap().join("report.md")).unwrap();
+    assert!(
+        report.contains("`round_money` (function, `from .models import"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn async_functions_and_generators_run_as_their_docstrings_write_them() {
+    let fetch = "```python\nasync def fetch_count(inv, name):\n    return inv.count(name)\n```";
+    let (_h, mut run, mut rx, _) = shop_task(&[fetch], "shop/inventory.py", "fetch_count");
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(p.passing, "{:?} {:#?}", p.reasons, p.tests);
+    // A reply written as a plain `def` keeps the user's `async def`
+    // signature when spliced, so it is awaited too; a wrong value fails.
+    let sync = "```python\ndef fetch_count(inv, name):\n    return inv.count(name)\n```";
+    let (_h, mut run, mut rx, _) = shop_task(&[sync], "shop/inventory.py", "fetch_count");
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(p.passing, "{:#?}", p.tests);
+    assert!(p
+        .new_source
+        .contains("async def fetch_count(inv: Inventory, name: str) -> int:"));
+    let wrong =
+        "```python\nasync def fetch_count(inv, name):\n    return inv.items.get(name, 0)\n```";
+    let (_h, mut run, mut rx, _) = shop_task(&[wrong], "shop/inventory.py", "fetch_count");
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(!p.passing, "case matters: {:#?}", p.tests);
+    let gen = "```python\ndef chunked(xs, size):\n    for i in range(0, len(xs), size):\n        yield xs[i:i + size]\n```";
+    let (_h, mut run, mut rx, _) = shop_task(&[gen], "shop/inventory.py", "chunked");
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(p.passing, "{:?} {:#?}", p.reasons, p.tests);
 }

@@ -19,21 +19,24 @@ pub fn extract_examples(func: &FunctionInfo) -> Vec<TestCase> {
     let lines: Vec<&str> = doc.lines().collect();
     let ctx = Ctx::new(func, &lines);
     let mut raw: Vec<(String, String, Option<String>, String)> = Vec::new();
+    // Doctest option flags of each entry of `raw` (empty for informal forms).
+    let mut raw_opts: Vec<Vec<String>> = Vec::new();
     let mut setup: Vec<String> = Vec::new();
     let mut i = 0;
     while i < lines.len() {
         let t = lines[i].trim_start();
         if t.starts_with(">>>") {
-            i = doctest_example(&ctx, &lines, i, &mut setup, &mut raw);
+            i = doctest_example(&ctx, &lines, i, &mut setup, &mut raw, &mut raw_opts);
             continue;
         }
         if let Some(ex) = ctx.informal(&lines, i) {
             raw.push(ex);
+            raw_opts.push(Vec::new());
         }
         i += 1;
     }
     let mut out: Vec<TestCase> = Vec::new();
-    for (call, expected, raises, note) in raw {
+    for ((call, expected, raises, note), options) in raw.into_iter().zip(raw_opts) {
         if out
             .iter()
             .any(|c| c.call == call && c.expected == expected && c.raises == raises)
@@ -47,6 +50,7 @@ pub fn extract_examples(func: &FunctionInfo) -> Vec<TestCase> {
             expected,
             raises,
             note,
+            options,
         });
     }
     out
@@ -59,6 +63,7 @@ fn doctest_example(
     mut i: usize,
     setup: &mut Vec<String>,
     out: &mut Vec<(String, String, Option<String>, String)>,
+    out_opts: &mut Vec<Vec<String>>,
 ) -> usize {
     let first = lines[i];
     let indent = first.len() - first.trim_start().len();
@@ -92,6 +97,7 @@ fn doctest_example(
         output.push(l[cut..].trim_end().to_string());
         i += 1;
     }
+    let options = directives(&src.join("\n"));
     let source = strip_comments(&src.join("\n"));
     let one_line = if src.len() > 1 {
         src.iter().map(|s| s.trim()).collect::<Vec<_>>().join(" ")
@@ -108,6 +114,7 @@ fn doctest_example(
         all.push(e.to_string());
         all.join("\n")
     };
+    let before = out.len();
     match expr {
         None => {
             if output.is_empty() && parses_cleanly(&source) {
@@ -152,9 +159,56 @@ fn doctest_example(
                 };
                 out.push((with_setup(&e), expected, None, note));
             }
+            // Doctest semantics: once set-up lines made state (`inv =
+            // Inventory()`), what each later line did stays done for the
+            // lines after it (`inv.add(...)` then `inv.count(...)`). A line
+            // that must raise is replayed with its exception swallowed.
+            // Examples with no set-up (pure calls) stay independent, so one
+            // wrong answer does not fail the examples after it.
+            if setup.is_empty() {
+            } else if raises_here(&out[before..]) {
+                setup.push(format!("try:\n    {e}\nexcept Exception:\n    pass"));
+            } else {
+                setup.push(e);
+            }
         }
     }
+    out_opts.resize(out.len(), options);
     i
+}
+
+/// Whether the example just recorded expects an exception.
+fn raises_here(new: &[(String, String, Option<String>, String)]) -> bool {
+    new.iter().any(|(_, _, raises, _)| raises.is_some())
+}
+
+/// The doctest option flags a `# doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE`
+/// directive turns on in `source` (those the referee knows; `-FLAG` and
+/// unknown ones are left out).
+fn directives(source: &str) -> Vec<String> {
+    const KNOWN: [&str; 4] = [
+        "ELLIPSIS",
+        "NORMALIZE_WHITESPACE",
+        "IGNORE_EXCEPTION_DETAIL",
+        "DONT_ACCEPT_BLANKLINE",
+    ];
+    let mut out: Vec<String> = Vec::new();
+    for line in source.lines() {
+        let Some(at) = line.find("doctest:") else {
+            continue;
+        };
+        if !line[..at].contains('#') {
+            continue;
+        }
+        for flag in line[at + "doctest:".len()..].split([',', ' ']) {
+            if let Some(name) = flag.trim().strip_prefix('+') {
+                if KNOWN.contains(&name) && !out.iter().any(|o| o == name) {
+                    out.push(name.to_string());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `s` without its comments (trailing whitespace trimmed per line).
@@ -627,12 +681,62 @@ def f(xs, k=1):
         assert_eq!(ex[0].id, "ex1");
         assert_eq!(ex[0].origin, TestOrigin::Docstring);
         assert_eq!(ex[0].note, ">>> f(x)");
-        assert_eq!(ex[1].call, "x = [1, 2]\nf([1, 2], k=2)");
+        // State carries on once set-up lines made some (doctest semantics).
+        assert_eq!(ex[1].call, "x = [1, 2]\nf(x)\nf([1, 2], k=2)");
         assert_eq!(ex[2].expected, "None");
+        assert!(
+            ex[4]
+                .call
+                .contains("try:\n    f(None)\nexcept Exception:\n    pass\n"),
+            "{}",
+            ex[4].call
+        );
         assert_eq!(ex[3].raises.as_deref(), Some("ValueError"));
         assert_eq!(ex[3].expected, "");
         assert_eq!(ex[4].expected, "hello world");
         assert_eq!(ex[4].id, "ex5");
+    }
+
+    #[test]
+    fn doctest_state_carries_from_line_to_line_and_directives_become_options() {
+        let src = r#"
+class Inventory:
+    def add(self, name, qty):
+        """Adds stock.
+
+        >>> inv = Inventory()
+        >>> inv.add("apple", 3)
+        >>> inv.add("apple", 2)
+        >>> inv.count("apple")
+        5
+        >>> list(range(20))  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+        [0, 1, ..., 19]
+        """
+"#;
+        let ex = examples(src, "Inventory.add");
+        assert_eq!(ex.len(), 4, "{ex:#?}");
+        assert_eq!(ex[0].call, "inv = Inventory()\ninv.add(\"apple\", 3)");
+        assert_eq!(ex[0].expected, "None");
+        assert_eq!(
+            ex[2].call,
+            "inv = Inventory()\ninv.add(\"apple\", 3)\ninv.add(\"apple\", 2)\ninv.count(\"apple\")"
+        );
+        assert_eq!(ex[2].expected, "5");
+        assert!(ex[2].options.is_empty());
+        assert_eq!(ex[3].options, ["ELLIPSIS", "NORMALIZE_WHITESPACE"]);
+        assert_eq!(ex[3].expected, "[0, 1, ..., 19]");
+        // Pure calls with no set-up stay independent.
+        let pure = r#"
+def f(x):
+    """
+    >>> f(1)
+    2
+    >>> f(2)
+    3
+    """
+"#;
+        let ex = examples(pure, "f");
+        assert_eq!(ex[1].call, "f(2)");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! Must not know about LLMs, LSP, the sandbox or the store: input is text,
 //! output is plain data. All ranges are byte offsets into the given `&str`.
 
+pub mod context;
 mod examples;
+pub mod project;
 
 use std::ops::Range;
 
@@ -78,6 +80,17 @@ pub struct FunctionInfo {
     pub end_line: usize,
     /// The body is only a docstring and/or `pass`, `...`, `raise NotImplementedError[(...)]`.
     pub is_stub: bool,
+}
+
+impl FunctionInfo {
+    /// The name that finds it again with [`find_function`]: `Class.method`
+    /// for a method (innermost class), the bare name otherwise.
+    pub fn qualname(&self) -> String {
+        match &self.class_name {
+            Some(c) => format!("{c}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
 }
 
 /// A syntax problem found by tree-sitter; `line` and `column` are 1-based
@@ -547,15 +560,15 @@ pub fn functions_in_tree(tree: &Tree, source: &str) -> Vec<FunctionInfo> {
         .collect()
 }
 
-/// The module-level functions of an already parsed `tree` of `source`, in
-/// source order: those at the top level and those under module-level `if`,
-/// `try`, `with` and loops, but no method and no function nested in another
-/// (what the language server shows code lenses on). Never enters a function's
-/// or a class's body, so its cost grows with the module's statements, not
-/// with the size of the functions.
+/// The module-level functions and the methods of an already parsed `tree` of
+/// `source`, in source order: those at the top level, under module-level
+/// `if`, `try`, `with` and loops, and in classes (nested classes too), but no
+/// function nested in another function (what the language server shows code
+/// lenses on). Never enters a function's body, so its cost grows with the
+/// module's and classes' statements, not with the size of the functions.
 pub fn module_functions_in_tree(tree: &Tree, source: &str) -> Vec<FunctionInfo> {
     let mut defs = Vec::new();
-    collect_defs_until(tree.root_node(), &mut defs, |_| false);
+    collect_defs_until(tree.root_node(), &mut defs, |k| k == "class_definition");
     defs.into_iter()
         .filter_map(|d| function_info(d, source))
         .collect()
@@ -789,6 +802,47 @@ pub fn parses_cleanly(source: &str) -> bool {
 pub fn function_source(source: &str, name: &str) -> Option<String> {
     let f = find_function(source, name).ok()?;
     Some(source[line_start(source, f.def_range.start)..f.def_range.end].to_string())
+}
+
+/// The smallest module holding `func`: the file's `imports`, then the
+/// function's text; for a method, inside bare `class Name:` headers of its
+/// enclosing classes (outermost first, no bases or decorators). Used as the
+/// code a proposal carries and as the candidate's module when the whole file
+/// does not parse.
+pub fn stub_module(source: &str, func: &FunctionInfo, imports: &[String]) -> String {
+    let fn_start = line_start(source, func.def_range.start);
+    let fn_text = &source[fn_start..func.def_range.end];
+    let body = if func.class_name.is_some() {
+        let tree = parse(source);
+        let mut headers = Vec::new();
+        let mut node = tree
+            .root_node()
+            .descendant_for_byte_range(func.def_range.start, func.def_range.start);
+        while let Some(n) = node {
+            if n.kind() == "class_definition" {
+                if let Some(name) = n.child_by_field_name("name") {
+                    let at = line_start(source, n.start_byte());
+                    let indent = leading_ws(&source[at..]).to_string();
+                    headers.push(format!("{indent}class {}:", text(name, source)));
+                }
+            }
+            node = n.parent();
+        }
+        headers.reverse();
+        let all = format!("{}\n{}", headers.join("\n"), fn_text);
+        let margin = headers.first().map_or(0, |h| leading_ws(h).len());
+        all.lines()
+            .map(|l| &l[leading_ws(l).len().min(margin)..])
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        fn_text.to_string()
+    };
+    if imports.is_empty() {
+        body
+    } else {
+        format!("{}\n\n\n{}", imports.join("\n"), body)
+    }
 }
 
 fn is_import(node: Node) -> bool {
@@ -1041,7 +1095,65 @@ pub fn splice(
     };
     let def_line_start = line_start(source, func.def_range.start);
     let def_indent = leading_ws(&source[def_line_start..]).to_string();
+    // A method's module-level helpers go before its (outermost) class, at the
+    // class's indentation; helper methods the reply added to the class go
+    // before the method.
+    let (helper_at, helper_indent) = match context::enclosing_class(source, func) {
+        Some(class) => {
+            let at = line_start(source, class.start);
+            (at, leading_ws(&source[at..]).to_string())
+        }
+        None => (def_line_start, def_indent.clone()),
+    };
     let mut added_helpers = Vec::new();
+    if func.class_name.is_some() {
+        let gen_class = {
+            let mut up = target_outer.parent();
+            while let Some(n) = up {
+                if n.kind() == "class_definition" {
+                    break;
+                }
+                up = n.parent();
+            }
+            up
+        };
+        let have_methods: Vec<String> = list_functions(source)
+            .into_iter()
+            .filter(|f| f.class_name == func.class_name)
+            .map(|f| f.name)
+            .collect();
+        let mut methods = Vec::new();
+        if let Some(body) = gen_class.and_then(|c| c.child_by_field_name("body")) {
+            for node in statements(body) {
+                let def = if node.kind() == "decorated_definition" {
+                    node.child_by_field_name("definition").unwrap_or(node)
+                } else {
+                    node
+                };
+                if node.id() == target_outer.id() || def.kind() != "function_definition" {
+                    continue;
+                }
+                let Some(name) = helper_name(node, generated) else {
+                    continue;
+                };
+                if have_methods.contains(&name) || added_helpers.contains(&name) {
+                    continue;
+                }
+                let mut prot = std::collections::HashSet::new();
+                string_continuation_rows(node, &mut prot);
+                let first_row = line_start(generated, node.start_byte());
+                let whole = &generated[first_row..node.end_byte()];
+                let row0 = generated[..first_row].matches('\n').count();
+                methods.push(reindent(whole, row0, &prot, &def_indent));
+                added_helpers.push(name);
+            }
+        }
+        if !methods.is_empty() {
+            let mut block = methods.join("\n\n");
+            block.push_str("\n\n");
+            edits.push((def_line_start..def_line_start, block));
+        }
+    }
     let mut helper_texts = Vec::new();
     for node in named_children(gen_tree.root_node()) {
         if node.id() == target_outer.id()
@@ -1066,7 +1178,7 @@ pub fn splice(
                 if l.is_empty() || prot.contains(&(node.start_position().row + i)) {
                     l.to_string()
                 } else {
-                    format!("{def_indent}{l}")
+                    format!("{helper_indent}{l}")
                 }
             })
             .collect::<Vec<_>>()
@@ -1075,14 +1187,14 @@ pub fn splice(
         added_helpers.push(name);
     }
     if !helper_texts.is_empty() {
-        let sep = if def_indent.is_empty() {
+        let sep = if helper_indent.is_empty() {
             "\n\n\n"
         } else {
             "\n\n"
         };
         let mut block = helper_texts.join(sep);
         block.push_str(sep);
-        edits.push((def_line_start..def_line_start, block));
+        edits.push((helper_at..helper_at, block));
     }
 
     // (3) imports.
@@ -1327,7 +1439,37 @@ def s(:
             assert!(module.contains(&want.to_string()), "{want} in {module:?}");
         }
         assert!(!module.contains(&"p".to_string()), "nested: {module:?}");
-        assert!(!module.contains(&"r".to_string()), "method: {module:?}");
+        assert!(
+            module.contains(&"r".to_string()),
+            "methods are listed: {module:?}"
+        );
+    }
+
+    #[test]
+    fn a_method_is_spliced_in_place_and_its_helpers_go_where_python_finds_them() {
+        let src = "import math\n\n\nclass Shape:\n    \"\"\"A shape.\"\"\"\n\n    def __init__(self, r):\n        self.r = r\n\n    @property\n    def area(self) -> float:\n        \"\"\"Area of the circle.\n\n        >>> Shape(1).area\n        3.14\n        \"\"\"\n        ...\n\n    def other(self):\n        return 1\n\n\nTAIL = 1\n";
+        let f = find_function(src, "Shape.area").unwrap();
+        assert_eq!(f.qualname(), "Shape.area");
+        assert_eq!(f.decorators, ["@property"]);
+        // The reply gives the whole class, a helper method and a module-level helper.
+        let generated = "import math\n\ndef _round2(x):\n    return round(x, 2)\n\nclass Shape:\n    def _squared(self):\n        return self.r ** 2\n\n    @property\n    def area(self) -> float:\n        \"\"\"Other docstring.\"\"\"\n        return _round2(math.pi * self._squared())\n\n    def other(self):\n        return 2\n";
+        let out = splice(src, &f, generated).unwrap();
+        let want = "import math\n\n\ndef _round2(x):\n    return round(x, 2)\n\n\nclass Shape:\n    \"\"\"A shape.\"\"\"\n\n    def __init__(self, r):\n        self.r = r\n\n    def _squared(self):\n        return self.r ** 2\n\n    @property\n    def area(self) -> float:\n        \"\"\"Area of the circle.\n\n        >>> Shape(1).area\n        3.14\n        \"\"\"\n        return _round2(math.pi * self._squared())\n\n    def other(self):\n        return 1\n\n\nTAIL = 1\n";
+        assert_eq!(out.source, want, "{}", out.source);
+        assert_eq!(out.added_helpers, ["_squared", "_round2"]);
+        // Everything outside the method and the inserted helpers is unchanged.
+        assert!(out
+            .source
+            .ends_with("    def other(self):\n        return 1\n\n\nTAIL = 1\n"));
+        // A reply with the method alone, at column 0.
+        let alone = "def area(self) -> float:\n    return math.pi * self.r ** 2\n";
+        let out = splice(src, &f, alone).unwrap();
+        assert!(
+            out.source
+                .contains("        \"\"\"\n        return math.pi * self.r ** 2\n\n    def other"),
+            "{}",
+            out.source
+        );
     }
 
     #[test]

@@ -295,6 +295,7 @@ mod tests {
             expected: "1".into(),
             raises: None,
             note: String::new(),
+            options: Vec::new(),
         }
     }
 

@@ -4,15 +4,17 @@ One script, three job modes, each run in its own sandboxed process:
 
 - "candidate": `python3 -B -s harness.py JOB.json`, one line on stdin (a nonce).
   Imports the candidate file as module `candidate`, runs each test's `call`
-  text with its own SIGALRM timeout and writes one *outcome* per test: the
-  value as an exact-type JSON tree (see `_tree`), the captured stdout, or the
-  exception (type, MRO names, message, traceback tail), or a timeout. This
-  process never sees expected values: its job holds only ids and calls.
+  text (with doctest semantics, see `_call`) under its own SIGALRM timeout and
+  writes one *outcome* per test: the value as an exact-type JSON tree (see
+  `_tree`), the captured stdout, or the exception (type, MRO names, message,
+  traceback tail), or a timeout. This process never sees expected values: its
+  job holds only ids and calls.
   Everything it writes is untrusted data (the candidate shares the process and
   can rewrite any of it); it decides nothing.
 - "referee": `python3 -I -B harness.py JOB.json`. Never imports or runs
-  candidate code. Receives the expected texts and the outcomes, rebuilds each
-  value tree into fresh built-in objects and decides pass/fail (see `_judge`).
+  candidate code. Receives the expected texts (with any doctest option flags)
+  and the outcomes, rebuilds each value tree into fresh built-in objects and
+  decides pass/fail (see `_judge`).
 - "script": run a whole script as `__main__` (benchmarks with hidden tests).
 
 Channel: before candidate code runs, the original stdout is moved to a private,
@@ -44,6 +46,10 @@ MAX_OBJ_REPR = 64 * 1024
 MAX_STDOUT = 32 * 1024
 # Ints this small travel as JSON numbers; bigger ones as strings.
 SAFE_INT = 2 ** 53
+# Compile flag that allows `await` at the top level of a test's call (3.8+),
+# and the code flag of a code object whose evaluation returns a coroutine.
+_TOP_LEVEL_AWAIT = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0x2000)
+_CO_COROUTINE = 0x80
 
 
 class _HarnessTimeout(BaseException):
@@ -253,14 +259,20 @@ class _Channel:
         self._chan.flush()
 
 
-def _load(chan, path, timeout_s):
+def _load(chan, path, timeout_s, name="candidate", search=()):
+    """Imports the candidate file as module `name` (its real dotted name in
+    the user's project, so that `from .models import Order` resolves through
+    the read-only project folders in `search`, put first on sys.path)."""
     import importlib.util
 
+    if type(name) is not str or not name:
+        name = "candidate"
+    sys.path[:0] = [p for p in search if type(p) is str]
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
-        spec = importlib.util.spec_from_file_location("candidate", path)
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules["candidate"] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
     except _HarnessTimeout:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -282,9 +294,59 @@ def _load(chan, path, timeout_s):
     return module
 
 
+async def _coroutine_probe():
+    pass
+
+
+def _coroutine_type():
+    probe = _coroutine_probe()
+    probe.close()
+    return type(probe)
+
+
+# The type of an `async def` function's result, without importing `types`.
+_COROUTINE = _coroutine_type()
+
+
+def _run_async(coro):
+    """Runs `coro` to its end in a fresh event loop; asyncio is imported only
+    by the tests that need it (start-up time)."""
+    try:
+        import asyncio
+    except BaseException:
+        coro.close()  # never started: no "was never awaited" warning
+        raise
+    return asyncio.run(coro)
+
+
+async def _setup_then_eval(setup, expr, ns, captured):
+    """A call with top-level `await`: set-up and expression run in one event
+    loop (tasks, locks and queues made by the set-up stay usable)."""
+    if setup.co_flags & _CO_COROUTINE:
+        await eval(setup, ns)
+    else:
+        exec(setup, ns)
+    captured.seek(0)
+    captured.truncate()
+    value = eval(expr, ns)
+    if expr.co_flags & _CO_COROUTINE:
+        value = await value
+    if type(value) is _COROUTINE:
+        value = await value
+    return value
+
+
 def _call(module, case, timeout_s):
-    """Runs one test's call text; returns its outcome (a JSON-safe dict)."""
+    """Runs one test's call text; returns its outcome (a JSON-safe dict).
+
+    Doctest semantics: when the text ends with an expression, the statements
+    before it are set-up lines (earlier examples, replayed) and what they print
+    is discarded; the outcome holds what the expression printed and its value.
+    `await` may appear at the top level, and a coroutine value (an `async def`
+    function called plainly) is run to its result, in one event loop per test.
+    A text of statements only keeps all it printed; its value is None."""
     test_id = case["id"]
+    filename = "<test %s>" % test_id
     ns = dict(module.__dict__)
     captured = io.StringIO()
     value = None
@@ -294,15 +356,31 @@ def _call(module, case, timeout_s):
     sys.stdout = captured
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
-        tree = _parse(case["call"], "<test %s>" % test_id, "exec")
+        tree = _parse(case["call"], filename, "exec")
         last = tree.body[-1] if tree.body else None
         if isinstance(last, ast.Expr):
             setup = ast.Module(body=tree.body[:-1], type_ignores=[])
-            exec(compile(setup, "<test %s>" % test_id, "exec"), ns)
+            setup = compile(setup, filename, "exec", _TOP_LEVEL_AWAIT)
             expr = ast.Expression(body=last.value)
-            value = eval(compile(expr, "<test %s>" % test_id, "eval"), ns)
+            expr = compile(expr, filename, "eval", _TOP_LEVEL_AWAIT)
+            if (setup.co_flags | expr.co_flags) & _CO_COROUTINE:
+                value = _run_async(_setup_then_eval(setup, expr, ns, captured))
+            else:
+                exec(setup, ns)
+                # The same stream, emptied (as doctest's own): a set-up line
+                # may have kept a reference to sys.stdout.
+                captured.seek(0)
+                captured.truncate()
+                value = eval(expr, ns)
+                if type(value) is _COROUTINE:
+                    value = _run_async(value)
         else:
-            exec(compile(tree, "<test %s>" % test_id, "exec"), ns)
+            code = compile(tree, filename, "exec", _TOP_LEVEL_AWAIT)
+            if code.co_flags & _CO_COROUTINE:
+                # `eval`, not `exec`: the code's value is the coroutine to run.
+                _run_async(eval(code, ns))
+            else:
+                exec(code, ns)
     except _HarnessTimeout:
         timed_out = True
     except BaseException as exc:
@@ -347,7 +425,13 @@ def _call(module, case, timeout_s):
 
 def run_candidate(chan, job):
     timeout_s = max(job.get("per_test_timeout_ms", 3000), 1) / 1000.0
-    module = _load(chan, job["module_path"], timeout_s)
+    module = _load(
+        chan,
+        job["module_path"],
+        timeout_s,
+        job.get("module_name", "candidate"),
+        job.get("sys_path") or (),
+    )
     if module is None:
         return
     for case in job["tests"]:
@@ -700,9 +784,60 @@ def _expected_value(src):
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+# Doctest option flags a test may carry ("options": a list of names).
+_DOCTEST_OPTIONS = (
+    "ELLIPSIS",
+    "NORMALIZE_WHITESPACE",
+    "IGNORE_EXCEPTION_DETAIL",
+    "DONT_ACCEPT_BLANKLINE",
+)
+
+
+def _doctest_flags(options):
+    """The doctest flags named in a test's "options" (unknown names ignored), or
+    0 when none of them changes how output text compares (ELLIPSIS,
+    NORMALIZE_WHITESPACE): doctest is imported only for such a test."""
+    if type(options) is not list:
+        return 0
+    names = {o for o in options if type(o) is str and o in _DOCTEST_OPTIONS}
+    if "ELLIPSIS" not in names and "NORMALIZE_WHITESPACE" not in names:
+        return 0
+    import doctest
+
+    flags = 0
+    for name in names:
+        flags |= getattr(doctest, name)
+    return flags
+
+
+def _doctest_check(expected_src, printed, value, flags):
+    """(passed, want, got): doctest's own comparison of the expected text with
+    what the call printed followed by its value's repr line."""
+    import doctest
+
+    want = expected_src.rstrip("\n")
+    if want:
+        want += "\n"
+    got = printed
+    if value is not None:
+        got += _safe_repr(value, 100000) + "\n"
+    return doctest.OutputChecker().check_output(want, got, flags), want, got
+
+
+def _output_message(want, got):
+    return "expected output %s, got %s" % (
+        _safe_repr(_trunc(want, 200)),
+        _safe_repr(_trunc(got, 200)),
+    )
+
+
 def _judge(test, outcome, expected_cache):
     """The verdict on one outcome: a dict with passed, error_type, message,
-    traceback, actual, key."""
+    traceback, actual, key.
+
+    A test with doctest options ELLIPSIS or NORMALIZE_WHITESPACE (and no
+    `raises`) passes when doctest's comparison of its output text does, or else
+    when the usual comparison does; the key never depends on the options."""
     out = {
         "passed": False,
         "error_type": None,
@@ -750,6 +885,14 @@ def _judge(test, outcome, expected_cache):
         out["message"] = "expected %s to be raised, got %s" % (raises, _safe_repr(value, 200))
         return out
     expected_src = test.get("expected", "")
+    text_failure = None
+    flags = _doctest_flags(test.get("options"))
+    if flags and type(value) is not _Big:  # a truncated repr is no output text
+        matched, want, got = _doctest_check(expected_src, printed, value, flags)
+        if matched:
+            out["passed"] = True
+            return out
+        text_failure = _output_message(_norm_text(want), _norm_text(got))
     if expected_src not in expected_cache:
         expected_cache[expected_src] = _expected_value(expected_src)
     is_expr, expected = expected_cache[expected_src]
@@ -770,6 +913,8 @@ def _judge(test, outcome, expected_cache):
             out["message"] += " (an object of type %s, which equals no built-in value)" % (
                 _trunc(value.type_name, 100)
             )
+        if text_failure:
+            out["message"] = text_failure
         return out
     want = _norm_text(expected_src)
     seen = [_norm_text(printed)]
@@ -782,10 +927,7 @@ def _judge(test, outcome, expected_cache):
         return out
     got = seen[-1] if value is not None else seen[0]
     out["error_type"] = "AssertionError"
-    out["message"] = "expected output %s, got %s" % (
-        _safe_repr(_trunc(want, 200)),
-        _safe_repr(_trunc(got, 200)),
-    )
+    out["message"] = text_failure or _output_message(want, got)
     return out
 
 

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::types::{Isolation, KillReason, TestCase, TestResult, TestRun};
 use collect::{CandidateLines, RefereeLines};
-use mounts::{Layout, ProbeInfo, JOB_DIR_INSIDE, SCRATCH_INSIDE};
+use mounts::{Layout, ProbeInfo, JOB_DIR_INSIDE, PROJECT_INSIDE, SCRATCH_INSIDE};
 use process::{End, Finished, Limits, Spec};
 
 pub use mounts::{remove_stale_work_dirs, temp_work_dir};
@@ -161,10 +161,26 @@ pub struct Sandbox {
 }
 
 /// One process to start: its job directory and what the harness runs.
+/// The user's project, for a candidate module that imports the project's own
+/// modules (`from .models import Order`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectMount {
+    /// The import root on the host (absolute): the folder that must be on
+    /// `sys.path`. Mounted read-only at `/project` under bwrap (its
+    /// `.docsmith`, `.git` and `.env*` hidden); on `sys.path` as it is in
+    /// `rlimits_only` mode.
+    pub root: PathBuf,
+    /// The candidate's dotted module name (`shop.orders`), so relative
+    /// imports resolve.
+    pub module: String,
+}
+
 struct Job<'a> {
     /// Host directory with the harness, the job file and any module; mounted
     /// read-only at [`JOB_DIR_INSIDE`] under bwrap.
     dir: &'a Path,
+    /// The user's project folder, mounted read-only (candidates only).
+    project: Option<&'a Path>,
     /// `-I -S` (isolated mode, no site) for the referee; the candidate keeps
     /// `-B -s` and a fixed hash seed, so its outputs are reproducible.
     isolated: bool,
@@ -262,7 +278,7 @@ impl Sandbox {
     }
 
     /// Runs `code` (a whole Python module, imported as `candidate`) then each
-    /// test case, calling `entry_point` through the test's `call` text; a
+    /// test case's `call` text in its namespace; a
     /// referee process then judges the outcomes. The same as [`Sandbox::run_many`]
     /// with one candidate. Writes job directories under `work_dir`.
     ///
@@ -275,12 +291,11 @@ impl Sandbox {
         &self,
         work_dir: &Path,
         code: &str,
-        entry_point: &str,
         tests: &[TestCase],
         cancel: &CancellationToken,
     ) -> Result<TestRun, SandboxError> {
         let mut runs = self
-            .run_many(work_dir, &[code.to_string()], entry_point, tests, cancel)
+            .run_many(work_dir, &[code.to_string()], tests, None, cancel)
             .await?;
         Ok(runs.remove(0))
     }
@@ -296,12 +311,15 @@ impl Sandbox {
     /// is a canonical JSON key of what the call produced (equal for equal
     /// outputs), so candidates can be clustered by behaviour. Errors as
     /// [`Sandbox::run_tests`]; a cancel kills every process within a second.
+    ///
+    /// With `project`, each candidate is imported under its project module
+    /// name with the project's import root read-only on `sys.path`.
     pub async fn run_many(
         &self,
         work_root: &Path,
         candidates: &[String],
-        entry_point: &str,
         tests: &[TestCase],
+        project: Option<&ProjectMount>,
         cancel: &CancellationToken,
     ) -> Result<Vec<TestRun>, SandboxError> {
         if candidates.is_empty() {
@@ -328,7 +346,7 @@ impl Sandbox {
                     if cancel.is_cancelled() {
                         return Err(SandboxError::Cancelled);
                     }
-                    self.run_candidate(root, i, code, entry_point, tests, cancel)
+                    self.run_candidate(root, i, code, tests, project, cancel)
                         .await
                 });
             }
@@ -425,6 +443,7 @@ impl Sandbox {
         let spec = self.spec(
             &Job {
                 dir: &dir,
+                project: None,
                 isolated: false,
                 stdin: format!("{}\n", nonce()?).into_bytes(),
                 uid,
@@ -453,8 +472,8 @@ impl Sandbox {
         root: &Path,
         index: usize,
         code: &str,
-        entry_point: &str,
         tests: &[TestCase],
+        project: Option<&ProjectMount>,
         cancel: &CancellationToken,
     ) -> Result<CandidateRun, SandboxError> {
         let name = format!("cand-{index}");
@@ -465,10 +484,16 @@ impl Sandbox {
             .iter()
             .map(|t| serde_json::json!({"id": t.id, "call": t.call}))
             .collect();
+        let (module_name, sys_path) = match project {
+            Some(p) if self.bwrap.is_some() => (p.module.clone(), vec![PROJECT_INSIDE.to_string()]),
+            Some(p) => (p.module.clone(), vec![p.root.display().to_string()]),
+            None => ("candidate".to_string(), Vec::new()),
+        };
         let job = serde_json::json!({
             "mode": "candidate",
             "module_path": inside.join(CANDIDATE_FILE),
-            "entry_point": entry_point,
+            "module_name": module_name,
+            "sys_path": sys_path,
             "per_test_timeout_ms": self.cfg.per_test_timeout_ms,
             "tests": calls,
         });
@@ -486,6 +511,7 @@ impl Sandbox {
         let spec = self.spec(
             &Job {
                 dir: &dir,
+                project: project.map(|p| p.root.as_path()),
                 isolated: false,
                 stdin: format!("{nonce}\n").into_bytes(),
                 uid,
@@ -551,6 +577,7 @@ impl Sandbox {
         let mut spec = self.spec(
             &Job {
                 dir: &dir,
+                project: None,
                 isolated: true,
                 stdin: format!("{nonce}\n").into_bytes(),
                 uid,
@@ -654,7 +681,14 @@ impl Sandbox {
         }
         argv.push(inside.join(HARNESS_FILE).into());
         argv.push(inside.join(JOB_FILE).into());
-        self.wrap(job.dir, scratch, argv, job.stdin.clone(), job.uid)
+        self.wrap(
+            job.dir,
+            scratch,
+            argv,
+            job.stdin.clone(),
+            job.uid,
+            job.project,
+        )
     }
 
     /// Builds the spec for `argv` (program first), through bwrap when enabled.
@@ -666,6 +700,7 @@ impl Sandbox {
         mut argv: Vec<std::ffi::OsString>,
         stdin: Vec<u8>,
         uid: Option<u32>,
+        project: Option<&Path>,
     ) -> Spec {
         let work = match (&self.bwrap, scratch) {
             (Some(_), _) => PathBuf::from(SCRATCH_INSIDE),
@@ -690,7 +725,9 @@ impl Sandbox {
         ];
         let (program, args, nproc) = match &self.bwrap {
             Some(bwrap) => {
-                let mut args = self.layout.bwrap_args(job_dir, self.cfg.tmp_size_bytes);
+                let mut args = self
+                    .layout
+                    .bwrap_args(job_dir, self.cfg.tmp_size_bytes, project);
                 args.append(&mut argv);
                 // The harness also sets RLIMIT_NPROC inside the user namespace,
                 // where it counts only this run's processes. With a per-run uid
@@ -745,7 +782,7 @@ impl Sandbox {
             bwrap: None,
             ..self.clone()
         }
-        .wrap(&host_dir, None, argv, Vec::new(), self.run_uid());
+        .wrap(&host_dir, None, argv, Vec::new(), self.run_uid(), None);
         spec.wall = Duration::from_secs(20);
         let line = run_probe(spec)?;
         serde_json::from_str::<ProbeInfo>(&line)
@@ -766,7 +803,7 @@ impl Sandbox {
             "-c".into(),
             "import sys; print(sys.executable)".into(),
         ];
-        let mut spec = self.wrap(&host_dir, None, argv, Vec::new(), self.run_uid());
+        let mut spec = self.wrap(&host_dir, None, argv, Vec::new(), self.run_uid(), None);
         spec.wall = Duration::from_secs(20);
         run_probe(spec).map(|_| ())
     }
@@ -778,7 +815,9 @@ impl Sandbox {
 fn referee_job(tests: &[TestCase], runs: &[CandidateRun], items: &[(usize, usize)]) -> Vec<u8> {
     let expected: Vec<serde_json::Value> = tests
         .iter()
-        .map(|t| serde_json::json!({"id": t.id, "expected": t.expected, "raises": t.raises}))
+        .map(|t| {
+            serde_json::json!({"id": t.id, "expected": t.expected, "raises": t.raises, "options": t.options})
+        })
         .collect();
     let mut out = serde_json::json!({ "tests": expected }).to_string();
     out.push('\n');
@@ -925,6 +964,7 @@ mod tests {
             expected: expected.into(),
             raises: None,
             note: String::new(),
+            options: Vec::new(),
         }
     }
 
@@ -958,7 +998,7 @@ mod tests {
     ) -> (TestRun, tempfile::TempDir) {
         let dir = sb.new_work_dir().unwrap();
         let run = sb
-            .run_tests(dir.path(), code, "f", tests, &CancellationToken::new())
+            .run_tests(dir.path(), code, tests, &CancellationToken::new())
             .await
             .expect("run_tests");
         assert_eq!(run.results.len(), tests.len());
@@ -1201,6 +1241,90 @@ def bomb():
     }
 
     #[tokio::test]
+    async fn the_project_is_importable_read_only_and_its_secrets_are_hidden() {
+        let project = tempfile::tempdir().unwrap();
+        let root = project.path().canonicalize().unwrap();
+        for (path, text) in [
+            ("pkg/__init__.py", ""),
+            ("pkg/util.py", "def helper():\n    return 41\n"),
+            (".git/config", "SECRET_GIT"),
+            (".env", "SECRET_ENV"),
+            (".env.local", "SECRET_ENV_LOCAL"),
+            (".docsmith/docsmith.db", "SECRET_DB"),
+        ] {
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let code = r#"
+from .util import helper
+
+
+def f():
+    return helper() + 1
+
+
+def probe():
+    out = []
+    for p in ["/project/.git/config", "/project/.env", "/project/.env.local", "/project/.docsmith/docsmith.db"]:
+        try:
+            with open(p) as fh:
+                out.append("LEAKED" if "SECRET" in fh.read() else "hidden")
+        except OSError:
+            out.append("hidden")
+    for p in ["/project/pkg/new.py", "/project/.git/x", "/project/.docsmith/x"]:
+        try:
+            with open(p, "w") as fh:
+                fh.write("x")
+            out.append("wrote")
+        except OSError:
+            out.append("refused")
+    return out
+"#;
+        let sb = bwrap_sandbox();
+        let dir = sb.new_work_dir().unwrap();
+        let mount = ProjectMount {
+            root: root.clone(),
+            module: "pkg.mod".into(),
+        };
+        let runs = sb
+            .run_many(
+                dir.path(),
+                &[code.to_string()],
+                &[
+                    tc("import", "f()", "42"),
+                    tc(
+                        "secrets",
+                        "probe()",
+                        "['hidden', 'hidden', 'hidden', 'hidden', 'refused', 'refused', 'refused']",
+                    ),
+                    tc("name", "__name__", "'pkg.mod'"),
+                ],
+                Some(&mount),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        let run = &runs[0];
+        assert!(run.load_error.is_none(), "{:?}", run.load_error);
+        for r in &run.results {
+            assert!(r.passed, "{r:?}");
+        }
+        assert!(!root.join("pkg/new.py").exists());
+        // Without the mount the relative import has nothing to resolve against.
+        let run = sb
+            .run_tests(
+                dir.path(),
+                code,
+                &[tc("import", "f()", "42")],
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert!(run.load_error.is_some(), "{run:?}");
+    }
+
+    #[tokio::test]
     async fn fork_bomb_is_contained_under_bwrap() {
         let sb = Sandbox::new(SandboxConfig {
             max_processes: 16,
@@ -1438,7 +1562,7 @@ def f():
         });
         let started = Instant::now();
         let res = sb
-            .run_tests(dir.path(), &code, "f", &[tc("a", "f()", "1")], &cancel)
+            .run_tests(dir.path(), &code, &[tc("a", "f()", "1")], &cancel)
             .await;
         watcher.await.unwrap();
         assert!(matches!(res, Err(SandboxError::Cancelled)), "{res:?}");

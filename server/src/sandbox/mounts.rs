@@ -17,6 +17,12 @@ use serde::Deserialize;
 pub(crate) const JOB_DIR_INSIDE: &str = "/tmp/docsmith-run";
 /// The writable working directory (and HOME, TMPDIR) inside bwrap: the tmpfs.
 pub(crate) const SCRATCH_INSIDE: &str = "/tmp";
+/// Where the user's project (its import root) is mounted read-only inside
+/// bwrap, for a candidate that imports the project's own modules.
+pub(crate) const PROJECT_INSIDE: &str = "/project";
+/// Folders of the project a candidate never sees (an empty read-only tmpfs
+/// covers them): docsmith's store (every prompt) and git's objects and config.
+const HIDDEN_PROJECT_DIRS: [&str; 2] = [".docsmith", ".git"];
 
 /// Top-level system directories bound read-only (or recreated as the same
 /// symlink, on merged-/usr systems) when they exist.
@@ -167,8 +173,15 @@ impl Layout {
     /// bwrap arguments up to and including `--`: no namespace shared, the
     /// read-only layout, `job_dir` read-only at [`JOB_DIR_INSIDE`], a tmpfs of
     /// `tmp_size_bytes` on `/tmp` (the working directory), and `/` and `/dev`
-    /// read-only.
-    pub(crate) fn bwrap_args(&self, job_dir: &Path, tmp_size_bytes: u64) -> Vec<OsString> {
+    /// read-only. With `project`, that folder read-only at
+    /// [`PROJECT_INSIDE`], its `.docsmith` and `.git` folders covered by
+    /// empty read-only tmpfs and its top-level `.env*` files by `/dev/null`.
+    pub(crate) fn bwrap_args(
+        &self,
+        job_dir: &Path,
+        tmp_size_bytes: u64,
+        project: Option<&Path>,
+    ) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
             for i in items {
@@ -198,6 +211,27 @@ impl Layout {
             &"--ro-bind",
             &job_dir,
             &JOB_DIR_INSIDE,
+        ]);
+        if let Some(root) = project {
+            push(&[&"--ro-bind", &root, &PROJECT_INSIDE]);
+            let inside = Path::new(PROJECT_INSIDE);
+            for d in HIDDEN_PROJECT_DIRS {
+                if root.join(d).is_dir() {
+                    let at = inside.join(d);
+                    push(&[&"--size", &"4096", &"--tmpfs", &at, &"--remount-ro", &at]);
+                }
+            }
+            let envs = std::fs::read_dir(root).into_iter().flatten().flatten();
+            for e in envs {
+                let name = e.file_name();
+                if name.to_string_lossy().starts_with(".env")
+                    && e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink())
+                {
+                    push(&[&"--ro-bind", &"/dev/null", &inside.join(&name)]);
+                }
+            }
+        }
+        push(&[
             &"--remount-ro",
             &"/dev",
             &"--remount-ro",
@@ -336,7 +370,7 @@ mod tests {
             .path_env()
             .starts_with(&format!("{}/bin:", prefix.display())));
         let args: Vec<String> = layout
-            .bwrap_args(Path::new("/x/job"), 64 << 20)
+            .bwrap_args(Path::new("/x/job"), 64 << 20, None)
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();

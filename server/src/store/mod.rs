@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_llm_call_response.sql"),
     include_str!("migrations/0003_candidates.sql"),
+    include_str!("migrations/0004_real_code.sql"),
 ];
 
 /// How long a statement waits for another connection's write lock, ms.
@@ -555,6 +556,25 @@ impl Store {
 
     /// Sets the status (and its reason, cleared when `None`). Errors with
     /// [`StoreError::NotFound`] for an unknown task.
+    /// Records what the model was shown around the stub (JSON of
+    /// `python::context::Gathered`).
+    pub fn set_task_context(&self, task: TaskId, context_json: &str) -> Result<(), StoreError> {
+        self.update_task(task, "context_json = ?2", params![task.0, context_json])
+    }
+
+    /// The context recorded with [`Store::set_task_context`], if any.
+    pub fn task_context(&self, task: TaskId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT context_json FROM tasks WHERE id = ?1",
+                [task.0],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     pub fn set_task_status(
         &self,
         task: TaskId,
@@ -631,11 +651,11 @@ impl Store {
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare(
-                "INSERT INTO test_cases (task, test_id, origin, call, expected, raises, note)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO test_cases (task, test_id, origin, call, expected, raises, note, options)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (task, test_id) DO UPDATE SET origin = excluded.origin,
                    call = excluded.call, expected = excluded.expected,
-                   raises = excluded.raises, note = excluded.note",
+                   raises = excluded.raises, note = excluded.note, options = excluded.options",
             )?;
             for c in cases {
                 stmt.execute(params![
@@ -645,7 +665,8 @@ impl Store {
                     c.call,
                     c.expected,
                     c.raises,
-                    c.note
+                    c.note,
+                    c.options.join(",")
                 ])
                 .map_err(|e| fk_not_found(e, "task", task.0))?;
             }
@@ -1324,7 +1345,7 @@ fn read_clarifications(
 
 fn read_test_cases(tx: &Transaction<'_>, task: TaskId) -> Result<Vec<StoredTestCase>, StoreError> {
     let mut stmt = tx.prepare(
-        "SELECT test_id, origin, call, expected, raises, note, dropped, drop_reason, dropped_at_attempt
+        "SELECT test_id, origin, call, expected, raises, note, dropped, drop_reason, dropped_at_attempt, options
          FROM test_cases WHERE task = ?1 ORDER BY id",
     )?;
     let rows = stmt
@@ -1339,12 +1360,13 @@ fn read_test_cases(tx: &Transaction<'_>, task: TaskId) -> Result<Vec<StoredTestC
                 r.get::<_, bool>(6)?,
                 r.get::<_, Option<String>>(7)?,
                 r.get::<_, Option<i64>>(8)?,
+                r.get::<_, String>(9)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
         .map(
-            |(id, origin, call, expected, raises, note, dropped, reason, at)| {
+            |(id, origin, call, expected, raises, note, dropped, reason, at, options)| {
                 Ok(StoredTestCase {
                     case: TestCase {
                         id,
@@ -1353,6 +1375,11 @@ fn read_test_cases(tx: &Transaction<'_>, task: TaskId) -> Result<Vec<StoredTestC
                         expected,
                         raises,
                         note,
+                        options: options
+                            .split(',')
+                            .filter(|o| !o.is_empty())
+                            .map(str::to_string)
+                            .collect(),
                     },
                     dropped: dropped.then(|| DropInfo {
                         reason: reason.unwrap_or_default(),
@@ -1623,6 +1650,7 @@ mod tests {
             expected: "5".into(),
             raises: None,
             note: "from docstring".into(),
+            options: Vec::new(),
         }
     }
 
