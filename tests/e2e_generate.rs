@@ -173,3 +173,125 @@ fn a_missing_model_fails_the_task_with_the_fix_and_writes_nothing() {
         "the task is recorded as failed: {hist}"
     );
 }
+
+/// A copy of `tests/fixtures/shop` (a package: a class with state, module
+/// constants, a dataclass, helpers, a cross-module relative import) in a
+/// fresh workspace with `.git`.
+fn shop_workspace() -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            if e.path().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/shop"),
+        dir.path(),
+    );
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    dir
+}
+
+/// Runs `docsmith generate --yes --apply --json` on `function` of `file` in
+/// `ws`; returns the JSON outcome after asserting exit 0.
+fn generate_in(ws: &Path, file: &str, function: &str) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    let out = docsmith()
+        .current_dir(ws)
+        .args([
+            "generate",
+            file,
+            "--function",
+            function,
+            "--yes",
+            "--apply",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "docsmith {function} took {:.1} s\nstderr:\n{}\nstdout:\n{stdout}",
+        started.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "generate {function} failed");
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+/// Runs `check` with python3 in `ws` (the package importable as `shop`).
+fn python_check(ws: &Path, check: &str) {
+    let out = Command::new("python3")
+        .current_dir(ws)
+        .args(["-c", check])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the generated code does not do what its docstring says:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_method_with_doctest_setup_lines_is_generated_in_place_with_the_real_model() {
+    require_model();
+    let ws = shop_workspace();
+    let file = ws.path().join("shop/inventory.py");
+    let before = std::fs::read_to_string(&file).unwrap();
+    let v = generate_in(ws.path(), "shop/inventory.py", "Inventory.add");
+    assert_eq!(v["status"], "accepted");
+    let after = std::fs::read_to_string(&file).unwrap();
+    // Only the method's body changed: everything up to its docstring's end
+    // and everything after its stub line is byte-for-byte the same.
+    let stub = "        raise NotImplementedError\n";
+    let at = before.find(stub).unwrap();
+    assert_eq!(&after[..at], &before[..at], "{after}");
+    assert!(after.ends_with(&before[at + stub.len()..]), "{after}");
+    // Hidden-test style: other inputs than the docstring's.
+    python_check(
+        ws.path(),
+        "from shop.inventory import Inventory, MAX_STOCK\n\
+         inv = Inventory()\n\
+         assert inv.add('  Pen', 7) == 7\n\
+         assert inv.add('PEN ', 1) == 8\n\
+         assert inv.count('pen') == 8 and inv.items == {'pen': 8}\n\
+         try:\n    inv.add('pen', MAX_STOCK)\n    raise SystemExit('no ValueError past MAX_STOCK')\n\
+         except ValueError:\n    pass\n\
+         assert inv.count('pen') == 8\n\
+         assert inv.add('ink', MAX_STOCK) == MAX_STOCK\n",
+    );
+    let report = std::fs::read_dir(ws.path().join(".docsmith/proposals"))
+        .unwrap()
+        .flatten()
+        .map(|d| std::fs::read_to_string(d.path().join("report.md")).unwrap_or_default())
+        .collect::<String>();
+    assert!(report.contains("## Context given to the model"), "{report}");
+    assert!(report.contains("`MAX_STOCK`"), "{report}");
+}
+
+#[test]
+fn a_function_using_a_helper_from_another_module_is_generated_with_the_real_model() {
+    require_model();
+    let ws = shop_workspace();
+    let v = generate_in(ws.path(), "shop/pricing.py", "order_total");
+    assert_eq!(v["status"], "accepted");
+    python_check(
+        ws.path(),
+        "from shop.pricing import order_total\n\
+         from shop.models import Item\n\
+         assert order_total([Item('a', 2.0, 2)]) == 5.0\n\
+         assert order_total([Item('a', 1.0), Item('b', 3.0, 2)]) == 8.75\n\
+         assert abs(order_total([Item('a', 1.1, 3)]) - 4.13) < 0.011\n",
+    );
+    let after = std::fs::read_to_string(ws.path().join("shop/pricing.py")).unwrap();
+    assert!(
+        after.contains("from .models import TAX_RATE, Item, round_money"),
+        "{after}"
+    );
+}

@@ -53,6 +53,49 @@ fn nvim_011() -> PathBuf {
 /// One real-model run at a time: two would share the 2 cores and both crawl.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Runs `tests/nvim/e2e.lua` in headless `nvim` with the workspace `ws` as
+/// the working directory and `env` (the E2E_* variables but E2E_RESULT);
+/// returns its exit status, what it observed, the server log's last 30
+/// lines and the wall time.
+fn run_lua(
+    nvim: &Path,
+    tmp: &Path,
+    ws: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::ExitStatus, Value, String, std::time::Duration) {
+    let result = tmp.join("result.json");
+    let xdg = tmp.join("xdg");
+    let started = Instant::now();
+    let status = Command::new(nvim)
+        .args(["--headless", "-u", "NONE", "-i", "NONE", "-n", "-c"])
+        .arg(format!(
+            "luafile {}",
+            repo().join("tests/nvim/e2e.lua").display()
+        ))
+        .current_dir(ws)
+        .env("DOCSMITH_BIN", env!("CARGO_BIN_EXE_docsmith"))
+        .env("DOCSMITH_MODELS_DIR", docsmith::models::models_dir())
+        .env("DOCSMITH_LOG", "info,llama-cpp-2=error")
+        .envs(env.iter().copied())
+        .env("E2E_RESULT", &result)
+        .env("E2E_TIMEOUT_MS", "1200000")
+        .env("XDG_CONFIG_HOME", xdg.join("config"))
+        .env("XDG_DATA_HOME", xdg.join("data"))
+        .env("XDG_STATE_HOME", xdg.join("state"))
+        .env("XDG_CACHE_HOME", xdg.join("cache"))
+        .status()
+        .unwrap();
+    let wall = started.elapsed();
+    let obs: Value = std::fs::read_to_string(&result)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let log = std::fs::read_to_string(xdg.join("state/docsmith/server.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    let tail: String = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+    (status, obs, tail, wall)
+}
+
 fn run(nvim: &Path, want_version: &str) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     require_model();
@@ -82,46 +125,15 @@ fn run(nvim: &Path, want_version: &str) {
     std::fs::write(ws.join("docsmith.toml"), "").unwrap();
     let file = ws.join("text_tools.py");
     std::fs::write(&file, STUB).unwrap();
-    let result = tmp.path().join("result.json");
-    let xdg = tmp.path().join("xdg");
-    let models = docsmith::models::models_dir();
-
-    let started = Instant::now();
-    let status = Command::new(nvim)
-        .args(["--headless", "-u", "NONE", "-i", "NONE", "-n", "-c"])
-        .arg(format!(
-            "luafile {}",
-            repo().join("tests/nvim/e2e.lua").display()
-        ))
-        .current_dir(&ws)
-        .env("DOCSMITH_BIN", env!("CARGO_BIN_EXE_docsmith"))
-        .env("DOCSMITH_MODELS_DIR", &models)
-        .env("DOCSMITH_LOG", "info,llama-cpp-2=error")
-        .env("E2E_FILE", &file)
-        .env("E2E_FUNCTION", "count_vowels")
-        .env("E2E_RESULT", &result)
-        .env("E2E_TIMEOUT_MS", "1200000")
-        .env("XDG_CONFIG_HOME", xdg.join("config"))
-        .env("XDG_DATA_HOME", xdg.join("data"))
-        .env("XDG_STATE_HOME", xdg.join("state"))
-        .env("XDG_CACHE_HOME", xdg.join("cache"))
-        .status()
-        .unwrap();
-    let wall = started.elapsed();
-    let obs: Value = std::fs::read_to_string(&result)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null);
-    let log = std::fs::read_to_string(xdg.join("state/docsmith/server.log")).unwrap_or_default();
-    let tail: String = log
-        .lines()
-        .rev()
-        .take(30)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let (status, obs, tail, wall) = run_lua(
+        nvim,
+        tmp.path(),
+        &ws,
+        &[
+            ("E2E_FILE", file.as_os_str()),
+            ("E2E_FUNCTION", "count_vowels".as_ref()),
+        ],
+    );
     assert!(
         status.success(),
         "nvim exited {status}; observed: {obs:#}\nserver log tail:\n{tail}"
@@ -207,4 +219,103 @@ fn neovim_0_7_2_generates_reviews_and_applies_with_the_real_model() {
 #[test]
 fn neovim_0_11_4_generates_reviews_and_applies_with_the_real_model() {
     run(&nvim_011(), "v0.11.4");
+}
+
+/// Copies `tests/fixtures/shop` into `dst`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Real code in Neovim 0.11: the shop fixture project as the workspace
+/// (root `ws`), `def_name` in `file` generated through the code action
+/// ``Generate `qualname` from docstring``, accepted, then `check` run by
+/// python3 in the workspace (other inputs than the docstring's).
+fn run_shop(file: &str, def_name: &str, qualname: &str, stub_line: &str, check: &str) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_model();
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    copy_dir(&repo().join("tests/fixtures/shop"), &ws);
+    std::fs::write(ws.join("docsmith.toml"), "").unwrap();
+    let path = ws.join(file);
+    let before = std::fs::read_to_string(&path).unwrap();
+    let (status, obs, tail, _) = run_lua(
+        &nvim_011(),
+        tmp.path(),
+        &ws,
+        &[
+            ("E2E_FILE", path.as_os_str()),
+            ("E2E_FUNCTION", def_name.as_ref()),
+            ("E2E_ROOT", ws.as_os_str()),
+            ("E2E_STUB_LINE", stub_line.as_ref()),
+        ],
+    );
+    assert!(
+        status.success(),
+        "nvim exited {status}; observed: {obs:#}\nserver log tail:\n{tail}"
+    );
+    let title = format!("Generate `{qualname}` from docstring");
+    assert!(
+        obs["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str() == Some(title.as_str())),
+        "{:?}",
+        obs["actions"]
+    );
+    assert_eq!(obs["phase"], "accepted");
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(after, obs["buffer"].as_str().unwrap());
+    // Only the stub's body changed: all before the stub line is the same.
+    let at = before.find(&format!("\n{stub_line}\n")).unwrap();
+    assert_eq!(&after[..at], &before[..at], "{after}");
+    let out = Command::new("python3")
+        .current_dir(&ws)
+        .args(["-c", check])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{qualname} does not do what its docstring says:\n{after}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn neovim_generates_a_method_with_doctest_setup_lines_in_the_shop_project() {
+    run_shop(
+        "shop/inventory.py",
+        "add",
+        "Inventory.add",
+        "        raise NotImplementedError",
+        "from shop.inventory import Inventory, MAX_STOCK\n\
+         inv = Inventory()\n\
+         assert inv.add('  Pen', 7) == 7\n\
+         assert inv.add('PEN ', 1) == 8 and inv.count('pen') == 8\n\
+         try:\n    inv.add('pen', MAX_STOCK)\n    raise SystemExit('no ValueError past MAX_STOCK')\n\
+         except ValueError:\n    pass\n\
+         assert inv.count('pen') == 8\n",
+    );
+}
+
+#[test]
+fn neovim_generates_a_function_using_another_module_of_the_shop_project() {
+    run_shop(
+        "shop/pricing.py",
+        "order_total",
+        "order_total",
+        "    ...",
+        "from shop.pricing import order_total\n\
+         from shop.models import Item\n\
+         assert order_total([Item('a', 2.0, 2)]) == 5.0\n\
+         assert order_total([Item('a', 1.0), Item('b', 3.0, 2)]) == 8.75\n",
+    );
 }

@@ -279,6 +279,62 @@ fn generate_progress_review_accept_applies_a_versioned_edit() {
     assert!(c.stop().success());
 }
 
+const CLASS_STUB: &str = "class Calc:\n    \"\"\"A calculator.\"\"\"\n\n    def __init__(self):\n        self.memory = 0\n\n    @staticmethod\n    def add(a, b):\n        \"\"\"Add two numbers.\n\n        >>> Calc.add(2, 3)\n        5\n        \"\"\"\n        ...\n\n    def other(self):\n        return 1\n";
+
+#[test]
+fn a_method_gets_actions_and_a_lens_and_is_edited_in_place() {
+    // The developer answers well only when asked for the method inside its class.
+    let mock = MockLlm::start(Arc::new(|role, _n, body: &Value| {
+        let text = body.to_string();
+        match role {
+            "developer"
+                if text.contains("Complete the method `add` of class `Calc`")
+                    && text.contains("self.memory = 0") =>
+            {
+                "```python\ndef add(a, b):\n    return a + b\n```".into()
+            }
+            "developer" => "```python\ndef add(a, b):\n    return a - b\n```".into(),
+            "tests" => json!({"tests": []}).to_string(),
+            _ => plan("", &[]),
+        }
+    }));
+    let ws = workspace(&mock, "");
+    std::fs::write(&ws.file, CLASS_STUB).unwrap();
+    let mut c = server(&ws);
+    c.initialize(&ws.root, json!({}), Value::Null);
+    let (doc, _edits) = editor(&mut c, CLASS_STUB, Some("Accept"));
+    c.open(&ws.file, CLASS_STUB);
+    let titles: Vec<String> = c
+        .code_actions(&ws.file, 7)
+        .iter()
+        .map(|a| a["title"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        titles,
+        vec![
+            "Generate `Calc.add` from docstring",
+            "Refine `Calc.add` with feedback…"
+        ]
+    );
+    let lenses = lens_titles(&mut c, &ws);
+    assert_eq!(lenses, vec!["Generate `Calc.add` from docstring"]);
+    let since = c.log.len();
+    let started = c.run_action(&ws.file, 7, "Generate").unwrap();
+    let task = started["task"].as_i64().unwrap();
+    c.wait_for(since, LONG, "taskChanged accepted", |m| {
+        m["method"] == "docsmith/taskChanged" && m["params"]["phase"] == "accepted"
+    });
+    let new_text = doc.lock().unwrap().clone();
+    let body_at = CLASS_STUB.find("        ...\n").unwrap();
+    assert_eq!(&new_text[..body_at], &CLASS_STUB[..body_at], "{new_text}");
+    assert_eq!(
+        &new_text[body_at..],
+        "        return a + b\n\n    def other(self):\n        return 1\n"
+    );
+    assert_eq!(task_status(&ws, task), "accepted");
+    assert!(c.stop().success());
+}
+
 #[test]
 fn a_function_changed_since_the_task_began_is_not_applied() {
     let mock = MockLlm::start(script(0, false));

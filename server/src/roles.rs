@@ -33,23 +33,12 @@ pub struct StubView {
     /// Top-level imports of the user's file, for context.
     pub imports: Vec<String>,
     /// Outlines of what the function may use (this module's other names, the
-    /// project names it imports), shown between the imports and the stub;
-    /// empty for none (`python::context`).
+    /// project names it imports), shown in a block of their own before the
+    /// stub's block ([`CONTEXT_LINE`]); empty for none (`python::context`).
     pub context: String,
     /// For a method: its class's outline with the method whole, shown
     /// instead of `source`; and the class's name.
     pub enclosing: Option<(String, String)>,
-}
-
-impl StubView {
-    /// What the prompt calls it: ``method `add` of class `Inventory` `` or
-    /// ``function `add` ``.
-    pub fn what(&self) -> String {
-        match &self.enclosing {
-            Some((class, _)) => format!("method `{}` of class `{class}`", self.name),
-            None => format!("function `{}`", self.name),
-        }
-    }
 }
 
 /// The planner's structured output.
@@ -155,22 +144,35 @@ pub enum ParseError {
     NoCode { name: String },
 }
 
+/// The stub in a code block (the file's imports, then the function, or for
+/// a method its class's outline), preceded, when there is context, by a
+/// block of what it may use. In one block with the stub, the 1.5B model
+/// copied the whole context (other stubs included) into its reply and ran
+/// out of tokens before the method (shop fixture, `Inventory.add`).
 fn stub_block(stub: &StubView) -> String {
+    let mut out = String::new();
+    if !stub.context.trim().is_empty() {
+        out.push_str(&format!(
+            "{CONTEXT_LINE}\n```python\n{}\n```\n\n",
+            stub.context.trim_end()
+        ));
+    }
     let mut s = String::new();
     if !stub.imports.is_empty() {
         s.push_str(&stub.imports.join("\n"));
         s.push_str("\n\n");
     }
-    if !stub.context.trim().is_empty() {
-        s.push_str(stub.context.trim_end());
-        s.push_str("\n\n\n");
-    }
     match &stub.enclosing {
         Some((_, class)) => s.push_str(class.trim_end()),
         None => s.push_str(stub.source.trim_end()),
     }
-    format!("```python\n{s}\n```")
+    out.push_str(&format!("```python\n{s}\n```"));
+    out
 }
+
+/// Opens the context block: what the stub may use, not code to rewrite.
+pub const CONTEXT_LINE: &str =
+    "Already defined in the module and the project (bodies elided; use them, do not repeat them):";
 
 /// The one system message every role shares, so that the chat-templated
 /// prefix (system message + the stub, which opens every user message) is the
@@ -351,13 +353,23 @@ pub fn tests_request(
             ins.push_str(&format!("- {}\n", e.call.replace('\n', "; ")));
         }
     }
+    // A method's call needs its object: generated calls of `inv.add(...)`
+    // with no `inv` raised NameError in every candidate (shop fixture).
+    let call_form = match &stub.enclosing {
+        Some((class, _)) => format!(
+            "`call` is one line that creates what it needs and ends with the call of `{}`: Python statements \
+             separated by `; `, e.g. `obj = {class}(); obj.{}(...)`",
+            stub.name, stub.name
+        ),
+        None => format!("`call` is one Python expression calling `{}`", stub.name),
+    };
     ins.push_str(&format!(
         "Write {max_tests} NEW calls of `{}` with valid, varied arguments: typical inputs, boundaries, empty \
          or single-element inputs where the docstring allows them. Never break a precondition the docstring \
-         states. `call` is one Python expression calling `{}`. `expected` is the exact return value as a \
+         states. {call_form}. `expected` is the exact return value as a \
          Python literal ONLY when you are certain of it; otherwise an empty string. List what you assume \
          where the docstring is silent in `assumptions`. Reply with JSON only.",
-        stub.name, stub.name
+        stub.name
     ));
     request(
         messages(stub, guidelines, ins),

@@ -1,7 +1,10 @@
 -- End-to-end run of docsmith in a real, headless Neovim (0.7.2 and 0.11.x).
 -- Run: nvim --headless -u NONE -i NONE -n -c "luafile tests/nvim/e2e.lua"
--- Environment: DOCSMITH_BIN (server binary), E2E_FILE (stub file), E2E_FUNCTION,
--- E2E_RESULT (JSON written here), E2E_TIMEOUT_MS (default 900000).
+-- Environment: DOCSMITH_BIN (server binary), E2E_FILE (stub file), E2E_FUNCTION
+-- (its `def` name; a method's def may be indented), E2E_RESULT (JSON written
+-- here), E2E_TIMEOUT_MS (default 900000), E2E_ROOT (the workspace root, default
+-- the file's folder), E2E_STUB_LINE (the stub body line whose absence means
+-- applied, default "    ...").
 -- Flow: open the stub, start the server, request code actions on the function,
 -- execute "Generate ...", answer the review with "Accept" (the stock
 -- workspace/applyEdit handler applies the edit), wait for the task to end,
@@ -16,6 +19,8 @@ local file = assert(os.getenv('E2E_FILE'), 'E2E_FILE')
 local fname = assert(os.getenv('E2E_FUNCTION'), 'E2E_FUNCTION')
 local result_path = assert(os.getenv('E2E_RESULT'), 'E2E_RESULT')
 local timeout = tonumber(os.getenv('E2E_TIMEOUT_MS') or '900000')
+local root = os.getenv('E2E_ROOT') or vim.fn.fnamemodify(file, ':p:h')
+local stub_line = os.getenv('E2E_STUB_LINE') or '    ...'
 
 local v = vim.version()
 local obs = {
@@ -70,7 +75,7 @@ local bufnr = vim.api.nvim_get_current_buf()
 local config = {
   name = 'docsmith',
   cmd = { bin, 'serve' },
-  root_dir = vim.fn.fnamemodify(file, ':p:h'),
+  root_dir = root,
   capabilities = vim.lsp.protocol.make_client_capabilities(),
   handlers = handlers,
   on_exit = function(code) obs.server_exit = code end,
@@ -98,7 +103,7 @@ end
 
 local def_line
 for i, l in ipairs(vim.api.nvim_buf_get_lines(bufnr, 0, -1, false)) do
-  if l:match('^def ' .. fname .. '%(') or l:match('^async def ' .. fname .. '%(') then
+  if l:match('^%s*def ' .. fname .. '%(') or l:match('^%s*async def ' .. fname .. '%(') then
     def_line = i - 1
     break
   end
@@ -147,7 +152,7 @@ end
 local terminal = { accepted = true, rejected = true, discarded = true, failed = true, cancelled = true, interrupted = true }
 local function stub_gone()
   local text = table.concat(vim.api.nvim_buf_get_lines(bufnr, 0, -1, false), '\n') .. '\n'
-  return not text:find('\n    %.%.%.\n')
+  return not text:find('\n' .. stub_line .. '\n', 1, true)
 end
 local function progress_ended()
   for _, p in ipairs(obs.progress) do
