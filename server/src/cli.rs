@@ -406,7 +406,7 @@ pub fn pipeline_settings(cfg: &Config) -> Settings {
         interactive: false,
         python: PathBuf::from("python3"),
         write_proposal_files: true,
-        context_tokens: Settings::default().context_tokens,
+        context_tokens: cfg.context_tokens,
     }
 }
 

@@ -31,6 +31,7 @@
 //! greedy_first = true          # accept the greedy candidate alone when it passes the examples (DOCSMITH_GREEDY_FIRST)
 //! max_clarifications = 2       # DOCSMITH_MAX_CLARIFICATIONS (alias MAX_PLANNER_ITERATIONS)
 //! max_generated_tests = 6      # DOCSMITH_MAX_GENERATED_TESTS
+//! context_tokens = 1024        # budget of the module/project context shown with the stub (DOCSMITH_CONTEXT_TOKENS)
 //! trusted_workspaces = ["~/src/ours"]  # user-level file only: these folders and those below them
 //!
 //! [sandbox]                    # DOCSMITH_SANDBOX_MODE
@@ -149,6 +150,9 @@ pub struct Config {
     pub max_clarifications: u32,
     /// Cap on test cases the test designer may add.
     pub max_generated_tests: usize,
+    /// Budget of the context shown around the stub (outlines of the module's
+    /// other names and of imported project names), estimated tokens (0..=8192).
+    pub context_tokens: usize,
     pub sandbox: SandboxSettings,
     /// Named providers. `local` exists unless replaced.
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -186,6 +190,7 @@ impl Default for Config {
             greedy_first: true,
             max_clarifications: 2,
             max_generated_tests: 6,
+            context_tokens: 1024,
             sandbox: SandboxSettings::default(),
             providers,
             roles: BTreeMap::new(),
@@ -527,6 +532,9 @@ impl Config {
         if let Some((k, v)) = get(&["DOCSMITH_MAX_GENERATED_TESTS"]) {
             self.max_generated_tests = num(k, v)?;
         }
+        if let Some((k, v)) = get(&["DOCSMITH_CONTEXT_TOKENS"]) {
+            self.context_tokens = num(k, v)?;
+        }
         if let Some((k, v)) = get(&["DOCSMITH_SANDBOX_MODE"]) {
             self.sandbox.mode = serde_json::from_value(serde_json::Value::String(v.clone()))
                 .map_err(|_| ConfigError::Env {
@@ -628,6 +636,12 @@ impl Config {
     /// Checks numbers and names: unknown role keys, routes to undefined providers,
     /// empty URLs. Errors name the key and the fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.context_tokens > 8192 {
+            return Err(ConfigError::Invalid(format!(
+                "context_tokens = {} must be at most 8192 (the default model's context is 8192 tokens in all)",
+                self.context_tokens
+            )));
+        }
         if !(1..=16).contains(&self.candidates) {
             return Err(ConfigError::Invalid(format!(
                 "candidates = {} must be between 1 and 16",
@@ -917,9 +931,18 @@ fallback = ["local"]
             ("DOCSMITH_OPENAI_MODEL", "qwen2.5-coder:7b"),
             ("DOCSMITH_DEVELOPER_PROVIDER", "openai"),
             ("ARCHITECT_LLM_MODEL", "qwen2.5-coder-0.5b"),
+            ("DOCSMITH_CONTEXT_TOKENS", "512"),
         ]))
         .unwrap();
         c.validate().unwrap();
+        assert_eq!(c.context_tokens, 512);
+        c.context_tokens = 9000;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("context_tokens"));
+        c.context_tokens = 512;
         assert_eq!(c.max_refinements, 1);
         assert_eq!(c.max_clarifications, 0);
         match &c.providers["local"] {
@@ -944,6 +967,19 @@ fallback = ["local"]
             e.contains("DOCSMITH_MAX_REFINEMENTS") && e.contains("many"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_sandbox_uses_the_interpreter_of_the_venv_docsmith_runs_in() {
+        let venv = tempfile::tempdir().unwrap();
+        assert_eq!(venv_python(Some(venv.path().into())), None, "no bin/python");
+        std::fs::create_dir_all(venv.path().join("bin")).unwrap();
+        std::fs::write(venv.path().join("bin/python"), "").unwrap();
+        assert_eq!(
+            venv_python(Some(venv.path().into())),
+            Some(venv.path().join("bin/python"))
+        );
+        assert_eq!(venv_python(None), None);
     }
 
     #[test]

@@ -45,18 +45,14 @@ impl BenchTask {
     /// The stub as the developer role sees it: the entry point's source (empty
     /// when the prompt lacks it), the prompt's imports and, as the loop gets
     /// it (`python::context::gather`, same budget), the outlines of the
-    /// prompt's other functions, so the single call is as informed as the loop.
-    pub fn stub_view(&self) -> StubView {
+    /// prompt's other functions within `context_tokens` (the configured
+    /// budget), so the single call is as informed as the loop.
+    pub fn stub_view(&self, context_tokens: usize) -> StubView {
         let context = python::find_function(&self.prompt, &self.entry_point)
             .map(|f| {
-                python::context::gather(
-                    &self.prompt,
-                    &f,
-                    None,
-                    crate::pipeline::Settings::default().context_tokens,
-                )
-                .context
-                .text
+                python::context::gather(&self.prompt, &f, None, context_tokens)
+                    .context
+                    .text
             })
             .unwrap_or_default();
         StubView {
@@ -482,7 +478,7 @@ async fn single(task: &BenchTask, router: &Router, cfg: &Config, row: &mut Row) 
         row.reason = Some("entry point not found in the prompt".into());
         return task.prompt.clone();
     };
-    let stub = task.stub_view();
+    let stub = task.stub_view(cfg.context_tokens);
     let guide = Guidelines::builtin().for_role(Role::Developer, false);
     // The loop's own first-round prompt, greedy, one sample: the plain single shot.
     let style = roles::CodePrompt::parse(&cfg.code_prompt).unwrap_or(roles::CodePrompt::Plain);

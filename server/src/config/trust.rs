@@ -65,6 +65,7 @@ const HARMLESS_TOP: &[&str] = &[
     "greedy_first",
     "max_clarifications",
     "max_generated_tests",
+    "context_tokens",
     "max_concurrent_tasks",
     "write_tests",
     "confirm_edits",

@@ -144,6 +144,14 @@ pub fn code_actions(inner: &Inner, p: &CodeActionParams) -> CodeActionResponse {
     let Some(f) = function_at(inner, uri, p.range.start.line as usize) else {
         return Vec::new();
     };
+    // A `@x.setter` after its getter: `Class.x` names the getter.
+    if inner
+        .docs
+        .get(uri)
+        .is_some_and(|d| python::is_later_namesake(d.tree(), &d.text(), &f))
+    {
+        return Vec::new();
+    }
     commands_for(inner, uri, &f)
         .into_iter()
         .map(|c| {
@@ -176,6 +184,9 @@ pub fn code_lenses(inner: &Inner, uri: &Uri) -> Vec<CodeLens> {
         };
         let text = doc.text();
         python::module_functions_in_tree(doc.tree(), &text)
+            .into_iter()
+            .filter(|f| !python::is_later_namesake(doc.tree(), &text, f))
+            .collect()
     };
     let mut out = Vec::new();
     for f in functions {

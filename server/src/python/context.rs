@@ -131,24 +131,27 @@ fn definition(node: Node) -> Node {
     }
 }
 
-/// A function's outline: decorators, signature, docstring, `...`.
-fn function_outline(outer: Node, source: &str) -> String {
+/// How much of the methods a class outline shows besides their signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Whole docstrings; `__init__` whole.
+    Full,
+    /// The first line of each docstring; `__init__` whole.
+    FirstDocLine,
+    /// Signatures only; `__init__` outlined too.
+    Signatures,
+}
+
+/// A function's outline: decorators, signature, docstring (as `detail`
+/// says), `...`.
+fn function_outline(outer: Node, source: &str, detail: Detail) -> String {
     let def = definition(outer);
     let Some(body) = def.child_by_field_name("body") else {
         return dedented(outer, source);
     };
-    let head_end = statements(body)
-        .first()
-        .and_then(|s| docstring_node(*s))
-        .map_or(body.start_byte(), |d| d.end_byte());
+    let doc = statements(body).first().and_then(|s| docstring_node(*s));
     let start = line_start(source, outer.start_byte());
-    let head = if head_end > body.start_byte() {
-        &source[start..head_end]
-    } else {
-        // No docstring: the header up to the body.
-        source[start..body.start_byte()].trim_end()
-    };
-    let head = dedent(head);
+    let header = dedent(source[start..body.start_byte()].trim_end());
     let body_indent = {
         let first = statements(body).first().map(|s| s.start_byte());
         match first {
@@ -161,13 +164,37 @@ fn function_outline(outer: Node, source: &str) -> String {
             _ => "    ".to_string(),
         }
     };
+    let head = match (doc, detail) {
+        (Some(d), Detail::Full) => dedent(&source[start..d.end_byte()]),
+        (Some(d), Detail::FirstDocLine) => {
+            let content = super::cleandoc(&super::string_literal_content(text(d, source)));
+            let first = content
+                .lines()
+                .next()
+                .unwrap_or("")
+                .replace("\"\"\"", "'''");
+            let more = if content.lines().nth(1).is_some() {
+                " ..."
+            } else {
+                ""
+            };
+            format!("{header}\n{body_indent}\"\"\"{first}{more}\"\"\"")
+        }
+        _ => header,
+    };
     format!("{head}\n{body_indent}...")
 }
 
 /// A class's outline: decorators and header, docstring, class-level
 /// statements other than methods (fields, constants) in full, `__init__` in
-/// full, other methods outlined. `target`, when inside, is shown whole.
-pub fn class_outline(outer: Node, source: &str, target: Option<&Range<usize>>) -> String {
+/// full (outlined with [`Detail::Signatures`]), other methods outlined as
+/// `detail` says. `target`, when inside, is shown whole.
+pub fn class_outline(
+    outer: Node,
+    source: &str,
+    target: Option<&Range<usize>>,
+    detail: Detail,
+) -> String {
     let class = definition(outer);
     let start = line_start(source, outer.start_byte());
     let Some(body) = class.child_by_field_name("body") else {
@@ -187,13 +214,13 @@ pub fn class_outline(outer: Node, source: &str, target: Option<&Range<usize>>) -
                     .child_by_field_name("name")
                     .is_some_and(|n| text(n, source) == "__init__");
                 let exact_target = target.is_some_and(|t| t.start == stmt.start_byte());
-                if exact_target || (is_init && !whole_target) {
+                if exact_target || (is_init && !whole_target && detail != Detail::Signatures) {
                     dedented(stmt, source)
                 } else {
-                    function_outline(stmt, source)
+                    function_outline(stmt, source, detail)
                 }
             }
-            "class_definition" => class_outline(stmt, source, target),
+            "class_definition" => class_outline(stmt, source, target, detail),
             _ => dedented(stmt, source),
         };
         let is_def = matches!(def.kind(), "function_definition" | "class_definition");
@@ -263,7 +290,7 @@ pub fn module_outlines(
                 (
                     text(n, source).to_string(),
                     "function",
-                    function_outline(stmt, source),
+                    function_outline(stmt, source, Detail::Full),
                     whole,
                 )
             }
@@ -274,7 +301,7 @@ pub fn module_outlines(
                 (
                     text(n, source).to_string(),
                     "class",
-                    class_outline(stmt, source, None),
+                    class_outline(stmt, source, None, Detail::FirstDocLine),
                     None,
                 )
             }
@@ -321,14 +348,23 @@ pub fn enclosing_class(source: &str, func: &FunctionInfo) -> Option<Range<usize>
 }
 
 /// The outline of the class around the method `func` (outermost class; the
-/// method itself whole), or `None` for a module-level function.
-pub fn method_view(source: &str, func: &FunctionInfo) -> Option<String> {
+/// method itself whole), or `None` for a module-level function. Within
+/// `budget_tokens` where it can be: whole docstrings, else their first
+/// lines, else signatures only (the method itself is never cut).
+pub fn method_view(source: &str, func: &FunctionInfo, budget_tokens: usize) -> Option<String> {
     let range = enclosing_class(source, func)?;
     let tree = parse(source);
     let node = named_children(tree.root_node())
         .into_iter()
         .find(|n| n.byte_range() == range)?;
-    Some(class_outline(node, source, Some(&func.def_range)))
+    let mut view = String::new();
+    for detail in [Detail::Full, Detail::FirstDocLine, Detail::Signatures] {
+        view = class_outline(node, source, Some(&func.def_range), detail);
+        if estimate_tokens(&view) <= budget_tokens {
+            break;
+        }
+    }
+    Some(view)
 }
 
 /// Fills `budget_tokens` with outlines: the ones whose name `mentioned`
@@ -413,7 +449,8 @@ pub fn gather(
     here: Option<&super::project::ModulePath>,
     budget_tokens: usize,
 ) -> Gathered {
-    let enclosing = method_view(source, func);
+    // The class view is the stub itself: at least 1024 tokens of it.
+    let enclosing = method_view(source, func, budget_tokens.max(1024));
     let exclude = enclosing_class(source, func).unwrap_or_else(|| func.def_range.clone());
     let mut outlines = module_outlines(source, Some(&exclude), "", None);
     let mut unresolved = Vec::new();
@@ -553,7 +590,7 @@ if __name__ == "__main__":
     #[test]
     fn a_method_is_shown_whole_inside_its_class_outline() {
         let f = find_function(MODULE, "Inventory.add").unwrap();
-        let view = method_view(MODULE, &f).unwrap();
+        let view = method_view(MODULE, &f, 1024).unwrap();
         assert!(
             view.starts_with("class Inventory:\n    \"\"\"Items by name.\"\"\""),
             "{view}"
@@ -572,6 +609,42 @@ if __name__ == "__main__":
         let range = enclosing_class(MODULE, &f).unwrap();
         let rest = module_outlines(MODULE, Some(&range), "", None);
         assert!(rest.iter().all(|o| o.name != "Inventory"));
+    }
+
+    #[test]
+    fn a_large_class_is_shown_with_shorter_docstrings_then_signatures() {
+        let f = find_function(MODULE, "Inventory.add").unwrap();
+        let full = method_view(MODULE, &f, 10_000).unwrap();
+        assert!(
+            full.contains("\"\"\"How many `name` are in stock.\"\"\""),
+            "{full}"
+        );
+        // The method alone is about 90 tokens: a budget of 100 forces signatures only.
+        let small = method_view(MODULE, &f, 100).unwrap();
+        assert!(!small.contains("How many"), "{small}");
+        assert!(
+            small.contains("    def count(self, name):\n        ..."),
+            "{small}"
+        );
+        assert!(
+            small.contains("    def __init__(self):\n        ..."),
+            "{small}"
+        );
+        // The method itself is whole whatever the budget.
+        assert!(
+            small.contains("        >>> inv.count(\"apple\")\n        3\n"),
+            "{small}"
+        );
+        // Module context shows other classes' docstrings by their first line.
+        let item = module_outlines(MODULE, None, "", None)
+            .into_iter()
+            .find(|o| o.name == "Item")
+            .unwrap();
+        assert!(
+            item.text.contains("\"\"\"Worth of the line.\"\"\""),
+            "{}",
+            item.text
+        );
     }
 
     #[test]

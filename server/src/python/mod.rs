@@ -601,6 +601,37 @@ pub fn function_at_line_in_tree(
     }
 }
 
+/// Whether the method `f` (found in `tree`) comes after another method of
+/// the same name in its class, as a `@x.setter` after its `@property`
+/// getter: `Class.name` finds the first, so the later one cannot be named
+/// and is not offered. O(the class's statements).
+pub fn is_later_namesake(tree: &Tree, source: &str, f: &FunctionInfo) -> bool {
+    if f.class_name.is_none() {
+        return false;
+    }
+    let mut node = tree
+        .root_node()
+        .descendant_for_byte_range(f.def_range.start, f.def_range.start);
+    while let Some(n) = node {
+        if n.kind() == "block" && n.parent().is_some_and(|p| p.kind() == "class_definition") {
+            return statements(n).into_iter().any(|stmt| {
+                let def = if stmt.kind() == "decorated_definition" {
+                    stmt.child_by_field_name("definition").unwrap_or(stmt)
+                } else {
+                    stmt
+                };
+                def.kind() == "function_definition"
+                    && stmt.start_byte() < f.def_range.start
+                    && def
+                        .child_by_field_name("name")
+                        .is_some_and(|name| text(name, source) == f.name)
+            });
+        }
+        node = n.parent();
+    }
+    false
+}
+
 /// Finds a function by `name` or `Class.name`. With a bare name, a module-level
 /// function wins over a method, and a method over a nested function.
 /// Errors: [`AnalysisError::FunctionNotFound`] listing the names the file defines.
@@ -1470,6 +1501,19 @@ def s(:
             "{}",
             out.source
         );
+    }
+
+    #[test]
+    fn a_setter_after_its_getter_is_a_later_namesake() {
+        let src = "class C:\n    @property\n    def x(self):\n        \"\"\"X.\"\"\"\n        ...\n\n    @x.setter\n    def x(self, v):\n        \"\"\"Set x.\"\"\"\n        ...\n\n    def y(self):\n        ...\n";
+        let tree = parse(src);
+        let all = module_functions_in_tree(&tree, src);
+        let later: Vec<bool> = all
+            .iter()
+            .map(|f| is_later_namesake(&tree, src, f))
+            .collect();
+        assert_eq!(later, [false, true, false]);
+        assert_eq!(find_function(src, "C.x").unwrap().start_line, 1);
     }
 
     #[test]

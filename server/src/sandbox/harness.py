@@ -916,7 +916,8 @@ def _judge(test, outcome, expected_cache):
         if text_failure:
             out["message"] = text_failure
         return out
-    want = _norm_text(expected_src)
+    # doctest writes an empty line of output as <BLANKLINE>.
+    want = _norm_text(expected_src.replace("<BLANKLINE>", ""))
     seen = [_norm_text(printed)]
     if value is not None:
         rep = _safe_repr(value, 100000)

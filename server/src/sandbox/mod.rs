@@ -1325,6 +1325,48 @@ def probe():
     }
 
     #[tokio::test]
+    async fn packages_of_the_configured_venv_are_importable_read_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        // A venv of the system interpreter (pyenv's lives under /root, which a
+        // per-run uid cannot traverse), holding one "third-party" module.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let venv = dir.path().join("venv");
+        let made = std::process::Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--without-pip"])
+            .arg(&venv)
+            .status()
+            .expect("/usr/bin/python3 (Debian's python3) runs");
+        assert!(made.success(), "python3 -m venv --without-pip failed");
+        let site = std::fs::read_dir(venv.join("lib"))
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path()
+            .join("site-packages");
+        std::fs::write(site.join("fake_thirdparty.py"), "VALUE = 7\n").unwrap();
+        let code = "import fake_thirdparty\n\n\ndef f():\n    return fake_thirdparty.VALUE\n\n\ndef g():\n    with open(fake_thirdparty.__file__, 'a') as fh:\n        fh.write('x')\n";
+        let tests = [tc("a", "f()", "7"), raises("ro", "g()", "OSError")];
+        let sb = Sandbox::new(SandboxConfig {
+            python: venv.join("bin/python"),
+            ..cfg(SandboxMode::Bwrap)
+        })
+        .expect("a bwrap sandbox on the venv's interpreter");
+        let (run, _d) = run_cases(&sb, code, &tests).await;
+        assert!(run.load_error.is_none(), "{run:?}");
+        assert!(run.results.iter().all(|r| r.passed), "{run:?}");
+        // The default interpreter does not have it.
+        let (run, _d) = run_cases(&bwrap_sandbox(), code, &tests).await;
+        assert!(
+            run.load_error
+                .as_deref()
+                .is_some_and(|e| e.contains("ModuleNotFoundError")),
+            "{run:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn fork_bomb_is_contained_under_bwrap() {
         let sb = Sandbox::new(SandboxConfig {
             max_processes: 16,

@@ -195,9 +195,6 @@ impl Layout {
                 SystemEntry::Symlink { path, target } => push(&[&"--symlink", target, path]),
             }
         }
-        for d in &self.python_dirs {
-            push(&[&"--ro-bind", d, d]);
-        }
         let size = tmp_size_bytes.max(1 << 20).to_string();
         push(&[
             &"--proc",
@@ -212,6 +209,11 @@ impl Layout {
             &job_dir,
             &JOB_DIR_INSIDE,
         ]);
+        // After the tmpfs on /tmp, so an interpreter (a venv) under /tmp is
+        // not hidden by it.
+        for d in &self.python_dirs {
+            push(&[&"--ro-bind", d, d]);
+        }
         if let Some(root) = project {
             push(&[&"--ro-bind", &root, &PROJECT_INSIDE]);
             let inside = Path::new(PROJECT_INSIDE);
