@@ -13,6 +13,9 @@ command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v clang >/dev/null || need+=(clang)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
+# Debian's own interpreter and venv: the sandbox test of a venv's packages.
+[ -x /usr/bin/python3 ] || need+=(python3)
+dpkg -s python3-venv >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
