@@ -6,6 +6,8 @@
 //! Needs the default model installed (`docsmith model install`, done by
 //! `scripts/test.sh`); fails with that fix when it is missing.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -178,18 +180,8 @@ fn a_missing_model_fails_the_task_with_the_fix_and_writes_nothing() {
 /// constants, a dataclass, helpers, a cross-module relative import) in a
 /// fresh workspace with `.git`.
 fn shop_workspace() -> tempfile::TempDir {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap().flatten() {
-            if e.path().is_dir() {
-                copy(&e.path(), &to.join(e.file_name()));
-            } else {
-                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-            }
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
-    copy(
+    support::copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/shop"),
         dir.path(),
     );

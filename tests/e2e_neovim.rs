@@ -5,6 +5,8 @@
 //! the review with Accept and writes the buffer; this test then checks the file
 //! with Python's own `doctest` (the stub's examples, run outside docsmith).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -221,18 +223,6 @@ fn neovim_0_11_4_generates_reviews_and_applies_with_the_real_model() {
     run(&nvim_011(), "v0.11.4");
 }
 
-/// Copies `tests/fixtures/shop` into `dst`.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// Real code in Neovim 0.11: the shop fixture project as the workspace
 /// (root `ws`), `def_name` in `file` generated through the code action
 /// ``Generate `qualname` from docstring``, accepted, then `check` run by
@@ -242,7 +232,7 @@ fn run_shop(file: &str, def_name: &str, qualname: &str, stub_line: &str, check: 
     require_model();
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path().join("ws");
-    copy_dir(&repo().join("tests/fixtures/shop"), &ws);
+    support::copy_dir(&repo().join("tests/fixtures/shop"), &ws);
     std::fs::write(ws.join("docsmith.toml"), "").unwrap();
     let path = ws.join(file);
     let before = std::fs::read_to_string(&path).unwrap();

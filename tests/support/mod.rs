@@ -651,3 +651,16 @@ pub fn path_with(first: &Path) -> String {
         std::env::var("PATH").unwrap_or_default()
     )
 }
+
+/// Copies the folder `from` (recursively) to `to`: the fixture project
+/// `tests/fixtures/shop` into a test's workspace.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
