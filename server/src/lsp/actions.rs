@@ -53,6 +53,23 @@ fn state_of(inner: &Inner, uri: &Uri, name: &str) -> FnState {
     }
 }
 
+/// The functions of `uri` (by qualname) that [`state_of`] would not find
+/// idle: a live task or a restored one. Collected once per request, so the
+/// code lens listing tests each function with a set lookup.
+fn names_with_state(inner: &Inner, uri: &Uri) -> std::collections::HashSet<String> {
+    let live = inner
+        .active
+        .iter()
+        .filter(|e| &e.key().0 == uri)
+        .map(|e| e.key().1.clone());
+    let restored = inner
+        .restored
+        .iter()
+        .filter(|r| &r.uri == uri)
+        .map(|r| r.row.function.clone());
+    live.chain(restored).collect()
+}
+
 fn command(title: String, name: &str, arg: serde_json::Value) -> Command {
     Command {
         title,
@@ -175,15 +192,17 @@ fn function_at(inner: &Inner, uri: &Uri, line: usize) -> Option<FunctionInfo> {
 /// a task or a proposal (its state and choices), and above each stub with a
 /// docstring (`Generate`). Functions nested in functions get none (the
 /// pipeline refuses them). Lists the functions without entering their
-/// bodies, so a 50,000-line file costs a walk of its top-level and class
-/// statements (`cargo bench --bench lsp`).
+/// bodies and builds a function's full info only when it gets a lens, so a
+/// 50,000-line file costs a walk of its top-level and class statements
+/// (`cargo bench --bench lsp`).
 pub fn code_lenses(inner: &Inner, uri: &Uri) -> Vec<CodeLens> {
     let functions: Vec<FunctionInfo> = {
         let Some(doc) = inner.docs.get(uri) else {
             return Vec::new();
         };
         let text = doc.text();
-        python::module_functions_in_tree(doc.tree(), &text)
+        let with_state = names_with_state(inner, uri);
+        python::lens_functions_in_tree(doc.tree(), &text, |q| with_state.contains(q))
             .into_iter()
             .filter(|f| !python::is_later_namesake(doc.tree(), &text, f))
             .collect()

@@ -449,15 +449,9 @@ fn function_info(def: Node, source: &str) -> Option<FunctionInfo> {
     }
 
     let stmts = statements(body);
-    let doc = stmts.first().and_then(|s| docstring_node(*s));
+    let (doc, is_stub) = docstring_and_stub(&stmts, source);
     let docstring = doc.map(|d| cleandoc(&string_literal_content(text(d, source))));
     let docstring_range = doc.map(|d| d.byte_range());
-    let rest: Vec<Node> = stmts
-        .iter()
-        .skip(usize::from(doc.is_some()))
-        .copied()
-        .collect();
-    let is_stub = rest.iter().all(|s| is_stub_statement(*s, source));
 
     let body_start = stmts.first().map_or(body.start_byte(), |s| s.start_byte());
     let body_end = stmts.last().map_or(body.end_byte(), |s| s.end_byte());
@@ -485,6 +479,33 @@ fn function_info(def: Node, source: &str) -> Option<FunctionInfo> {
         end_line: def.end_position().row,
         is_stub,
     })
+}
+
+/// A body's docstring node, if its first statement is one, and whether the
+/// rest is only stub statements (`...`, `pass`, `raise NotImplementedError`):
+/// what makes a function a stub ([`FunctionInfo::is_stub`]).
+fn docstring_and_stub<'t>(stmts: &[Node<'t>], source: &str) -> (Option<Node<'t>>, bool) {
+    let doc = stmts.first().and_then(|s| docstring_node(*s));
+    let rest = &stmts[usize::from(doc.is_some())..];
+    (doc, rest.iter().all(|s| is_stub_statement(*s, source)))
+}
+
+/// `Class.name` or `name` of the definition `def`, as [`FunctionInfo::qualname`]
+/// would give it, without building the rest of the info.
+fn qualname_of(def: Node, source: &str) -> Option<String> {
+    let name = text(def.child_by_field_name("name")?, source);
+    let mut up = def.parent();
+    while let Some(n) = up {
+        match n.kind() {
+            "class_definition" => {
+                let class = text(n.child_by_field_name("name")?, source);
+                return Some(format!("{class}.{name}"));
+            }
+            "function_definition" => break,
+            _ => up = n.parent(),
+        }
+    }
+    Some(name.to_string())
 }
 
 /// Whether a definition can sit below `node`: definitions are statements, and
@@ -567,9 +588,32 @@ pub fn functions_in_tree(tree: &Tree, source: &str) -> Vec<FunctionInfo> {
 /// lenses on). Never enters a function's body, so its cost grows with the
 /// module's and classes' statements, not with the size of the functions.
 pub fn module_functions_in_tree(tree: &Tree, source: &str) -> Vec<FunctionInfo> {
+    lens_functions_in_tree(tree, source, |_| true)
+}
+
+/// The functions of [`module_functions_in_tree`] that can carry a code lens:
+/// stubs with a docstring, and those whose qualname `wanted` accepts (the
+/// language server passes the names that have a task or a proposal). The
+/// cheap tests come first (a stub test on the body's statements, the name),
+/// so a large file whose functions are mostly written costs a walk of its
+/// statements and one short string per function, and the full
+/// [`FunctionInfo`] (signature, parameters, cleaned docstring) is built only
+/// for the few that get a lens.
+pub fn lens_functions_in_tree(
+    tree: &Tree,
+    source: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<FunctionInfo> {
     let mut defs = Vec::new();
     collect_defs_until(tree.root_node(), &mut defs, |k| k == "class_definition");
     defs.into_iter()
+        .filter(|d| {
+            let documented_stub = d.child_by_field_name("body").is_some_and(|b| {
+                let (doc, stub) = docstring_and_stub(&statements(b), source);
+                doc.is_some() && stub
+            });
+            documented_stub || qualname_of(*d, source).is_some_and(|q| wanted(&q))
+        })
         .filter_map(|d| function_info(d, source))
         .collect()
 }
@@ -1501,6 +1545,38 @@ def s(:
             "{}",
             out.source
         );
+    }
+
+    #[test]
+    fn lens_functions_are_documented_stubs_and_wanted_names_only() {
+        let src = "def done(x):\n    \"\"\"Doc.\"\"\"\n    return x\n\n\
+                   def todo(x):\n    \"\"\"Doc.\"\"\"\n    ...\n\n\
+                   def bare(x):\n    ...\n\n\
+                   def raises(x):\n    \"\"\"Doc.\"\"\"\n    raise NotImplementedError(\"x\")\n\n\
+                   class C:\n    def m(self):\n        \"\"\"Doc.\"\"\"\n        pass\n\n\
+                   \x20   @property\n    def p(self):\n        return 1\n\n\
+                   \x20   def q(self):\n        \"\"\"Doc.\"\"\"\n        return 2\n";
+        let tree = parse(src);
+        let names = |fs: Vec<FunctionInfo>| fs.iter().map(|f| f.qualname()).collect::<Vec<_>>();
+        assert_eq!(
+            names(lens_functions_in_tree(&tree, src, |_| false)),
+            ["todo", "raises", "C.m"]
+        );
+        // A written function or a stub without a docstring only when wanted,
+        // by qualname (a method by `Class.name`, not its bare name).
+        assert_eq!(
+            names(lens_functions_in_tree(&tree, src, |q| {
+                ["done", "bare", "C.p", "q"].contains(&q)
+            })),
+            ["done", "todo", "bare", "raises", "C.m", "C.p"]
+        );
+        // The pre-filter agrees with the full info on every function.
+        for f in module_functions_in_tree(&tree, src) {
+            let kept = !lens_functions_in_tree(&tree, src, |_| false)
+                .iter()
+                .all(|g| g.qualname() != f.qualname());
+            assert_eq!(kept, f.is_stub && f.docstring.is_some(), "{}", f.qualname());
+        }
     }
 
     #[test]
