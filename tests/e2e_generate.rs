@@ -57,6 +57,7 @@ fn require_model() {
 
 #[test]
 fn generate_with_the_real_model_passes_the_stubs_own_doctests() {
+    let _turn = support::one_model_at_a_time();
     require_model();
     let prompt = dev_prompt("HumanEval/0");
     let (ws, file) = workspace_with("close.py", &prompt);
@@ -232,6 +233,7 @@ fn python_check(ws: &Path, check: &str) {
 
 #[test]
 fn a_method_with_doctest_setup_lines_is_generated_in_place_with_the_real_model() {
+    let _turn = support::one_model_at_a_time();
     require_model();
     let ws = shop_workspace();
     let file = ws.path().join("shop/inventory.py");
@@ -269,6 +271,7 @@ fn a_method_with_doctest_setup_lines_is_generated_in_place_with_the_real_model()
 
 #[test]
 fn a_function_using_a_helper_from_another_module_is_generated_with_the_real_model() {
+    let _turn = support::one_model_at_a_time();
     require_model();
     let ws = shop_workspace();
     let v = generate_in(ws.path(), "shop/pricing.py", "order_total");

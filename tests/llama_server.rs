@@ -16,20 +16,18 @@
 //! model install qwen2.5-coder-0.5b`). Fails with the fix when either is
 //! missing. The tests take the server one at a time (2 cores).
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use docsmith::llm::openai::{OpenAiOptions, OpenAiProvider};
 use docsmith::llm::{ChatMessage, CompletionRequest, Provider, Samples};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-
-/// One server at a time: three 0.5B servers on 2 cores would only slow each other.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn docsmith() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_docsmith"));
@@ -269,7 +267,7 @@ fn provider(base_url: String) -> OpenAiProvider {
 
 #[test]
 fn json_schema_output_and_n_choices_through_a_real_server() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = support::one_model_at_a_time();
     let logs = tempfile::tempdir().unwrap();
     let server = Server::start(free_port(), logs.path());
     let p = provider(server.base_url());
@@ -338,7 +336,7 @@ fn json_schema_output_and_n_choices_through_a_real_server() {
 
 #[test]
 fn generate_end_to_end_with_every_role_on_a_real_server() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = support::one_model_at_a_time();
     let server = Server::start(free_port(), &std::env::temp_dir());
     let ws = workspace(&server.base_url());
     let started = Instant::now();
@@ -383,7 +381,7 @@ fn generate_end_to_end_with_every_role_on_a_real_server() {
 
 #[test]
 fn a_server_killed_mid_task_fails_the_task_naming_the_url_and_writes_nothing() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = support::one_model_at_a_time();
     let mut server = Server::start(free_port(), &std::env::temp_dir());
     let ws = workspace(&server.base_url());
     let child = ws.spawn_generate();
@@ -412,7 +410,7 @@ fn a_server_killed_mid_task_fails_the_task_naming_the_url_and_writes_nothing() {
 
 #[test]
 fn a_server_restarted_while_docsmith_retries_finishes_the_task() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = support::one_model_at_a_time();
     let port = free_port();
     let ws = workspace(&format!("http://127.0.0.1:{port}/v1"));
     // A server that was up and went down: docsmith's first attempts are

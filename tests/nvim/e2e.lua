@@ -3,8 +3,8 @@
 -- Environment: DOCSMITH_BIN (server binary), E2E_FILE (stub file), E2E_FUNCTION
 -- (its `def` name; a method's def may be indented), E2E_RESULT (JSON written
 -- here), E2E_TIMEOUT_MS (default 900000), E2E_ROOT (the workspace root, default
--- the file's folder), E2E_STUB_LINE (the stub body line whose absence means
--- applied, default "    ...").
+-- the file's folder), E2E_STUB_LINE (the stub body line; one fewer such line
+-- in the buffer means applied, default "    ...").
 -- Flow: open the stub, start the server, request code actions on the function,
 -- execute "Generate ...", answer the review with "Accept" (the stock
 -- workspace/applyEdit handler applies the edit), wait for the task to end,
@@ -71,6 +71,17 @@ local handlers = {
 
 vim.cmd('edit ' .. vim.fn.fnameescape(file))
 local bufnr = vim.api.nvim_get_current_buf()
+
+-- How many lines of the buffer are exactly the stub line: a file may hold
+-- several stubs with the same body (`...`), so "applied" means one fewer.
+local function stub_count()
+  local n = 0
+  for _, l in ipairs(vim.api.nvim_buf_get_lines(bufnr, 0, -1, false)) do
+    if l == stub_line then n = n + 1 end
+  end
+  return n
+end
+local stubs_before = stub_count()
 
 local config = {
   name = 'docsmith',
@@ -151,8 +162,7 @@ end
 
 local terminal = { accepted = true, rejected = true, discarded = true, failed = true, cancelled = true, interrupted = true }
 local function stub_gone()
-  local text = table.concat(vim.api.nvim_buf_get_lines(bufnr, 0, -1, false), '\n') .. '\n'
-  return not text:find('\n' .. stub_line .. '\n', 1, true)
+  return stub_count() < stubs_before
 end
 local function progress_ended()
   for _, p in ipairs(obs.progress) do

@@ -664,3 +664,15 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Serialises the tests of one test binary that run a real model (in-process
+/// or behind a server): two at once would share the 2 cores of a CI machine,
+/// and on 2 cores two generating processes each run several times slower
+/// (FACTS.md: 2-thread generation falls from ~31 to ~6 tokens/s beside
+/// another busy process), so together they finish later than one after the
+/// other. Hold the guard for the whole test; a panicking holder does not
+/// poison it for the others.
+pub fn one_model_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
