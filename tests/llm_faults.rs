@@ -219,3 +219,69 @@ fn cli_logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
         "no ANSI escape codes in a piped stderr: {stderr:?}"
     );
 }
+
+#[test]
+fn a_dead_endpoint_is_skipped_for_its_fallback_after_failing_calls_in_a_row() {
+    // Every role: first a provider whose port refuses connections, then the
+    // scripted endpoint. Every candidate is wrong, so the task makes calls
+    // until its budget is spent: enough for the breaker to open.
+    let good = MockLlm::start(Arc::new(|role, n, _| match role {
+        "developer" => format!("```python\ndef add(a, b):\n    return a - b - {n}\n```"),
+        "planner" => serde_json::json!({"understanding": "adds", "steps": [], "edge_cases": [],
+                                        "assumptions": [], "question": "", "options": []})
+        .to_string(),
+        "tests" => serde_json::json!({"tests": []}).to_string(),
+        _ => serde_json::json!({"root_cause": "subtracts", "instructions": "add"}).to_string(),
+    }));
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/v1", dead.local_addr().unwrap());
+    drop(dead);
+    let mut toml = format!(
+        "[providers.dead]\nkind = \"openai\"\nbase_url = \"{dead_url}\"\nmodel = \"down\"\n\
+         [providers.good]\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"mock\"\nsupports_json_schema = false\n",
+        good.base_url
+    );
+    for role in ["planner", "test_designer", "developer", "critic"] {
+        toml.push_str(&format!(
+            "[roles.{role}]\nprovider = \"dead\"\nfallback = [\"good\"]\n"
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(ws.join(".git")).unwrap();
+    std::fs::write(ws.join("docsmith.toml"), toml).unwrap();
+    let file = ws.join("calc.py");
+    std::fs::write(
+        &file,
+        "def add(a, b):\n    \"\"\"Add.\n\n    >>> add(1, 2)\n    3\n    \"\"\"\n",
+    )
+    .unwrap();
+    let out = support::generate_command(&file, "add", &ws, &home)
+        .args(["--trust-workspace", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // No candidate passes: the budget is spent (exit 5), not a model error.
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    // Shown in progress, with the reason.
+    assert!(
+        // (3 or more: the round-2 calls run concurrently and may fail together)
+        stderr.contains("developer: skipped dead:down (failed ")
+            && stderr.contains("calls in a row (last: cannot reach"),
+        "{stderr}"
+    );
+    // Recorded: the skipped calls are in the store as calls not made.
+    let db = rusqlite::Connection::open(ws.join(".docsmith/docsmith.db")).unwrap();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let skipped = count(
+        "SELECT count(*) FROM llm_calls WHERE provider = 'dead:down' AND NOT ok \
+         AND error LIKE 'skipped: failed % calls in a row%' AND latency_ms = 0",
+    );
+    let made = count("SELECT count(*) FROM llm_calls WHERE ok AND provider = 'good'");
+    assert!(skipped >= 1, "skipped rows: {skipped}\n{stderr}");
+    assert!(
+        made >= 4,
+        "the fallback served every call: {made}\n{stderr}"
+    );
+}

@@ -487,7 +487,8 @@ async fn single(task: &BenchTask, router: &Router, cfg: &Config, row: &mut Row) 
         .complete(Role::Developer, &req, &CancellationToken::new())
         .await
     {
-        Ok((c, _)) => {
+        Ok(routed) => {
+            let c = routed.completion;
             row.llm_calls = 1;
             row.prompt_tokens = c.prompt_tokens as u64;
             row.completion_tokens = c.completion_tokens as u64;

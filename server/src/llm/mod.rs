@@ -334,6 +334,18 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// Whether the error says the endpoint itself is down or failing (not
+    /// this request): connection refused or reset, a timeout, HTTP 5xx. What
+    /// the router's circuit breaker counts ([`router::BreakerPolicy`]); a
+    /// 429 is not counted (the provider already waits its `Retry-After`).
+    pub fn is_endpoint_down(&self) -> bool {
+        match self {
+            LlmError::Unreachable { .. } | LlmError::Timeout { .. } => true,
+            LlmError::Http { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
     /// Whether another provider might succeed where this one failed: true for
     /// `Unreachable`, `RateLimited`, `Timeout`, `Http` 5xx, `ModelMissing`, `ModelLoad` and
     /// `ContextOverflow`; false for cancellation, auth, bad requests, bad replies

@@ -47,6 +47,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use crate::llm::router::Routed;
 use crate::llm::{Completion, CompletionRequest, LlmError, Router};
 use crate::python::{self, AnalysisError, FunctionInfo};
 use crate::rag::Guidelines;
@@ -831,11 +832,36 @@ impl TaskRun {
     fn record_call(
         &mut self,
         role: Role,
-        res: Result<(Completion, usize), LlmError>,
+        res: Result<Routed, LlmError>,
     ) -> Result<Completion, PipelineError> {
         let attempt = self.candidates.last().map(|a| a.id);
         match res {
-            Ok((c, _)) => {
+            Ok(Routed {
+                completion: c,
+                skipped,
+                ..
+            }) => {
+                for s in skipped {
+                    // Recorded as a call that was not made (no tokens, no
+                    // time), so the history shows which provider was passed over.
+                    self.deps.store.add_llm_call(&LlmCallRecord {
+                        task: Some(self.task),
+                        attempt,
+                        role,
+                        provider: s.provider.clone(),
+                        model: String::new(),
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                        latency_ms: 0,
+                        ok: false,
+                        error: Some(format!("skipped: {}", s.reason)),
+                        response: None,
+                    })?;
+                    self.note(format!(
+                        "{role}: skipped {} ({}); used {}:{}",
+                        s.provider, s.reason, c.provider, c.model
+                    ));
+                }
                 self.llm_calls += 1;
                 self.prompt_tokens += c.prompt_tokens as u64;
                 self.completion_tokens += c.completion_tokens as u64;
