@@ -67,15 +67,26 @@ pub enum TestOrigin {
     Docstring,
     /// Written by the test designer: a suspect that only votes and may be dropped.
     Generated,
+    /// Stated by the user in feedback on a proposal (`slugify('')` must
+    /// return `''`): ground truth like a docstring example, for every later
+    /// round and task of that function.
+    User,
 }
 
 impl TestOrigin {
-    /// `docstring` or `generated`, as stored.
+    /// `docstring`, `generated` or `user`, as stored.
     pub fn as_str(self) -> &'static str {
         match self {
             TestOrigin::Docstring => "docstring",
             TestOrigin::Generated => "generated",
+            TestOrigin::User => "user",
         }
+    }
+
+    /// Whether a candidate must pass this case (a gate, never dropped), as
+    /// opposed to a generated case that only votes.
+    pub fn is_ground_truth(self) -> bool {
+        matches!(self, TestOrigin::Docstring | TestOrigin::User)
     }
 }
 

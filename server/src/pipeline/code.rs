@@ -29,7 +29,7 @@ use super::{failures_of, Candidate, PipelineError, RoundKind, Stage, TaskRun};
 use crate::llm::Samples;
 use crate::python;
 use crate::roles::{self, Repair};
-use crate::types::{Role, Severity, TestOrigin};
+use crate::types::{Role, Severity};
 
 impl TaskRun {
     /// WriteCode (`with_tests` false) and DesignTests (true): one round of
@@ -143,7 +143,7 @@ impl TaskRun {
             Some(b) => {
                 failures = failures_of(&self.tests, b.run.as_ref())
                     .into_iter()
-                    .filter(|(t, _)| t.origin == TestOrigin::Docstring)
+                    .filter(|(t, _)| t.origin.is_ground_truth())
                     .collect::<Vec<_>>();
                 Some(Repair {
                     code: if b.generated.is_empty() {

@@ -114,7 +114,7 @@ impl TaskRun {
             );
             self.drop_test(&c.id, &reason, 0)?;
         }
-        if !self.tests.iter().any(|t| t.origin == TestOrigin::Docstring) {
+        if !self.tests.iter().any(|t| t.origin.is_ground_truth()) {
             self.note("the docstring has no examples: candidates are chosen by agreement on generated inputs only (add `>>>` examples for trustworthy results)".into());
         }
         tracing::debug!(task = self.task.0, generated, "designed test inputs");

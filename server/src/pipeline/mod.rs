@@ -33,6 +33,7 @@
 mod checks;
 mod code;
 mod design_tests;
+mod feedback;
 mod plan;
 mod review;
 mod run;
@@ -609,7 +610,27 @@ impl TaskRun {
         let work = crate::sandbox::temp_work_dir("task")?;
         // The docstring's examples are ground truth from the start; generated
         // inputs join them when a round samples.
-        let tests = python::extract_examples(&stub);
+        let mut tests = python::extract_examples(&stub);
+        // Cases the user stated in feedback on this function before, and in
+        // this task's own feedback: ground truth too.
+        let earlier = deps.store.user_test_cases(
+            &spec.workspace.display().to_string(),
+            &spec.file.display().to_string(),
+            &stub.qualname(),
+        )?;
+        if !earlier.is_empty() {
+            notes.push(format!(
+                "{} test case(s) from your earlier feedback on `{}` apply: {}",
+                earlier.len(),
+                stub.qualname(),
+                feedback::calls(&earlier)
+            ));
+        }
+        tests.extend(earlier);
+        if let Some(fb) = &feedback {
+            let stated = feedback::cases_from_feedback(fb, &stub, &tests);
+            tests.extend(stated);
+        }
         deps.store.add_test_cases(task, &tests)?;
         let next_round = if feedback.is_some() {
             RoundKind::Feedback
@@ -710,6 +731,16 @@ impl TaskRun {
                 let shown = self.proposal_candidate();
                 let attempt = shown.map(|i| self.candidates[i].id);
                 self.deps.store.add_feedback(self.task, attempt, &fb)?;
+                let stated = feedback::cases_from_feedback(&fb, &self.stub, &self.tests);
+                if !stated.is_empty() {
+                    self.deps.store.add_test_cases(self.task, &stated)?;
+                    self.note(format!(
+                        "your feedback became {} test case(s) that every candidate must pass: {}",
+                        stated.len(),
+                        feedback::calls(&stated)
+                    ));
+                    self.tests.extend(stated);
+                }
                 self.deps.store.set_task_status(
                     self.task,
                     TaskStatus::Running,
@@ -967,7 +998,7 @@ impl TaskRun {
             && c.run.as_ref().is_some_and(|r| r.load_error.is_none())
             && failures_of(&self.tests, c.run.as_ref())
                 .iter()
-                .all(|(t, _)| t.origin != crate::types::TestOrigin::Docstring)
+                .all(|(t, _)| !t.origin.is_ground_truth())
             && !c
                 .findings
                 .iter()

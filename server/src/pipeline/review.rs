@@ -26,7 +26,7 @@ impl TaskRun {
             let doc_passed = c.run.as_ref().map_or(0, |r| {
                 self.tests
                     .iter()
-                    .filter(|t| t.origin == TestOrigin::Docstring)
+                    .filter(|t| t.origin.is_ground_truth())
                     .filter(|t| r.results.iter().any(|x| x.test_id == t.id && x.passed))
                     .count()
             });
@@ -66,10 +66,14 @@ impl TaskRun {
         }
         for (c, r) in failures_of(&self.tests, Some(&run))
             .into_iter()
-            .filter(|(c, _)| c.origin == TestOrigin::Docstring)
+            .filter(|(c, _)| c.origin.is_ground_truth())
         {
+            let what = match c.origin {
+                TestOrigin::User => "your test",
+                _ => "docstring example",
+            };
             reasons.push(format!(
-                "docstring example {} `{}` fails: {}",
+                "{what} {} `{}` fails: {}",
                 c.id,
                 c.call.replace('\n', "; "),
                 r.message.clone().unwrap_or_default()

@@ -10,7 +10,6 @@ use super::select::{self, Scored, TestInfo};
 use super::{Event, PipelineError, Stage, TaskRun};
 use crate::python;
 use crate::sandbox::SandboxError;
-use crate::types::TestOrigin;
 
 impl TaskRun {
     pub(super) async fn step_run_tests(
@@ -135,7 +134,7 @@ impl TaskRun {
                 });
             }
         }
-        let docstring_tests = self.tests.iter().any(|t| t.origin == TestOrigin::Docstring);
+        let docstring_tests = self.tests.iter().any(|t| t.origin.is_ground_truth());
         if !docstring_tests && self.tests.is_empty() {
             self.note("no test case ran: the docstring has no examples and no inputs were generated; the greedy candidate is offered unverified".into());
         }

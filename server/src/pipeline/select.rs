@@ -124,11 +124,11 @@ pub fn outcome_key(r: Option<&TestResult>) -> String {
 pub fn select(candidates: &[Scored], tests: &[TestInfo]) -> Selection {
     let truth: Vec<&TestInfo> = tests
         .iter()
-        .filter(|t| t.origin == TestOrigin::Docstring)
+        .filter(|t| t.origin.is_ground_truth())
         .collect();
     let generated: Vec<&TestInfo> = tests
         .iter()
-        .filter(|t| t.origin != TestOrigin::Docstring)
+        .filter(|t| !t.origin.is_ground_truth())
         .collect();
     let expectations_total = generated.iter().filter(|t| t.has_expectation).count();
     let truth_passes = |c: &Scored| truth.iter().filter(|t| passed(c, &t.id)).count();

@@ -9,6 +9,7 @@ use super::*;
 use crate::llm::scripted::ScriptedProvider;
 use crate::llm::{LlmError, Provider};
 use crate::sandbox::SandboxConfig;
+use crate::types::TestOrigin;
 
 const STUB: &str = "import math\n\n\ndef add(a, b):\n    \"\"\"Add two numbers.\n\n    >>> add(2, 3)\n    5\n    >>> add(-1, 1)\n    0\n    \"\"\"\n    ...\n\n\ndef other():\n    return 1\n";
 
@@ -497,6 +498,72 @@ async fn reject_with_feedback_starts_a_round_conditioned_on_the_feedback() {
         prompts[1].contains("use sum()") && prompts[1].contains("return a + b"),
         "{}",
         prompts[1]
+    );
+}
+
+#[tokio::test]
+async fn a_case_stated_in_feedback_becomes_ground_truth_for_later_rounds_and_tasks() {
+    // ODD passes the docstring's examples; the user's case catches it.
+    let h = harness(script(&[ODD, ODD, GOOD]), k(2));
+    let (mut run, mut rx) = start(&h, None);
+    let (first, _) = to_review(&mut run, &mut rx).await;
+    assert!(first.new_source.contains("a * b"), "{}", first.new_source);
+    run.reply(Reply::Reject("wrong: `add(6, 1)` must return `7`".into()))
+        .unwrap();
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(p.passing, "{:?}", p.reasons);
+    assert!(p.new_source.contains("return a + b"), "{}", p.new_source);
+    let user: Vec<_> = p
+        .tests
+        .iter()
+        .filter(|t| t.case.origin == TestOrigin::User)
+        .collect();
+    assert_eq!(user.len(), 1, "{:?}", p.tests);
+    assert_eq!(
+        (user[0].case.call.as_str(), user[0].case.expected.as_str()),
+        ("add(6, 1)", "7")
+    );
+    assert!(user[0].result.as_ref().is_some_and(|r| r.passed));
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("your feedback became 1 test case(s)")),
+        "{:?}",
+        p.notes
+    );
+    // A candidate that fails the user's case is not offered as passing:
+    // the same task's store rows say where the case came from.
+    let d = h.deps.store.task(run.task_id()).unwrap().unwrap();
+    assert!(d
+        .test_cases
+        .iter()
+        .any(|t| t.case.id == "user1" && t.case.origin == TestOrigin::User));
+
+    // A later task on the same function starts with the user's case, and
+    // fails a candidate that passes only the docstring.
+    let h2 = Harness {
+        deps: Deps {
+            router: harness(script(&[ODD]), k(1)).deps.router.clone(),
+            ..h.deps.clone()
+        },
+        ..h
+    };
+    let (mut again, mut rx2) = start(&h2, None);
+    let (p2, _) = to_review(&mut again, &mut rx2).await;
+    assert!(!p2.passing, "ODD fails the remembered case");
+    assert!(
+        p2.reasons
+            .iter()
+            .any(|r| r.contains("your test user1 `add(6, 1)` fails")),
+        "{:?}",
+        p2.reasons
+    );
+    assert!(
+        p2.notes
+            .iter()
+            .any(|n| n.contains("from your earlier feedback on `add` apply: add(6, 1)")),
+        "{:?}",
+        p2.notes
     );
 }
 

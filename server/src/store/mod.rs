@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_llm_call_response.sql"),
     include_str!("migrations/0003_candidates.sql"),
     include_str!("migrations/0004_real_code.sql"),
+    include_str!("migrations/0005_user_tests.sql"),
 ];
 
 /// How long a statement waits for another connection's write lock, ms.
@@ -675,6 +676,50 @@ impl Store {
         Ok(())
     }
 
+    /// The test cases the user stated in feedback (origin `user`) on earlier
+    /// tasks of `function` (a qualname) in `file` of `workspace` (both as
+    /// the tasks recorded them), oldest first, each distinct (call,
+    /// expected, raises) once, numbered `user1`, `user2`... in that order:
+    /// ground truth for a new task on that function.
+    pub fn user_test_cases(
+        &self,
+        workspace: &str,
+        file: &str,
+        function: &str,
+    ) -> Result<Vec<TestCase>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT c.test_id, c.call, c.expected, c.raises, c.note
+             FROM test_cases c JOIN tasks t ON t.id = c.task
+             WHERE c.origin = 'user' AND t.workspace = ?1 AND t.file = ?2 AND t.function = ?3
+             ORDER BY c.id",
+        )?;
+        let rows = stmt.query_map(params![workspace, file, function], |r| {
+            Ok(TestCase {
+                id: r.get(0)?,
+                origin: TestOrigin::User,
+                call: r.get(1)?,
+                expected: r.get(2)?,
+                raises: r.get(3)?,
+                note: r.get(4)?,
+                options: Vec::new(),
+            })
+        })?;
+        let mut out: Vec<TestCase> = Vec::new();
+        for c in rows {
+            let mut c = c?;
+            if !out
+                .iter()
+                .any(|o| (&o.call, &o.expected, &o.raises) == (&c.call, &c.expected, &c.raises))
+            {
+                // Renumbered: ids of different tasks may repeat.
+                c.id = format!("user{}", out.len() + 1);
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
     /// Marks a test case as dropped (the critic judged it contradicts the
     /// docstring) at attempt number `attempt_n`. [`StoreError::NotFound`] when
     /// the task has no case `test_id`.
@@ -1249,6 +1294,7 @@ fn parse_origin(s: &str) -> Result<TestOrigin, StoreError> {
     match s {
         "docstring" => Ok(TestOrigin::Docstring),
         "generated" => Ok(TestOrigin::Generated),
+        "user" => Ok(TestOrigin::User),
         _ => Err(corrupt("test origin", s)),
     }
 }
