@@ -225,3 +225,78 @@ fn a_text_the_files_encoding_cannot_hold_is_refused_and_nothing_written() {
     assert!(err.contains("klingon"), "{err}");
     assert!(mock.roles().is_empty());
 }
+
+#[test]
+fn write_tests_puts_a_pytest_module_where_the_project_keeps_its_tests() {
+    let (_dir, root, home) = dirs();
+    let pkg = root.join("src/pkg");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("__init__.py"), "").unwrap();
+    let file = pkg.join("calc.py");
+    std::fs::write(&file, STUB).unwrap();
+    // The project's tests live in test/, named *_test.py.
+    std::fs::create_dir_all(root.join("test")).unwrap();
+    std::fs::write(
+        root.join("test/other_test.py"),
+        "def test_other():\n    pass\n",
+    )
+    .unwrap();
+    let mock = MockLlm::start(code_script("def add(a, b):\n    return a + b"));
+    let args = ["--apply", "--write-tests"];
+    let out = generate(&file, "add", &root, &home, &mock, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let tests = root.join("test/calc_test.py");
+    let text = std::fs::read_to_string(&tests).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    assert!(text.contains("from pkg.calc import *"), "{text}");
+    assert!(text.contains("def test_add_ex1():"), "{text}");
+    assert!(
+        stderr(&out).contains("tests written to"),
+        "{}",
+        stderr(&out)
+    );
+    // The written tests pass against the written function, run as pytest
+    // would with the import root on the path (pytest itself is not needed).
+    let run = |path: &Path| {
+        Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import runpy, sys; sys.path.insert(0, {src:?}); ns = runpy.run_path({t:?}); \
+                 names = [n for n in ns if n.startswith('test_')]; [ns[n]() for n in names]; print(len(names))",
+                src = root.join("src").display().to_string(),
+                t = path.display().to_string()
+            ))
+            .output()
+            .unwrap()
+    };
+    let ran = run(&tests);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "1");
+    // A second function's tests are appended, not written over.
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n\ndef mul(a, b):\n    \"\"\"Multiply.\n\n    >>> mul(2, 3)\n    6\n    \"\"\"\n",
+            std::fs::read_to_string(&file).unwrap()
+        ),
+    )
+    .unwrap();
+    let mock = MockLlm::start(code_script("def mul(a, b):\n    return a * b"));
+    let out = generate(&file, "mul", &root, &home, &mock, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&tests).unwrap();
+    assert!(
+        text.contains("def test_add_ex1():") && text.contains("def test_mul_ex1():"),
+        "{text}"
+    );
+    let ran = run(&tests);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "2");
+}

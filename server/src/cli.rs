@@ -118,6 +118,11 @@ struct GenerateArgs {
     /// Refine the existing function with this feedback instead of generating from the stub.
     #[arg(long)]
     feedback: Option<String>,
+    /// With the accepted function written, also write its tests as a pytest
+    /// module where the project keeps its tests (an existing `test_<module>.py`
+    /// or `<module>_test.py` is appended to; else `tests/` or `test/`).
+    #[arg(long)]
+    write_tests: bool,
     /// Workspace root holding `.docsmith/` and `docsmith.toml` (default: nearest parent with `.git`, `docsmith.toml` or `.docsmith`, else the file's folder).
     #[arg(long)]
     workspace: Option<PathBuf>,
@@ -575,7 +580,22 @@ async fn generate(args: GenerateArgs) -> i32 {
                         Ok(false)
                     };
                     match applied {
-                        Ok(true) => eprintln!("docsmith: applied to {}", file.display()),
+                        Ok(true) => {
+                            eprintln!("docsmith: applied to {}", file.display());
+                            if args.write_tests {
+                                match write_tests(&file, &workspace, &p) {
+                                    Ok(path) => eprintln!(
+                                        "docsmith: tests written to {}",
+                                        path.display()
+                                    ),
+                                    Err(e) => eprintln!("docsmith: tests not written: {e}"),
+                                }
+                            }
+                        }
+                        Ok(false) if args.write_tests => eprintln!(
+                            "docsmith: accepted; neither the function nor its tests written (pass --apply to write {})",
+                            file.display()
+                        ),
                         Ok(false) => eprintln!(
                             "docsmith: accepted; not written (pass --apply to write {})",
                             file.display()
@@ -615,6 +635,26 @@ async fn generate(args: GenerateArgs) -> i32 {
     drop(run);
     let _ = tokio::time::timeout(Duration::from_secs(2), renderer).await;
     code
+}
+
+/// Writes `p`'s tests as a pytest module where the project keeps its tests
+/// (appended, after a blank line, to an existing one); returns its path.
+/// Errors: the file system's.
+fn write_tests(file: &Path, workspace: &Path, p: &Proposal) -> std::io::Result<PathBuf> {
+    let target = crate::python::project::tests_file_for(file, workspace);
+    let text = crate::pipeline::render_test_module(p, &target.module);
+    if let Some(dir) = target.path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&target.path)?;
+    if f.metadata()?.len() > 0 {
+        std::io::Write::write_all(&mut f, b"\n\n")?;
+    }
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    Ok(target.path)
 }
 
 fn print_json(p: &Proposal, status: &str, error: Option<&str>) {

@@ -234,17 +234,25 @@ struct Ready {
     tests_file: Option<String>,
 }
 
+/// The module name a test module imports for `file`: the one Python gives
+/// it in the workspace (`shop.inventory`), or the file's stem.
+fn tests_module(inner: &Inner, file: &std::path::Path) -> String {
+    match inner.session() {
+        Ok(s) => crate::python::project::tests_file_for(file, &s.root).module,
+        Err(_) => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    }
+}
+
 fn ready(inner: &Inner, task: i64) -> Result<Ready, LspError> {
     if let Some(e) = inner.tasks.get(&task).map(|e| e.clone()) {
         let v = e.view();
         let Some(p) = v.proposal.filter(|_| v.phase == TaskPhase::Review) else {
             return Err(wrong_phase(&e, "it has no proposal to review yet"));
         };
-        let module = e
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| e.name.clone());
+        let module = tests_module(inner, &e.path);
         return Ok(Ready {
             uri: e.uri.clone(),
             name: e.name.clone(),
@@ -272,10 +280,7 @@ fn ready(inner: &Inner, task: i64) -> Result<Ready, LspError> {
         ))
     })?;
     let tests_file = r.row.proposal_dir.as_ref().and_then(|d| {
-        let module = std::path::Path::new(&r.row.file)
-            .file_stem()?
-            .to_string_lossy()
-            .into_owned();
+        let module = tests_module(inner, std::path::Path::new(&r.row.file));
         let t = std::fs::read_to_string(
             std::path::Path::new(d).join(format!("test_{}.py", r.row.function)),
         )
@@ -598,7 +603,9 @@ pub async fn show_diff(
     Ok(files)
 }
 
-/// Writes the proposal's tests to `tests/test_<module>.py` under the workspace.
+/// Writes the proposal's tests where the project keeps its tests
+/// ([`crate::python::project::tests_file_for`]; `tests/test_<module>.py`
+/// under the workspace when it has none).
 pub async fn write_tests(inner: &Arc<Inner>, task: i64) -> Result<Applied, LspError> {
     let r = ready(inner, task)?;
     write_tests_text(inner, &r).await
@@ -610,11 +617,9 @@ async fn write_tests_text(inner: &Arc<Inner>, r: &Ready) -> Result<Applied, LspE
         .tests_file
         .clone()
         .ok_or_else(|| LspError::Internal("no tests to write".into()))?;
-    let module = uri_path(&r.uri)?
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| r.name.clone());
-    let path = session.root.join("tests").join(format!("test_{module}.py"));
+    // Where the project keeps its tests (an existing module for this file's
+    // tests is appended to).
+    let path = crate::python::project::tests_file_for(&uri_path(&r.uri)?, &session.root).path;
     let uri = Uri::from_file_path(&path)
         .ok_or_else(|| LspError::Internal(format!("bad path {}", path.display())))?;
     let exists = path.exists();

@@ -186,7 +186,9 @@ pub fn unified_diff(old: &str, new: &str, file: &Path) -> String {
         .to_string()
 }
 
-/// The test module written beside a proposal: one pytest function per test case.
+/// The test module written beside a proposal: one pytest function per test
+/// case, `test_<function>_<case id>` (`test_Inventory_add_ex2`), importing
+/// everything of `module`.
 pub fn render_test_module(p: &Proposal, module: &str) -> String {
     let mut s = format!(
         "# Tests docsmith designed for `{}` (task {}).\n",
@@ -195,7 +197,14 @@ pub fn render_test_module(p: &Proposal, module: &str) -> String {
     s.push_str(&format!("from {module} import *  # noqa: F401,F403\n\n"));
     for t in &p.tests {
         let c = &t.case;
-        s.push_str(&format!("\ndef test_{}():\n", c.id));
+        // Named after the function too: the module may be appended to a
+        // test file that holds other functions' tests (`test_ex1` twice
+        // would leave pytest only the last).
+        s.push_str(&format!(
+            "\ndef test_{}_{}():\n",
+            p.function.replace('.', "_"),
+            c.id
+        ));
         s.push_str(&format!(
             "    # {} test{}\n",
             c.origin.as_str(),

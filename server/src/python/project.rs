@@ -263,6 +263,103 @@ pub fn imported_outlines(source: &str, here: &ModulePath) -> (Vec<Outline>, Vec<
     (outlines, unresolved)
 }
 
+/// Where the pytest module for `file`'s tests goes, and the dotted module
+/// it imports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestsFile {
+    /// The test module (may exist: then the tests are appended to it).
+    pub path: PathBuf,
+    /// The module under test, as the test module imports it (`shop.inventory`).
+    pub module: String,
+}
+
+/// Folders never searched for a project's tests.
+const NOT_SOURCE: [&str; 8] = [
+    ".git",
+    ".docsmith",
+    ".venv",
+    "venv",
+    "node_modules",
+    "__pycache__",
+    "site-packages",
+    ".tox",
+];
+
+/// Where the tests of `file` go in the project at `workspace`, following
+/// the layout the project already has (as pytest finds tests: `test_*.py`
+/// or `*_test.py`):
+/// 1. an existing `test_<m>.py` or `<m>_test.py` for the module `m`, at
+///    most 4 folders down (the first in path order): the tests are appended;
+/// 2. otherwise a new file in `tests/` or `test/` under the workspace,
+///    whichever exists (`tests/` when neither does), named `<m>_test.py`
+///    when that folder's test files all use that form, else `test_<m>.py`.
+///
+/// The module name is the one Python gives `file` ([`locate`]), so a test in
+/// `tests/` imports `shop.inventory`, not `inventory` (run pytest from the
+/// import root, e.g. `python -m pytest`, for that import to resolve).
+pub fn tests_file_for(file: &Path, workspace: &Path) -> TestsFile {
+    let here = locate(file, workspace);
+    let root = workspace
+        .canonicalize()
+        .unwrap_or_else(|_| workspace.to_path_buf());
+    let stem = here.module.rsplit('.').next().unwrap_or("").to_string();
+    let names = [format!("test_{stem}.py"), format!("{stem}_test.py")];
+    let mut found = Vec::new();
+    find_named(&root, &names, 4, &mut found);
+    found.sort();
+    if let Some(path) = found.into_iter().next() {
+        return TestsFile {
+            path,
+            module: here.module,
+        };
+    }
+    let dir = ["tests", "test"]
+        .iter()
+        .map(|d| root.join(d))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| root.join("tests"));
+    let (prefixed, suffixed) = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .fold((0, 0), |(p, q), n| {
+                    (
+                        p + usize::from(n.starts_with("test_") && n.ends_with(".py")),
+                        q + usize::from(n.ends_with("_test.py")),
+                    )
+                })
+        })
+        .unwrap_or((0, 0));
+    let name = if suffixed > 0 && prefixed == 0 {
+        &names[1]
+    } else {
+        &names[0]
+    };
+    TestsFile {
+        path: dir.join(name),
+        module: here.module,
+    }
+}
+
+/// Files under `dir` (at most `depth` folders down, skipping [`NOT_SOURCE`]
+/// and hidden folders) whose name is one of `names`.
+fn find_named(dir: &Path, names: &[String], depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() {
+            if depth > 0 && !name.starts_with('.') && !NOT_SOURCE.contains(&name.as_str()) {
+                find_named(&e.path(), names, depth - 1, out);
+            }
+        } else if kind.is_file() && names.contains(&name) {
+            out.push(e.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,5 +443,39 @@ mod tests {
             outlines[1].text
         );
         assert_eq!(unresolved, vec!["from ..outside import x".to_string()]);
+    }
+
+    #[test]
+    fn tests_go_where_the_project_keeps_them() {
+        let ws = tempfile::tempdir().unwrap();
+        let root = ws.path().canonicalize().unwrap();
+        let pkg = root.join("src/shop");
+        std::fs::create_dir_all(&pkg).unwrap();
+        std::fs::write(pkg.join("__init__.py"), "").unwrap();
+        let file = pkg.join("inventory.py");
+        std::fs::write(&file, "").unwrap();
+        // No tests yet: a new tests/test_inventory.py importing the package path.
+        let t = tests_file_for(&file, &root);
+        assert_eq!(t.path, root.join("tests/test_inventory.py"));
+        assert_eq!(t.module, "shop.inventory");
+        // A test/ folder whose files end in _test.py: that folder, that form.
+        std::fs::create_dir_all(root.join("test")).unwrap();
+        std::fs::write(root.join("test/orders_test.py"), "").unwrap();
+        assert_eq!(
+            tests_file_for(&file, &root).path,
+            root.join("test/inventory_test.py")
+        );
+        // An existing test module for this module wins, wherever it is;
+        // one under .venv or .git does not count.
+        for skipped in [".venv/lib", ".git/x"] {
+            std::fs::create_dir_all(root.join(skipped)).unwrap();
+            std::fs::write(root.join(skipped).join("test_inventory.py"), "").unwrap();
+        }
+        std::fs::create_dir_all(root.join("src/shop/tests")).unwrap();
+        std::fs::write(root.join("src/shop/tests/test_inventory.py"), "").unwrap();
+        assert_eq!(
+            tests_file_for(&file, &root).path,
+            root.join("src/shop/tests/test_inventory.py")
+        );
     }
 }
