@@ -8,10 +8,17 @@
 //! [`Command`] is a command with its typed argument: code actions and lenses
 //! build one, `workspace/executeCommand` parses into one, and the server
 //! registers [`Command::NAMES`].
+//!
+//! `vscode-extension/src/protocol.ts` mirrors this file; the unit test in
+//! `protocol/ts_mirror.rs` fails when the two disagree on a command name or
+//! an argument field.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower_lsp_server::ls_types::{notification::Notification, ExecuteCommandParams, Uri};
+
+#[cfg(test)]
+mod ts_mirror;
 
 /// Start a task generating the function from its docstring. Args: [`FunctionArgs`]. Result: [`Started`].
 pub const GENERATE: &str = "docsmith.generate";
@@ -343,7 +350,7 @@ impl Notification for TaskChanged {
 }
 
 /// One command of each kind with every optional field set, so its
-/// serialized argument has every field.
+/// serialized argument has every field (the tests here and in `ts_mirror`).
 #[cfg(test)]
 fn every_command() -> Vec<Command> {
     let uri: Uri = "file:///w/a.py".parse().expect("a valid URI");
