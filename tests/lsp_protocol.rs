@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use docsmith::lsp::protocol::{ACCEPT, CANCEL, GENERATE, REFINE, REJECT};
 use serde_json::{json, Value};
 use support::{apply_edits, file_uri, LspClient, MockLlm, Script};
 
@@ -174,7 +175,7 @@ fn generate_progress_review_accept_applies_a_versioned_edit() {
     assert!(init["capabilities"]["executeCommandProvider"]["commands"]
         .as_array()
         .unwrap()
-        .contains(&json!("docsmith.generate")));
+        .contains(&json!(GENERATE)));
     let (doc, edits) = editor(&mut c, STUB, Some("Accept"));
     c.open(&ws.file, STUB);
 
@@ -366,7 +367,7 @@ fn a_function_changed_since_the_task_began_is_not_applied() {
     let r = c
         .request(
             "workspace/executeCommand",
-            json!({"command": "docsmith.accept", "arguments": [{"task": task}]}),
+            json!({"command": ACCEPT, "arguments": [{"task": task}]}),
         )
         .unwrap();
     assert_eq!(r["applied"], false);
@@ -402,7 +403,7 @@ fn reject_with_feedback_runs_another_round_and_the_developer_reads_it() {
     let e = c
         .request(
             "workspace/executeCommand",
-            json!({"command": "docsmith.reject", "arguments": [{"task": task}]}),
+            json!({"command": REJECT, "arguments": [{"task": task}]}),
         )
         .unwrap_err();
     assert!(
@@ -412,7 +413,7 @@ fn reject_with_feedback_runs_another_round_and_the_developer_reads_it() {
     let mid = c.log.len();
     c.request(
         "workspace/executeCommand",
-        json!({"command": "docsmith.reject", "arguments": [{"task": task, "feedback": "also accept strings and concatenate them"}]}),
+        json!({"command": REJECT, "arguments": [{"task": task, "feedback": "also accept strings and concatenate them"}]}),
     )
     .unwrap();
     let round1 = json!(format!("docsmith/{task}/1"));
@@ -450,7 +451,7 @@ fn reject_with_feedback_runs_another_round_and_the_developer_reads_it() {
     let r = c
         .request(
             "workspace/executeCommand",
-            json!({"command": "docsmith.accept", "arguments": [{"task": task}]}),
+            json!({"command": ACCEPT, "arguments": [{"task": task}]}),
         )
         .unwrap();
     assert_eq!(r["applied"], true);
@@ -473,7 +474,10 @@ fn cancel_from_the_progress_ui_stops_the_task() {
         .unwrap();
     // A second request for the same function is refused with a clear message.
     let e = c
-        .request("workspace/executeCommand", json!({"command": "docsmith.generate", "arguments": [{"uri": file_uri(&ws.file), "name": "add"}]}))
+        .request(
+            "workspace/executeCommand",
+            json!({"command": GENERATE, "arguments": [{"uri": file_uri(&ws.file), "name": "add"}]}),
+        )
         .unwrap_err();
     assert!(
         e["message"]
@@ -484,7 +488,7 @@ fn cancel_from_the_progress_ui_stops_the_task() {
     );
     // A task for another function waits in the queue (limit 1).
     let other = c
-        .request("workspace/executeCommand", json!({"command": "docsmith.refine", "arguments": [{"uri": file_uri(&ws.file), "name": "other", "feedback": "return 2"}]}))
+        .request("workspace/executeCommand", json!({"command": REFINE, "arguments": [{"uri": file_uri(&ws.file), "name": "other", "feedback": "return 2"}]}))
         .unwrap();
     assert_eq!(other["queuedBehind"], 1, "{other}");
     c.wait_for(since, LONG, "begin", |m| {
@@ -508,7 +512,7 @@ fn cancel_from_the_progress_ui_stops_the_task() {
     let other_id = other["task"].as_i64().unwrap();
     c.request(
         "workspace/executeCommand",
-        json!({"command": "docsmith.cancel", "arguments": [{"task": other_id}]}),
+        json!({"command": CANCEL, "arguments": [{"task": other_id}]}),
     )
     .unwrap();
     c.wait_for(since, Duration::from_secs(20), "other ends", |m| {
@@ -622,7 +626,7 @@ fn utf8_is_negotiated_and_incremental_edits_keep_positions_right() {
     let e = c
         .request(
             "workspace/executeCommand",
-            json!({"command": "docsmith.generate", "arguments": [{"uri": uri}]}),
+            json!({"command": GENERATE, "arguments": [{"uri": uri}]}),
         )
         .unwrap_err();
     assert!(
@@ -635,6 +639,7 @@ fn utf8_is_negotiated_and_incremental_edits_keep_positions_right() {
     let e = c
         .request(
             "workspace/executeCommand",
+            // Deliberately none of `protocol::Command::NAMES`.
             json!({"command": "docsmith.nope", "arguments": []}),
         )
         .unwrap_err();
@@ -645,7 +650,7 @@ fn utf8_is_negotiated_and_incremental_edits_keep_positions_right() {
     let e = c
         .request(
             "workspace/executeCommand",
-            json!({"command": "docsmith.generate", "arguments": [{"uri": uri, "name": "missing"}]}),
+            json!({"command": GENERATE, "arguments": [{"uri": uri, "name": "missing"}]}),
         )
         .unwrap_err();
     assert!(
@@ -807,7 +812,7 @@ fn task_running(c: &mut LspClient, ws: &Ws, mock: &MockLlm) -> i64 {
         .store(30_000, std::sync::atomic::Ordering::SeqCst);
     let since = c.log.len();
     let task = c
-        .request("workspace/executeCommand", json!({"command": "docsmith.refine", "arguments": [{"uri": file_uri(&ws.file), "name": "other", "feedback": "return 2"}]}))
+        .request("workspace/executeCommand", json!({"command": REFINE, "arguments": [{"uri": file_uri(&ws.file), "name": "other", "feedback": "return 2"}]}))
         .unwrap()["task"]
         .as_i64()
         .unwrap();
@@ -892,7 +897,7 @@ fn the_server_exits_promptly_when_stdin_closes() {
     let since = c.log.len();
     c.send(
         &json!({"jsonrpc": "2.0", "id": 9999, "method": "workspace/executeCommand",
-                   "params": {"command": "docsmith.accept", "arguments": [{"task": task}]}}),
+                   "params": {"command": ACCEPT, "arguments": [{"task": task}]}}),
     );
     c.wait_for(since, LONG, "applyEdit", |m| {
         m["method"] == "workspace/applyEdit"

@@ -56,7 +56,7 @@ class PromptsFeature implements StaticFeature {
   clear(): void {}
 }
 
-async function run(command: string, arg: unknown): Promise<any> {
+async function run<C extends keyof P.CommandArgs>(command: C, arg: P.CommandArgs[C]): Promise<any> {
   if (!client) throw new Error('docsmith is not running');
   return client.sendRequest(ExecuteCommandRequest.type, { command, arguments: [arg] });
 }

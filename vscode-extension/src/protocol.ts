@@ -19,6 +19,23 @@ export interface AnswerArgs { task: number; answer?: string }
 export interface RejectArgs { task: number; feedback?: string }
 export interface ShowDiffArgs { task: number; open?: boolean }
 
+/**
+ * Each command's argument, by command name (`Command` in protocol.rs). The
+ * server's unit test (server/src/lsp/protocol/ts_mirror.rs) reads this file
+ * and fails when a command name or an argument field differs from Rust's.
+ */
+export interface CommandArgs {
+  [GENERATE]: FunctionArgs;
+  [REFINE]: RefineArgs;
+  [ANSWER]: AnswerArgs;
+  [ACCEPT]: TaskArgs;
+  [REJECT]: RejectArgs;
+  [DISCARD]: TaskArgs;
+  [SHOW_DIFF]: ShowDiffArgs;
+  [CANCEL]: TaskArgs;
+  [WRITE_TESTS]: TaskArgs;
+}
+
 export interface Started { task: number; queuedBehind: number }
 export interface Applied { applied: boolean; reason?: string }
 export interface ProposalFiles { dir: string; diff: string; original: string; code: string; tests: string; report: string }
@@ -36,7 +53,7 @@ export const TASK_CHANGED = 'docsmith/taskChanged';
 export const ACTION_TASK_KEY = 'docsmithTask';
 export const ACTION_KIND_KEY = 'docsmithKind';
 
-/** Titles the server uses in its prompts (server/src/lsp/tasks.rs). */
+/** Titles the server uses in its prompts (server/src/lsp/protocol.rs). */
 export const REVIEW_ACCEPT = 'Accept';
 export const REVIEW_REJECT = 'Reject with feedback';
 export const REVIEW_DIFF = 'Show diff';

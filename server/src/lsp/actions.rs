@@ -5,11 +5,13 @@
 //! Read-only: both take one synchronous look at the document and the task
 //! tables (no await, no lock kept) and build the list.
 
-use serde_json::json;
 use tower_lsp_server::ls_types::*;
 
-use super::protocol::{self as proto, TaskPhase};
-use super::{Inner, Restored};
+use super::protocol::{
+    self as proto, AnswerArgs, FunctionArgs, RefineArgs, RejectArgs, ShowDiffArgs, TaskArgs,
+    TaskPhase,
+};
+use super::{Restored, ServerState};
 use crate::python::{self, FunctionInfo};
 use crate::store::TaskStatus;
 
@@ -24,7 +26,7 @@ enum FnState {
     Idle,
 }
 
-fn state_of(inner: &Inner, uri: &Uri, name: &str) -> FnState {
+fn state_of(inner: &ServerState, uri: &Uri, name: &str) -> FnState {
     if let Some(id) = inner
         .active
         .get(&(uri.clone(), name.to_string()))
@@ -56,7 +58,7 @@ fn state_of(inner: &Inner, uri: &Uri, name: &str) -> FnState {
 /// The functions of `uri` (by qualname) that [`state_of`] would not find
 /// idle: a live task or a restored one. Collected once per request, so the
 /// code lens listing tests each function with a set lookup.
-fn names_with_state(inner: &Inner, uri: &Uri) -> std::collections::HashSet<String> {
+fn names_with_state(inner: &ServerState, uri: &Uri) -> std::collections::HashSet<String> {
     let live = inner
         .active
         .iter()
@@ -70,38 +72,46 @@ fn names_with_state(inner: &Inner, uri: &Uri) -> std::collections::HashSet<Strin
     live.chain(restored).collect()
 }
 
-fn command(title: String, name: &str, arg: serde_json::Value) -> Command {
+/// The LSP command (of a code action or a lens) that runs `c`, shown as `title`.
+fn lsp_command(title: String, c: proto::Command) -> Command {
     Command {
         title,
-        command: name.to_string(),
-        arguments: Some(vec![arg]),
+        command: c.name().to_string(),
+        arguments: Some(c.arguments()),
     }
 }
 
-/// The commands that apply to `f` in `uri` now, most useful first.
-fn commands_for(inner: &Inner, uri: &Uri, f: &FunctionInfo) -> Vec<Command> {
+/// The commands that apply to `f` in `uri` now, most useful first, each with
+/// its title.
+fn commands_for(inner: &ServerState, uri: &Uri, f: &FunctionInfo) -> Vec<(String, proto::Command)> {
     // `Class.method` for a method: the name that finds it again.
     let name = &f.qualname();
-    let fn_arg = json!({"uri": uri.as_str(), "name": name});
+    let function = || FunctionArgs {
+        uri: uri.clone(),
+        name: name.clone(),
+    };
     let review = |task: i64| {
-        let t = json!({ "task": task });
+        let t = TaskArgs { task };
         vec![
-            command(
+            (
                 format!("Accept proposal for `{name}`"),
-                proto::ACCEPT,
-                t.clone(),
+                proto::Command::Accept(t),
             ),
-            command(
+            (
                 format!("Reject proposal for `{name}`…"),
-                proto::REJECT,
-                t.clone(),
+                proto::Command::Reject(RejectArgs {
+                    task,
+                    feedback: None,
+                }),
             ),
-            command(
+            (
                 format!("Show proposal diff for `{name}`"),
-                proto::SHOW_DIFF,
-                t.clone(),
+                proto::Command::ShowDiff(ShowDiffArgs { task, open: None }),
             ),
-            command(format!("Discard proposal for `{name}`"), proto::DISCARD, t),
+            (
+                format!("Discard proposal for `{name}`"),
+                proto::Command::Discard(t),
+            ),
         ]
     };
     match state_of(inner, uri, name) {
@@ -109,40 +119,38 @@ fn commands_for(inner: &Inner, uri: &Uri, f: &FunctionInfo) -> Vec<Command> {
             review(task)
         }
         FnState::Live(task, TaskPhase::Question, _) => vec![
-            command(
+            (
                 format!("Answer docsmith's question about `{name}` with its assumptions"),
-                proto::ANSWER,
-                json!({ "task": task }),
+                proto::Command::Answer(AnswerArgs { task, answer: None }),
             ),
-            command(
+            (
                 "Cancel docsmith task".into(),
-                proto::CANCEL,
-                json!({ "task": task }),
+                proto::Command::Cancel(TaskArgs { task }),
             ),
         ],
-        FnState::Live(task, _, _) => vec![command(
+        FnState::Live(task, _, _) => vec![(
             "Cancel docsmith task".into(),
-            proto::CANCEL,
-            json!({ "task": task }),
+            proto::Command::Cancel(TaskArgs { task }),
         )],
-        FnState::Interrupted => vec![command(
+        FnState::Interrupted => vec![(
             format!("Re-run docsmith on `{name}` (interrupted)"),
-            proto::GENERATE,
-            fn_arg,
+            proto::Command::Generate(function()),
         )],
         FnState::Idle => {
             let mut v = Vec::new();
             if f.is_stub && f.docstring.is_some() {
-                v.push(command(
+                v.push((
                     format!("Generate `{name}` from docstring"),
-                    proto::GENERATE,
-                    fn_arg.clone(),
+                    proto::Command::Generate(function()),
                 ));
             }
-            v.push(command(
+            v.push((
                 format!("Refine `{name}` with feedback…"),
-                proto::REFINE,
-                fn_arg,
+                proto::Command::Refine(RefineArgs {
+                    uri: uri.clone(),
+                    name: name.clone(),
+                    feedback: None,
+                }),
             ));
             v
         }
@@ -150,7 +158,7 @@ fn commands_for(inner: &Inner, uri: &Uri, f: &FunctionInfo) -> Vec<Command> {
 }
 
 /// `textDocument/codeAction`: the actions for the function at the start of the range.
-pub fn code_actions(inner: &Inner, p: &CodeActionParams) -> CodeActionResponse {
+pub fn code_actions(inner: &ServerState, p: &CodeActionParams) -> CodeActionResponse {
     let kind = CodeActionKind::REFACTOR_REWRITE;
     if let Some(only) = &p.context.only {
         if !only.iter().any(|k| kind.as_str().starts_with(k.as_str())) {
@@ -171,18 +179,18 @@ pub fn code_actions(inner: &Inner, p: &CodeActionParams) -> CodeActionResponse {
     }
     commands_for(inner, uri, &f)
         .into_iter()
-        .map(|c| {
+        .map(|(title, c)| {
             CodeActionOrCommand::CodeAction(CodeAction {
-                title: c.title.clone(),
+                title: title.clone(),
                 kind: Some(kind.clone()),
-                command: Some(c),
+                command: Some(lsp_command(title, c)),
                 ..Default::default()
             })
         })
         .collect()
 }
 
-fn function_at(inner: &Inner, uri: &Uri, line: usize) -> Option<FunctionInfo> {
+fn function_at(inner: &ServerState, uri: &Uri, line: usize) -> Option<FunctionInfo> {
     let doc = inner.docs.get(uri)?;
     let text = doc.text();
     python::function_at_line_in_tree(doc.tree(), &text, line, doc.line_start_byte(line))
@@ -195,7 +203,7 @@ fn function_at(inner: &Inner, uri: &Uri, line: usize) -> Option<FunctionInfo> {
 /// bodies and builds a function's full info only when it gets a lens, so a
 /// 50,000-line file costs a walk of its top-level and class statements
 /// (`cargo bench --bench lsp`).
-pub fn code_lenses(inner: &Inner, uri: &Uri) -> Vec<CodeLens> {
+pub fn code_lenses(inner: &ServerState, uri: &Uri) -> Vec<CodeLens> {
     let functions: Vec<FunctionInfo> = {
         let Some(doc) = inner.docs.get(uri) else {
             return Vec::new();
@@ -219,37 +227,41 @@ pub fn code_lenses(inner: &Inner, uri: &Uri) -> Vec<CodeLens> {
         match state_of(inner, uri, &f.qualname()) {
             FnState::Idle => {
                 if f.is_stub && f.docstring.is_some() {
-                    out.extend(commands_for(inner, uri, &f).into_iter().take(1).map(lens));
+                    out.extend(
+                        commands_for(inner, uri, &f)
+                            .into_iter()
+                            .take(1)
+                            .map(|(title, c)| lens(lsp_command(title, c))),
+                    );
                 }
             }
             FnState::Live(task, TaskPhase::Review, msg) | FnState::RestoredReview(task, msg) => {
-                out.push(lens(command(
+                out.push(lens(lsp_command(
                     format!("docsmith: {}", msg.trim_start_matches("ready for review: ")),
-                    proto::SHOW_DIFF,
-                    json!({ "task": task }),
+                    proto::Command::ShowDiff(ShowDiffArgs { task, open: None }),
                 )));
-                for c in commands_for(inner, uri, &f) {
-                    let short = match c.command.as_str() {
-                        proto::ACCEPT => "Accept",
-                        proto::REJECT => "Reject…",
-                        proto::SHOW_DIFF => "Diff",
+                for (_, c) in commands_for(inner, uri, &f) {
+                    let short = match c {
+                        proto::Command::Accept(_) => "Accept",
+                        proto::Command::Reject(_) => "Reject…",
+                        proto::Command::ShowDiff(_) => "Diff",
                         _ => continue,
                     };
-                    out.push(lens(Command {
-                        title: short.to_string(),
-                        ..c
-                    }));
+                    out.push(lens(lsp_command(short.to_string(), c)));
                 }
             }
             FnState::Live(task, _, msg) => {
-                out.push(lens(command(
+                out.push(lens(lsp_command(
                     format!("docsmith: {msg} · Cancel"),
-                    proto::CANCEL,
-                    json!({ "task": task }),
+                    proto::Command::Cancel(TaskArgs { task }),
                 )));
             }
             FnState::Interrupted => {
-                out.extend(commands_for(inner, uri, &f).into_iter().map(lens));
+                out.extend(
+                    commands_for(inner, uri, &f)
+                        .into_iter()
+                        .map(|(title, c)| lens(lsp_command(title, c))),
+                );
             }
         }
     }

@@ -1,64 +1,38 @@
-//! What each `workspace/executeCommand` does. Commands that start work return
-//! at once (the task runs in `tasks`); `accept` awaits only the client's
-//! answer to `workspace/applyEdit`.
+//! What each `workspace/executeCommand` does, and what the choices of the
+//! review prompt (`prompts`) run. Commands that start work return at once
+//! (the task runs in `tasks`); `accept` awaits only the client's answer to
+//! `workspace/applyEdit`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tower_lsp_server::ls_types::*;
 
 use super::documents::Document;
 use super::edits::{self, StaleError};
 use super::errors::LspError;
-use super::protocol::{self as proto, *};
-use super::tasks::{self, TaskEntry};
-use super::{uri_path, Inner};
-use crate::pipeline::{self, Reply, Target, TaskRun, TaskSpec};
+use super::prompts::{self, ReviewChoice};
+use super::protocol::{Applied, Command, ProposalFiles, Started, TaskPhase};
+use super::tasks::{self, Prompt, Tagged, TaskEntry};
+use super::{uri_path, ServerState};
+use crate::pipeline::{self, Proposal, Reply, Target, TaskRun, TaskSpec};
 use crate::store::{TaskKind, TaskStatus};
 
-fn arg<T: DeserializeOwned>(
-    p: &ExecuteCommandParams,
-    example: &'static str,
-) -> Result<T, LspError> {
-    let bad = |message: String| LspError::BadArguments {
-        command: p.command.clone(),
-        message,
-        example,
-    };
-    let v = p
-        .arguments
-        .first()
-        .cloned()
-        .ok_or_else(|| bad("no argument given".into()))?;
-    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
-}
-
-const EX_FN: &str = r#"{"uri": "file:///path/to/file.py", "name": "slugify"}"#;
-const EX_REFINE: &str =
-    r#"{"uri": "file:///path/to/file.py", "name": "slugify", "feedback": "keep unicode letters"}"#;
-const EX_TASK: &str = r#"{"task": 12}"#;
-const EX_ANSWER: &str = r#"{"task": 12, "answer": "return None"}"#;
-const EX_REJECT: &str = r#"{"task": 12, "feedback": "handle empty input"}"#;
-
-/// Runs one command. Errors are returned to the client as JSON-RPC errors.
-pub async fn execute(inner: &Arc<Inner>, p: ExecuteCommandParams) -> Result<Value, LspError> {
-    match p.command.as_str() {
-        proto::GENERATE => {
-            let a: FunctionArgs = arg(&p, EX_FN)?;
-            Ok(json(&start(inner, a.uri, a.name, None)?))
-        }
-        proto::REFINE => {
-            let a: RefineArgs = arg(&p, EX_REFINE)?;
+/// Runs one command: parses it once into a [`Command`] (an unknown name or
+/// bad arguments is an `InvalidParams` error), then does it. Errors are
+/// returned to the client as JSON-RPC errors.
+pub async fn execute(inner: &Arc<ServerState>, p: ExecuteCommandParams) -> Result<Value, LspError> {
+    match Command::parse(&p)? {
+        Command::Generate(a) => Ok(json(&start(inner, a.uri, a.name, None)?)),
+        Command::Refine(a) => {
             let fb = match a.feedback.filter(|f| !f.trim().is_empty()) {
                 Some(f) => f,
                 None => comment_feedback(inner, &a.uri, &a.name)?,
             };
             Ok(json(&start(inner, a.uri, a.name, Some(fb))?))
         }
-        proto::ANSWER => {
-            let a: AnswerArgs = arg(&p, EX_ANSWER)?;
+        Command::Answer(a) => {
             let e = live(inner, a.task)?;
             if e.view().phase != TaskPhase::Question {
                 return Err(wrong_phase(&e, "there is no question to answer"));
@@ -69,36 +43,23 @@ pub async fn execute(inner: &Arc<Inner>, p: ExecuteCommandParams) -> Result<Valu
             });
             Ok(Value::Null)
         }
-        proto::ACCEPT => {
-            let a: TaskArgs = arg(&p, EX_TASK)?;
-            Ok(json(&accept(inner, a.task).await?))
-        }
-        proto::REJECT => {
-            let a: RejectArgs = arg(&p, EX_REJECT)?;
+        Command::Accept(a) => Ok(json(&accept(inner, a.task).await?)),
+        Command::Reject(a) => {
             reject(inner, a.task, a.feedback).await?;
             Ok(Value::Null)
         }
-        proto::DISCARD => {
-            let a: TaskArgs = arg(&p, EX_TASK)?;
+        Command::Discard(a) => {
             discard(inner, a.task).await?;
             Ok(Value::Null)
         }
-        proto::SHOW_DIFF => {
-            let a: ShowDiffArgs = arg(&p, EX_TASK)?;
-            Ok(json(
-                &show_diff(inner, a.task, a.open.unwrap_or(true)).await?,
-            ))
-        }
-        proto::CANCEL => {
-            let a: TaskArgs = arg(&p, EX_TASK)?;
+        Command::ShowDiff(a) => Ok(json(
+            &show_diff(inner, a.task, a.open.unwrap_or(true)).await?,
+        )),
+        Command::Cancel(a) => {
             live(inner, a.task)?.cancel.cancel();
             Ok(Value::Null)
         }
-        proto::WRITE_TESTS => {
-            let a: TaskArgs = arg(&p, EX_TASK)?;
-            Ok(json(&write_tests(inner, a.task).await?))
-        }
-        other => Err(LspError::UnknownCommand(other.to_string())),
+        Command::WriteTests(a) => Ok(json(&write_tests(inner, a.task).await?)),
     }
 }
 
@@ -106,7 +67,7 @@ fn json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn live(inner: &Inner, task: i64) -> Result<Arc<TaskEntry>, LspError> {
+fn live(inner: &ServerState, task: i64) -> Result<Arc<TaskEntry>, LspError> {
     inner
         .tasks
         .get(&task)
@@ -122,7 +83,7 @@ fn wrong_phase(e: &TaskEntry, wanted: &str) -> LspError {
     }
 }
 
-fn comment_feedback(inner: &Inner, uri: &Uri, name: &str) -> Result<String, LspError> {
+fn comment_feedback(inner: &ServerState, uri: &Uri, name: &str) -> Result<String, LspError> {
     let (text, _) = inner.snapshot(uri)?;
     let f = crate::python::find_function(&text, name).map_err(pipeline::PipelineError::from)?;
     edits::feedback_comment(&text, &f).ok_or_else(|| {
@@ -135,7 +96,7 @@ fn comment_feedback(inner: &Inner, uri: &Uri, name: &str) -> Result<String, LspE
 /// Starts a generate (`feedback` None) or refine task on the function as the
 /// editor has it now. Refused while the function already has a live task.
 pub fn start(
-    inner: &Arc<Inner>,
+    inner: &Arc<ServerState>,
     uri: Uri,
     name: String,
     feedback: Option<String>,
@@ -207,7 +168,7 @@ pub fn start(
                 }
             }
         }
-        tasks::spawn(inner.clone(), entry, run, replies, events);
+        tasks::spawn(inner.clone(), entry, run, replies, events, raise_prompt);
         Ok::<_, LspError>(Started {
             task: id,
             queued_behind,
@@ -224,6 +185,64 @@ pub fn start(
     started
 }
 
+/// The driver's [`tasks::Prompter`]: asks the question, or runs the review
+/// prompt, on a task of its own.
+fn raise_prompt(inner: Arc<ServerState>, e: Arc<TaskEntry>, prompt: Prompt, pause: u32) {
+    match prompt {
+        Prompt::Question(q) => {
+            tokio::spawn(prompts::ask_question(inner, e, q, pause));
+        }
+        Prompt::Review(p) => {
+            tokio::spawn(review(inner, e, p, pause));
+        }
+    }
+}
+
+/// The review prompt of a live task's proposal, and what each choice does.
+/// Show diff, and a reject the server cannot make (no feedback), come back
+/// to the same prompt (4 prompts at most). Stops without acting once the
+/// task left pause `pause` (answered meanwhile through a command).
+async fn review(inner: Arc<ServerState>, e: Arc<TaskEntry>, p: Box<Proposal>, pause: u32) {
+    for _ in 0..4 {
+        let chosen = prompts::ask_review(&inner, &e, &p).await;
+        if e.view().pause != pause {
+            return; // answered meanwhile through a command
+        }
+        match chosen {
+            Some(ReviewChoice::Accept) => {
+                if let Err(err) = accept(&inner, e.id).await {
+                    inner
+                        .client
+                        .show_message(MessageType::WARNING, format!("docsmith: {err}"))
+                        .await;
+                }
+                return;
+            }
+            Some(ReviewChoice::Reject) => match reject(&inner, e.id, None).await {
+                Ok(()) => return,
+                Err(err) => {
+                    inner
+                        .client
+                        .show_message(MessageType::INFO, format!("docsmith: {err}"))
+                        .await
+                }
+            },
+            Some(ReviewChoice::ShowDiff) => {
+                let _ = show_diff(&inner, e.id, true).await;
+            }
+            Some(ReviewChoice::Discard) => {
+                let _ = e.replies.send(Tagged {
+                    pause: Some(pause),
+                    reply: Reply::Discard,
+                });
+                return;
+            }
+            // Dismissed: the proposal stays; code actions and lenses still offer the choices.
+            None => return,
+        }
+    }
+}
+
 /// What an accept needs, from a live task in review or a restored one.
 struct Ready {
     uri: Uri,
@@ -236,7 +255,7 @@ struct Ready {
 
 /// The module name a test module imports for `file`: the one Python gives
 /// it in the workspace (`shop.inventory`), or the file's stem.
-fn tests_module(inner: &Inner, file: &std::path::Path) -> String {
+fn tests_module(inner: &ServerState, file: &std::path::Path) -> String {
     match inner.session() {
         Ok(s) => crate::python::project::tests_file_for(file, &s.root).module,
         Err(_) => file
@@ -246,7 +265,7 @@ fn tests_module(inner: &Inner, file: &std::path::Path) -> String {
     }
 }
 
-fn ready(inner: &Inner, task: i64) -> Result<Ready, LspError> {
+fn ready(inner: &ServerState, task: i64) -> Result<Ready, LspError> {
     if let Some(e) = inner.tasks.get(&task).map(|e| e.clone()) {
         let v = e.view();
         let Some(p) = v.proposal.filter(|_| v.phase == TaskPhase::Review) else {
@@ -303,7 +322,7 @@ fn ready(inner: &Inner, task: i64) -> Result<Ready, LspError> {
 /// Applies a proposal as a versioned workspace edit against the document as
 /// it is now. Refuses (and offers a re-run) when the function changed since
 /// the task began; reports the client's refusal when the edit is not applied.
-pub async fn accept(inner: &Arc<Inner>, task: i64) -> Result<Applied, LspError> {
+pub async fn accept(inner: &Arc<ServerState>, task: i64) -> Result<Applied, LspError> {
     let r = ready(inner, task)?;
     let session = inner.session()?.clone();
     let (text, version) = inner.snapshot(&r.uri)?;
@@ -431,21 +450,10 @@ pub async fn accept(inner: &Arc<Inner>, task: i64) -> Result<Applied, LspError> 
     })
 }
 
-fn offer_rerun(inner: Arc<Inner>, uri: Uri, name: String, task: i64, stale: &StaleError) {
+fn offer_rerun(inner: Arc<ServerState>, uri: Uri, name: String, task: i64, stale: &StaleError) {
     let msg = format!("docsmith: {stale}");
     tokio::spawn(async move {
-        let choice = inner
-            .client
-            .show_message_request(
-                MessageType::WARNING,
-                msg,
-                Some(vec![MessageActionItem {
-                    title: "Re-run".into(),
-                    properties: Default::default(),
-                }]),
-            )
-            .await;
-        if matches!(choice, Ok(Some(a)) if a.title == "Re-run") {
+        if prompts::offer_rerun(&inner, msg).await {
             let _ = discard(&inner, task).await;
             // Wait for the old task to end so the function is free again.
             for _ in 0..100 {
@@ -468,7 +476,7 @@ fn offer_rerun(inner: Arc<Inner>, uri: Uri, name: String, task: i64, stale: &Sta
 /// comment): a live task starts another round; a restored one is superseded
 /// by a new refine task.
 pub async fn reject(
-    inner: &Arc<Inner>,
+    inner: &Arc<ServerState>,
     task: i64,
     feedback: Option<String>,
 ) -> Result<(), LspError> {
@@ -501,7 +509,7 @@ pub async fn reject(
 }
 
 /// Drops a proposal (or ends a task waiting for an answer).
-pub async fn discard(inner: &Arc<Inner>, task: i64) -> Result<(), LspError> {
+pub async fn discard(inner: &Arc<ServerState>, task: i64) -> Result<(), LspError> {
     if let Some(e) = inner.tasks.get(&task).map(|e| e.clone()) {
         match e.view().phase {
             TaskPhase::Review => e.reply(Reply::Discard),
@@ -527,7 +535,7 @@ pub async fn discard(inner: &Arc<Inner>, task: i64) -> Result<(), LspError> {
 /// The proposal's files; opens the diff with `window/showDocument` when the
 /// client can, else logs the diff to the client's log.
 pub async fn show_diff(
-    inner: &Arc<Inner>,
+    inner: &Arc<ServerState>,
     task: i64,
     open: bool,
 ) -> Result<ProposalFiles, LspError> {
@@ -606,12 +614,12 @@ pub async fn show_diff(
 /// Writes the proposal's tests where the project keeps its tests
 /// ([`crate::python::project::tests_file_for`]; `tests/test_<module>.py`
 /// under the workspace when it has none).
-pub async fn write_tests(inner: &Arc<Inner>, task: i64) -> Result<Applied, LspError> {
+pub async fn write_tests(inner: &Arc<ServerState>, task: i64) -> Result<Applied, LspError> {
     let r = ready(inner, task)?;
     write_tests_text(inner, &r).await
 }
 
-async fn write_tests_text(inner: &Arc<Inner>, r: &Ready) -> Result<Applied, LspError> {
+async fn write_tests_text(inner: &Arc<ServerState>, r: &Ready) -> Result<Applied, LspError> {
     let session = inner.session()?.clone();
     let text = r
         .tests_file

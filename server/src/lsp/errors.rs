@@ -4,6 +4,7 @@
 
 use tower_lsp_server::jsonrpc::{Error, ErrorCode};
 
+use super::protocol::CommandError;
 use crate::pipeline::PipelineError;
 
 /// Why a request failed.
@@ -13,14 +14,9 @@ pub enum LspError {
     NotInitialized,
     #[error("configuration: {0}")]
     Config(String),
-    #[error("unknown command `{0}`; docsmith's commands are: {list}", list = super::protocol::COMMANDS.join(", "))]
-    UnknownCommand(String),
-    #[error("{command}: bad arguments: {message} (expected one JSON object, e.g. {example})")]
-    BadArguments {
-        command: String,
-        message: String,
-        example: &'static str,
-    },
+    /// An unknown command, or arguments that do not fit it.
+    #[error(transparent)]
+    Command(#[from] CommandError),
     #[error(
         "no docsmith task #{0} is live or restored (it ended, or belongs to another workspace)"
     )]
@@ -53,8 +49,7 @@ impl From<LspError> for Error {
     fn from(e: LspError) -> Error {
         let code = match &e {
             LspError::NotInitialized => ErrorCode::ServerError(-32002),
-            LspError::UnknownCommand(_)
-            | LspError::BadArguments { .. }
+            LspError::Command(_)
             | LspError::UnknownTask(_)
             | LspError::Feedback(_)
             | LspError::Document(_) => ErrorCode::InvalidParams,

@@ -16,8 +16,10 @@
 //! Files: `frames` (the framing layer between stdio and tower-lsp-server),
 //! `documents` (rope + tree + positions), `protocol` (commands and their
 //! typed arguments, shared with tests), `actions` (code actions, code lenses),
-//! `commands` (what each command does), `tasks` (the per-task driver), `edits`
-//! (stale check and text edits), `progress` (work-done progress), `errors`.
+//! `commands` (what each command does, and what a review choice runs),
+//! `tasks` (the per-task driver), `prompts` (`window/showMessageRequest`:
+//! question, review, re-run), `edits` (stale check and text edits),
+//! `progress` (work-done progress), `errors`.
 
 pub mod actions;
 pub mod commands;
@@ -26,6 +28,7 @@ pub mod edits;
 pub mod errors;
 pub mod frames;
 pub mod progress;
+pub mod prompts;
 pub mod protocol;
 pub mod tasks;
 
@@ -110,7 +113,9 @@ impl ClientFlags {
     }
 }
 
-/// Fixed for the life of the connection once `initialize` ran.
+/// What `initialize` settled for the life of the connection: the position
+/// encoding, what the client can do, and the workspace root. Set once; the
+/// rest of the server's state is [`ServerState`].
 #[derive(Debug, Clone)]
 pub struct Session {
     pub encoding: Encoding,
@@ -134,8 +139,11 @@ pub struct Restored {
     pub uri: Uri,
 }
 
-/// State shared by the handlers and the task drivers.
-pub struct Inner {
+/// The language server's state, shared by the request handlers (through
+/// [`Backend`]) and the task drivers: the client connection, open documents,
+/// the [`Session`], the configuration's [`Runtime`], the store, and the live
+/// and restored tasks.
+pub struct ServerState {
     pub client: Client,
     pub docs: DashMap<Uri, Document>,
     pub session: OnceLock<Session>,
@@ -164,9 +172,9 @@ pub struct Inner {
     gone: CancellationToken,
 }
 
-impl Inner {
-    fn new(client: Client, gone: CancellationToken) -> Inner {
-        Inner {
+impl ServerState {
+    fn new(client: Client, gone: CancellationToken) -> ServerState {
+        ServerState {
             client,
             docs: DashMap::new(),
             session: OnceLock::new(),
@@ -237,7 +245,7 @@ impl Inner {
     /// `docsmith.toml` as far as it is trusted, environment,
     /// `initializationOptions`, then `overlay`, the `docsmith` section of the
     /// client's settings); its warnings wait in `config_warnings` for
-    /// [`Inner::show_config_problems`]. Unchanged providers keep their router (a loaded
+    /// [`ServerState::show_config_problems`]. Unchanged providers keep their router (a loaded
     /// model stays loaded); an unchanged sandbox section keeps its sandbox.
     /// On error the previous runtime stays and the error is returned.
     pub fn configure(&self, overlay: Option<&Value>) -> Result<(), LspError> {
@@ -388,9 +396,9 @@ pub fn uri_path(uri: &Uri) -> Result<PathBuf, LspError> {
         .ok_or_else(|| LspError::Document(format!("{} is not a file: URI", uri.as_str())))
 }
 
-/// The tower-lsp-server backend: a thin shell over [`Inner`].
+/// The tower-lsp-server backend: a thin shell over [`ServerState`].
 pub struct Backend {
-    inner: Arc<Inner>,
+    inner: Arc<ServerState>,
 }
 
 impl LanguageServer for Backend {
@@ -459,7 +467,10 @@ impl LanguageServer for Backend {
                     resolve_provider: Some(false),
                 }),
                 execute_command_provider: Some(ExecuteCommandOptions {
-                    commands: protocol::COMMANDS.iter().map(|c| c.to_string()).collect(),
+                    commands: protocol::Command::NAMES
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect(),
                     work_done_progress_options: Default::default(),
                 }),
                 ..Default::default()
@@ -565,7 +576,7 @@ impl Backend {
     }
 }
 
-async fn pull_configuration(inner: &Inner) {
+async fn pull_configuration(inner: &ServerState) {
     let items = vec![ConfigurationItem {
         scope_uri: None,
         section: Some("docsmith".into()),
@@ -618,11 +629,11 @@ pub async fn serve() {
             gone.cancel();
         }
     });
-    let slot: Arc<OnceLock<Arc<Inner>>> = Arc::new(OnceLock::new());
+    let slot: Arc<OnceLock<Arc<ServerState>>> = Arc::new(OnceLock::new());
     let (service, socket) = LspService::build({
         let (slot, gone) = (slot.clone(), gone.clone());
         move |client| {
-            let inner = Arc::new(Inner::new(client, gone));
+            let inner = Arc::new(ServerState::new(client, gone));
             let _ = slot.set(inner.clone());
             Backend { inner }
         }

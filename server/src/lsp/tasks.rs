@@ -1,7 +1,7 @@
 //! One background task per function: the driver that runs `pipeline::TaskRun`
-//! on tokio, turns its events into work-done progress, asks the client the
-//! planner's questions and the review, and waits for replies, all without a
-//! handler ever awaiting it.
+//! on tokio, turns its events into work-done progress, raises the planner's
+//! questions and the review (through the [`Prompter`] it was started with),
+//! and waits for replies, all without a handler ever awaiting it.
 //!
 //! The driver is a small loop over the pipeline's pauses:
 //! queued -> running -> (question -> running)* -> review -> (rejected -> running -> review)* -> end.
@@ -16,11 +16,11 @@ use std::time::Instant;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tower_lsp_server::ls_types::{MessageActionItem, MessageType, Uri};
+use tower_lsp_server::ls_types::{MessageType, Uri};
 
 use super::progress::Reporter;
 use super::protocol::{TaskChanged, TaskChangedParams, TaskPhase};
-use super::{commands, Inner};
+use super::ServerState;
 use crate::pipeline::{Event, Pause, Proposal, Question, Reply, TaskRun};
 use crate::store::TaskStatus;
 
@@ -106,17 +106,36 @@ impl TaskEntry {
     }
 }
 
-/// Starts the driver for `run` on the runtime. Returns at once.
+/// What a task asks the user at a pause, when the client can show prompts
+/// (`window/showMessageRequest`).
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// The planner's clarifying question.
+    Question(Question),
+    /// The proposal to review.
+    Review(Box<Proposal>),
+}
+
+/// Raises `Prompt` for a task paused at pause number `u32` and returns at
+/// once (the prompt runs on its own task); its answer comes back on the
+/// task's reply channel, tagged with that pause. The driver calls it; the
+/// caller of [`spawn`] says what it does (`commands::raise_prompt`), so the driver
+/// does not depend on what a review choice runs.
+pub type Prompter = fn(Arc<ServerState>, Arc<TaskEntry>, Prompt, u32);
+
+/// Starts the driver for `run` on the runtime. Returns at once. `prompt`
+/// raises the task's questions and reviews.
 pub fn spawn(
-    inner: Arc<Inner>,
+    inner: Arc<ServerState>,
     entry: Arc<TaskEntry>,
     run: TaskRun,
     replies: UnboundedReceiver<Tagged>,
     events: UnboundedReceiver<Event>,
+    prompt: Prompter,
 ) {
     tokio::spawn(async move {
         let id = entry.id;
-        drive(&inner, &entry, run, replies, events).await;
+        drive(&inner, &entry, run, replies, events, prompt).await;
         inner.tasks.remove(&id);
         inner
             .active
@@ -125,7 +144,7 @@ pub fn spawn(
     });
 }
 
-async fn notify(inner: &Inner, e: &TaskEntry, v: &TaskView) {
+async fn notify(inner: &ServerState, e: &TaskEntry, v: &TaskView) {
     inner
         .client
         .send_notification::<TaskChanged>(TaskChangedParams {
@@ -139,7 +158,7 @@ async fn notify(inner: &Inner, e: &TaskEntry, v: &TaskView) {
         .await;
 }
 
-async fn acquire(inner: &Inner, e: &TaskEntry) -> Option<OwnedSemaphorePermit> {
+async fn acquire(inner: &ServerState, e: &TaskEntry) -> Option<OwnedSemaphorePermit> {
     tokio::select! {
         p = inner.queue.clone().acquire_owned() => p.ok(),
         _ = e.cancel.cancelled() => None,
@@ -147,11 +166,12 @@ async fn acquire(inner: &Inner, e: &TaskEntry) -> Option<OwnedSemaphorePermit> {
 }
 
 async fn drive(
-    inner: &Arc<Inner>,
+    inner: &Arc<ServerState>,
     e: &Arc<TaskEntry>,
     mut run: TaskRun,
     mut replies: UnboundedReceiver<Tagged>,
     events: UnboundedReceiver<Event>,
+    prompt: Prompter,
 ) {
     let flags = inner.session().map(|s| s.flags.clone()).unwrap_or_default();
     let title = format!("docsmith: {}", e.name);
@@ -205,7 +225,7 @@ async fn drive(
                     .report(v.message.clone(), v.percent)
                     .await;
                 if flags.message_request {
-                    tokio::spawn(ask_question(inner.clone(), e.clone(), q, v.pause));
+                    prompt(inner.clone(), e.clone(), Prompt::Question(q), v.pause);
                     if wait(e, &mut replies, &mut run, v.pause).await.is_none() {
                         end_message = cancelled(inner, e, &run);
                         break 'run;
@@ -230,7 +250,7 @@ async fn drive(
                 notify(inner, e, &v).await;
                 inner.refresh_lenses().await;
                 if flags.message_request {
-                    tokio::spawn(ask_review(inner.clone(), e.clone(), p, v.pause));
+                    prompt(inner.clone(), e.clone(), Prompt::Review(p), v.pause);
                 }
                 if wait(e, &mut replies, &mut run, v.pause).await.is_none() {
                     end_message = cancelled(inner, e, &run);
@@ -312,7 +332,7 @@ async fn drive(
 /// row (its code and files are complete, so a restarted server offers Accept
 /// again); anything else (running, queued, waiting for an answer) was cut
 /// short and becomes interrupted.
-fn cancelled(inner: &Inner, e: &TaskEntry, run: &TaskRun) -> String {
+fn cancelled(inner: &ServerState, e: &TaskEntry, run: &TaskRun) -> String {
     let stopping = inner.shutting_down.load(Ordering::SeqCst);
     if stopping && run.stage() == crate::pipeline::Stage::Review {
         let why = "the server stopped; the proposal waits for review after a restart";
@@ -366,7 +386,7 @@ async fn wait(
 }
 
 async fn forward_events(
-    inner: Arc<Inner>,
+    inner: Arc<ServerState>,
     e: Arc<TaskEntry>,
     reporter: Arc<tokio::sync::Mutex<Reporter>>,
     mut events: UnboundedReceiver<Event>,
@@ -426,135 +446,6 @@ async fn forward_events(
                     .await;
             }
             Event::LlmCall { .. } => {}
-        }
-    }
-}
-
-/// An action that also names its task and prompt kind (see `protocol::ACTION_TASK_KEY`).
-fn tagged_action(title: &str, task: i64, kind: &str) -> MessageActionItem {
-    use tower_lsp_server::ls_types::MessageActionItemProperty as P;
-    MessageActionItem {
-        title: title.to_string(),
-        properties: [
-            (
-                super::protocol::ACTION_TASK_KEY.to_string(),
-                P::Integer(task as i32),
-            ),
-            (
-                super::protocol::ACTION_KIND_KEY.to_string(),
-                P::String(kind.to_string()),
-            ),
-        ]
-        .into_iter()
-        .collect(),
-    }
-}
-
-/// Review choices, in the order shown.
-pub const REVIEW_ACCEPT: &str = "Accept";
-pub const REVIEW_REJECT: &str = "Reject with feedback";
-pub const REVIEW_DIFF: &str = "Show diff";
-pub const REVIEW_DISCARD: &str = "Discard";
-/// Question choices added after the planner's suggestions.
-pub const QUESTION_FREE_TEXT: &str = "Answer…";
-pub const QUESTION_CANCEL: &str = "Cancel";
-
-async fn ask_question(inner: Arc<Inner>, e: Arc<TaskEntry>, q: Question, pause: u32) {
-    let mut actions: Vec<MessageActionItem> = q
-        .options
-        .iter()
-        .map(|o| tagged_action(o, e.id, "question"))
-        .collect();
-    actions.push(tagged_action(QUESTION_FREE_TEXT, e.id, "question"));
-    actions.push(tagged_action(QUESTION_CANCEL, e.id, "question"));
-    let msg = format!("docsmith: `{}`: {}", e.name, q.text);
-    let chosen = inner
-        .client
-        .show_message_request(MessageType::INFO, msg, Some(actions))
-        .await;
-    let reply = match chosen {
-        Ok(Some(a)) if q.options.contains(&a.title) => Reply::Answer(a.title),
-        Ok(Some(a)) if a.title == QUESTION_FREE_TEXT => {
-            if inner.session().is_ok_and(|s| s.flags.prompts_in_client) {
-                return; // the client prompts and sends docsmith.answer itself
-            }
-            inner
-                .client
-                .show_message(
-                    MessageType::INFO,
-                    format!(
-                        "docsmith: answer with the docsmith.answer command, arguments {{\"task\": {}, \"answer\": \"...\"}} (Neovim: :DocsmithAnswer)",
-                        e.id
-                    ),
-                )
-                .await;
-            return;
-        }
-        // Cancel, dismissed, or no answer: go on with the planner's assumptions.
-        _ => Reply::Assume,
-    };
-    let _ = e.replies.send(Tagged {
-        pause: Some(pause),
-        reply,
-    });
-}
-
-async fn ask_review(inner: Arc<Inner>, e: Arc<TaskEntry>, p: Box<Proposal>, pause: u32) {
-    let typ = if p.passing {
-        MessageType::INFO
-    } else {
-        MessageType::WARNING
-    };
-    let msg = format!(
-        "docsmith: proposal for `{}` ready: {}. Chosen because {}.",
-        e.name,
-        p.summary(),
-        p.chosen_because
-    );
-    // Show diff and a reject without feedback come back to the same question.
-    for _ in 0..4 {
-        let actions = [REVIEW_ACCEPT, REVIEW_REJECT, REVIEW_DIFF, REVIEW_DISCARD]
-            .into_iter()
-            .map(|t| tagged_action(t, e.id, "review"))
-            .collect();
-        let chosen = inner
-            .client
-            .show_message_request(typ, msg.clone(), Some(actions))
-            .await;
-        if e.view().pause != pause {
-            return; // answered meanwhile through a command
-        }
-        match chosen.ok().flatten().map(|a| a.title) {
-            Some(t) if t == REVIEW_ACCEPT => {
-                if let Err(err) = commands::accept(&inner, e.id).await {
-                    inner
-                        .client
-                        .show_message(MessageType::WARNING, format!("docsmith: {err}"))
-                        .await;
-                }
-                return;
-            }
-            Some(t) if t == REVIEW_REJECT => match commands::reject(&inner, e.id, None).await {
-                Ok(()) => return,
-                Err(err) => {
-                    inner
-                        .client
-                        .show_message(MessageType::INFO, format!("docsmith: {err}"))
-                        .await
-                }
-            },
-            Some(t) if t == REVIEW_DIFF => {
-                let _ = commands::show_diff(&inner, e.id, true).await;
-            }
-            Some(t) if t == REVIEW_DISCARD => {
-                let _ = e.replies.send(Tagged {
-                    pause: Some(pause),
-                    reply: Reply::Discard,
-                });
-                return;
-            }
-            // Dismissed: the proposal stays; code actions and lenses still offer the choices.
-            _ => return,
         }
     }
 }
