@@ -460,6 +460,47 @@ fn reject_with_feedback_runs_another_round_and_the_developer_reads_it() {
 }
 
 #[test]
+fn the_code_lens_follows_the_tasks_stage() {
+    let mock = MockLlm::start(script(0, false));
+    // Each model call takes 1.5 s: long enough to read the lens mid-stage.
+    mock.delay_ms
+        .store(1_500, std::sync::atomic::Ordering::SeqCst);
+    let ws = workspace(&mock, "");
+    let mut c = server(&ws);
+    c.initialize(&ws.root, json!({}), Value::Null);
+    c.open(&ws.file, STUB);
+    let since = c.log.len();
+    c.run_action(&ws.file, DEF_LINE, "Generate").unwrap();
+    // The stage is announced, then the editor is asked to re-read the lens,
+    // which then names that stage.
+    let changed = c.wait_for(since, LONG, "taskChanged writing code", |m| {
+        m["method"] == "docsmith/taskChanged"
+            && m["params"]["message"]
+                .as_str()
+                .is_some_and(|s| s.contains("writing code"))
+    });
+    let at = c.log.iter().position(|(_, m)| m == &changed).unwrap();
+    c.wait_for(at, LONG, "lens refresh after the stage", |m| {
+        m["method"] == "workspace/codeLens/refresh"
+    });
+    let titles = lens_titles(&mut c, &ws);
+    assert!(
+        titles
+            .iter()
+            .any(|t| t.contains("writing code") && t.ends_with("· Cancel")),
+        "{titles:?}"
+    );
+    mock.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    c.wait_for(at, LONG, "review", |m| {
+        m["method"] == "docsmith/taskChanged" && m["params"]["phase"] == "review"
+    });
+    let titles = lens_titles(&mut c, &ws);
+    assert!(titles.iter().any(|t| t == "Accept"), "{titles:?}");
+    assert!(!titles.iter().any(|t| t.contains("Cancel")), "{titles:?}");
+    assert!(c.stop().success());
+}
+
+#[test]
 fn cancel_from_the_progress_ui_stops_the_task() {
     let mock = MockLlm::start(script(0, false));
     mock.delay_ms

@@ -402,6 +402,10 @@ async fn forward_events(
                 });
                 reporter.lock().await.report(message, percent).await;
                 notify(&inner, &e, &v).await;
+                // The lens above the function shows the stage too
+                // (`docsmith: running tests · Cancel`): ask the editor to
+                // re-read it, or it keeps the first stage until the review.
+                inner.refresh_lenses().await;
             }
             Event::Tests {
                 passed,
