@@ -737,8 +737,8 @@ pub fn print_proposal(p: &Proposal) {
     println!("{}", p.diff);
     println!("docsmith: `{}` {}", p.function, p.summary());
     println!("  chosen: {}", p.chosen_because);
-    for a in &p.assumptions {
-        println!("  assumed: {a}");
+    for line in p.explanation() {
+        println!("  {line}");
     }
     for t in &p.tests {
         let input_only = t.case.expected.is_empty() && t.case.raises.is_none();

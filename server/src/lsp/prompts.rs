@@ -113,10 +113,11 @@ pub async fn ask_review(inner: &ServerState, e: &TaskEntry, p: &Proposal) -> Opt
         MessageType::WARNING
     };
     let msg = format!(
-        "docsmith: proposal for `{}` ready: {}. Chosen because {}.",
+        "docsmith: proposal for `{}` ready: {}. Chosen because {}. {}.",
         e.name,
         p.summary(),
-        p.chosen_because
+        p.chosen_because,
+        p.explanation().join(". ")
     );
     let actions = [REVIEW_ACCEPT, REVIEW_REJECT, REVIEW_DIFF, REVIEW_DISCARD]
         .into_iter()

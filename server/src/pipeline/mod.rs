@@ -286,6 +286,8 @@ pub struct Proposal {
     pub understanding: String,
     /// Assumptions taken where the docstring is silent (planner, test designer, answers).
     pub assumptions: Vec<String>,
+    /// The clarifying questions the user answered, with the answers.
+    pub answered: Vec<roles::Clarification>,
     pub llm_calls: u32,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -302,6 +304,45 @@ pub struct Proposal {
 }
 
 impl Proposal {
+    /// Why the proposal is what it is, one line each, for a review: the
+    /// planner's understanding, each question answered, each assumption,
+    /// and the tests by source (`tests: 2 from the docstring, 1 from you,
+    /// 5 generated (1 dropped)`). Shown by the CLI, the language server's
+    /// review message and `report.md`.
+    pub fn explanation(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.understanding.is_empty() {
+            out.push(format!("understood: {}", self.understanding));
+        }
+        for c in &self.answered {
+            out.push(format!("asked: {} answer: {}", c.question, c.answer));
+        }
+        for a in &self.assumptions {
+            out.push(format!("assumed: {a}"));
+        }
+        let count =
+            |o: crate::types::TestOrigin| self.tests.iter().filter(|t| t.case.origin == o).count();
+        let mut sources = vec![format!(
+            "{} from the docstring",
+            count(crate::types::TestOrigin::Docstring)
+        )];
+        let user = count(crate::types::TestOrigin::User);
+        if user > 0 {
+            sources.push(format!("{user} from you"));
+        }
+        let generated = count(crate::types::TestOrigin::Generated);
+        sources.push(format!(
+            "{generated} generated{}",
+            if self.dropped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} dropped)", self.dropped.len())
+            }
+        ));
+        out.push(format!("tests: {}", sources.join(", ")));
+        out
+    }
+
     /// `(passed, total)` over the proposal's active tests.
     pub fn test_counts(&self) -> (usize, usize) {
         let passed = self

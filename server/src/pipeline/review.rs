@@ -124,6 +124,7 @@ impl TaskRun {
             rounds: self.round,
             understanding: self.plan.understanding.clone(),
             assumptions: self.assumptions.clone(),
+            answered: self.answered.clone(),
             llm_calls: self.llm_calls,
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
@@ -282,10 +283,13 @@ pub fn render_report(p: &Proposal) -> String {
         p.summary()
     );
     s.push_str(&format!("## How it was chosen\n\n{}\n\n", p.chosen_because));
-    if !p.understanding.is_empty() || !p.assumptions.is_empty() {
+    if !p.understanding.is_empty() || !p.assumptions.is_empty() || !p.answered.is_empty() {
         s.push_str("## Understanding and assumptions\n\n");
         if !p.understanding.is_empty() {
             s.push_str(&format!("{}\n\n", p.understanding));
+        }
+        for c in &p.answered {
+            s.push_str(&format!("- asked: {} answer: {}\n", c.question, c.answer));
         }
         for a in &p.assumptions {
             s.push_str(&format!("- assumed: {a}\n"));

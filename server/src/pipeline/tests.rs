@@ -446,6 +446,26 @@ async fn a_question_pauses_the_loop_and_the_answer_goes_back_to_the_planner() {
         Pause::Review(p) => {
             assert_eq!(p.understanding, "return a + b");
             assert!(p.assumptions.contains(&"numbers are ints".to_string()));
+            // The review says what was asked and answered, and why.
+            let why = p.explanation();
+            assert!(
+                why.contains(&"understood: return a + b".to_string()),
+                "{why:?}"
+            );
+            assert!(
+                why.contains(&"asked: ints or floats? answer: ints".to_string()),
+                "{why:?}"
+            );
+            assert!(
+                why.iter()
+                    .any(|l| l.starts_with("tests: 2 from the docstring, ")),
+                "{why:?}"
+            );
+            let report = render_report(&p);
+            assert!(
+                report.contains("- asked: ints or floats? answer: ints"),
+                "{report}"
+            );
         }
         other => panic!("{other:?}"),
     }
