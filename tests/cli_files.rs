@@ -300,3 +300,57 @@ fn write_tests_puts_a_pytest_module_where_the_project_keeps_its_tests() {
     );
     assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "2");
 }
+
+#[test]
+fn history_of_one_task_and_stats_read_what_a_run_recorded() {
+    let (_dir, root, home) = dirs();
+    let file = root.join("calc.py");
+    std::fs::write(&file, STUB).unwrap();
+    let mock = MockLlm::start(code_script("def add(a, b):\n    return a + b"));
+    let out = generate(&file, "add", &root, &home, &mock, &["--apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let docsmith = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_docsmith"))
+            .args(args)
+            .arg("--workspace")
+            .arg(&root)
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, json) = docsmith(&["history", "--task", "1", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["task"]["task"]["function"], "add");
+    assert_eq!(v["task"]["task"]["status"], "accepted");
+    let calls = v["llm_calls"].as_array().unwrap();
+    assert!(!calls.is_empty());
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["provider"] == "openai" && c["ok"] == true),
+        "{calls:?}"
+    );
+    let (code, text) = docsmith(&["history", "--task", "1"]);
+    assert_eq!(code, Some(0));
+    assert!(text.starts_with("task 1  `add` in "), "{text}");
+    assert!(
+        text.contains("[ex1] docstring add(1, 2) == 3  pass"),
+        "{text}"
+    );
+    let (code, json) = docsmith(&["stats", "--json"]);
+    assert_eq!(code, Some(0));
+    let st: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (st["proposals"].as_u64(), st["accepted"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(st["usage"][0]["role"], "developer");
+    let (code, _) = docsmith(&["history", "--task", "99"]);
+    assert_eq!(code, Some(3), "an unknown task is named, exit 3");
+}

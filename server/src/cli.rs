@@ -24,6 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+mod report;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -86,7 +88,8 @@ enum Command {
     /// Benchmark on HumanEval-format data: the loop against a single shot,
     /// scored by each record's hidden `test` (which the loop never sees).
     Bench(BenchArgs),
-    /// List recent tasks with status, attempts, tests and time.
+    /// List recent tasks with status, attempts, tests and time; `--task N`
+    /// shows one task in full (stages, every LLM call, attempts, feedback).
     History {
         /// Workspace root (default: the current directory).
         #[arg(long, default_value = ".")]
@@ -94,6 +97,22 @@ enum Command {
         /// How many tasks to show.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Show this task in full.
+        #[arg(long)]
+        task: Option<i64>,
+        /// Print JSON instead of text (with --task).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Summarise a workspace: tasks by outcome, pass rate of proposals,
+    /// accepted vs rejected, tokens, time and cost by role and provider.
+    Stats {
+        /// Workspace root (default: the current directory).
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage local GGUF models.
     Model {
@@ -224,7 +243,16 @@ pub fn main() -> i32 {
             }
             Command::Generate(args) => generate(args).await,
             Command::Bench(args) => bench(args).await,
-            Command::History { workspace, limit } => history(&workspace, limit),
+            Command::History {
+                workspace,
+                task: Some(task),
+                json,
+                ..
+            } => history_task(&workspace, task, json),
+            Command::History {
+                workspace, limit, ..
+            } => history(&workspace, limit),
+            Command::Stats { workspace, json } => stats(&workspace, json),
             Command::Model { action } => model(action).await,
         }
     });
@@ -864,29 +892,67 @@ async fn ask_review(p: &Proposal) -> Reply {
     .unwrap_or(Reply::Discard)
 }
 
-fn history(workspace: &Path, limit: usize) -> i32 {
-    let db = workspace.join(".docsmith").join("docsmith.db");
-    if !db.exists() {
-        eprintln!(
-            "docsmith: no history in {} (no .docsmith/docsmith.db yet)",
-            workspace.display()
-        );
-        return EXIT_OK;
+/// Runs `f` on the workspace's store: exit 0 with a message when it has
+/// none, `EXIT_INTERNAL` with the error when it cannot be read.
+fn with_store(workspace: &Path, f: impl FnOnce(&Store) -> Result<i32, String>) -> i32 {
+    match report::open(workspace) {
+        None => EXIT_OK,
+        Some(Err(e)) => {
+            eprintln!("docsmith: {e}");
+            EXIT_INTERNAL
+        }
+        Some(Ok(store)) => f(&store).unwrap_or_else(|e| {
+            eprintln!("docsmith: {e}");
+            EXIT_INTERNAL
+        }),
     }
-    let store = match Store::open(&db) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("docsmith: {e}");
-            return EXIT_INTERNAL;
+}
+
+/// `docsmith history --task N [--json]`.
+fn history_task(workspace: &Path, task: i64, json: bool) -> i32 {
+    with_store(workspace, |store| {
+        let id = crate::store::TaskId(task);
+        let Some(detail) = store.task(id).map_err(|e| e.to_string())? else {
+            eprintln!("docsmith: no task {task} in {}", workspace.display());
+            return Ok(EXIT_ANALYSIS);
+        };
+        let calls = store.llm_calls_of(id).map_err(|e| e.to_string())?;
+        if json {
+            println!("{}", report::task_json(&detail, &calls));
+        } else {
+            print!("{}", report::render_task(&detail, &calls));
         }
-    };
-    let rows = match store.history(limit) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("docsmith: {e}");
-            return EXIT_INTERNAL;
+        Ok(EXIT_OK)
+    })
+}
+
+/// `docsmith stats [--json]`: prices come from the workspace's configuration
+/// (harmless keys: read whether or not the workspace is trusted).
+fn stats(workspace: &Path, json: bool) -> i32 {
+    with_store(workspace, |store| {
+        let st = store.workspace_stats().map_err(|e| e.to_string())?;
+        let prices = Config::load_layered(workspace, Trust::UserDecides, &[])
+            .map(|l| report::prices(&l.config))
+            .unwrap_or_default();
+        if json {
+            println!("{}", report::stats_json(&st, &prices));
+        } else {
+            print!("{}", report::render_stats(&st, &prices));
         }
-    };
+        Ok(EXIT_OK)
+    })
+}
+
+fn history(workspace: &Path, limit: usize) -> i32 {
+    with_store(workspace, |store| {
+        let rows = store.history(limit).map_err(|e| e.to_string())?;
+        print_history(&rows);
+        Ok(EXIT_OK)
+    })
+}
+
+/// The `docsmith history` table.
+fn print_history(rows: &[crate::store::TaskSummary]) {
     println!(
         "{:>5}  {:<16}  {:<32}  {:<16}  {:>8}  {:>7}  {:>8}  {:>6}  {:>9}",
         "task",
@@ -913,11 +979,10 @@ fn history(workspace: &Path, limit: usize) -> i32 {
             r.llm_calls,
             r.prompt_tokens + r.completion_tokens
         );
-        if let Some(reason) = r.status_reason.filter(|s| !s.is_empty()) {
-            println!("       {}", truncate(&reason, 110));
+        if let Some(reason) = r.status_reason.as_deref().filter(|s| !s.is_empty()) {
+            println!("       {}", truncate(reason, 110));
         }
     }
-    EXIT_OK
 }
 
 fn short_file(f: &str) -> String {

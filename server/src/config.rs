@@ -60,6 +60,8 @@
 //! api_key_env = "VLLM_API_KEY" # the NAME of the variable holding the key
 //! timeout_ms = 120000         # per request; raise it for a slow server
 //! supports_json_schema = true
+//! prompt_price_per_mtok = 0.15     # optional: prices per million tokens,
+//! completion_price_per_mtok = 0.60 # for the costs `docsmith stats` shows
 //!
 //! [roles.developer]            # planner | test_designer | developer | critic
 //! provider = "vllm"
@@ -305,6 +307,13 @@ pub struct OpenAiConfig {
     /// Whether the endpoint accepts `response_format: json_schema`.
     #[serde(default = "yes")]
     pub supports_json_schema: bool,
+    /// Price of prompt tokens per million, in the account's currency, for
+    /// `docsmith stats` (unset: no cost shown for this provider).
+    #[serde(default)]
+    pub prompt_price_per_mtok: Option<f64>,
+    /// Price of completion tokens per million, as above.
+    #[serde(default)]
+    pub completion_price_per_mtok: Option<f64>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -600,6 +609,10 @@ impl Config {
                         .as_ref()
                         .map_or(default_timeout_ms(), |o| o.timeout_ms),
                     supports_json_schema: existing.as_ref().is_none_or(|o| o.supports_json_schema),
+                    prompt_price_per_mtok: existing.as_ref().and_then(|o| o.prompt_price_per_mtok),
+                    completion_price_per_mtok: existing
+                        .as_ref()
+                        .and_then(|o| o.completion_price_per_mtok),
                 }),
             );
         }

@@ -214,7 +214,14 @@ fn providers_part(value: &Value, user_json: &Value, ignored: &mut Vec<String>) -
                 (_, "kind") => true,
                 (Some("local"), "threads" | "threads_batch" | "n_ctx" | "max_sequences") => true,
                 (Some("local"), "model") => v.as_str().is_some_and(is_known_model),
-                (Some("openai"), "model" | "timeout_ms" | "supports_json_schema") => true,
+                (
+                    Some("openai"),
+                    "model"
+                    | "timeout_ms"
+                    | "supports_json_schema"
+                    | "prompt_price_per_mtok"
+                    | "completion_price_per_mtok",
+                ) => true,
                 _ => false,
             } || mine.get(k) == Some(v);
             if harmless {

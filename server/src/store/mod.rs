@@ -25,6 +25,9 @@ use crate::types::{
     Finding, Isolation, KillReason, Role, Severity, TestCase, TestOrigin, TestResult, TestRun,
 };
 
+mod metrics;
+pub use metrics::{Count, LlmCallRow, Usage, WorkspaceStats};
+
 /// Schema migrations, in order. Entry `i` takes the database from
 /// `user_version == i` to `i + 1`. Append only; never edit a released entry.
 const MIGRATIONS: &[&str] = &[
