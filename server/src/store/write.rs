@@ -379,6 +379,8 @@ impl Store {
     /// `awaiting_answer`; no loop can resume them) become `interrupted`.
     /// `awaiting_review` tasks are kept: their proposal files are complete.
     /// Returns how many tasks were marked.
+    /// Called through `pipeline::interrupt_left_over` (the pipeline writes
+    /// every task status).
     pub fn mark_running_as_interrupted(&self) -> Result<usize, StoreError> {
         let n = self.conn().execute(
             "UPDATE tasks SET status = 'interrupted',
