@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Trust};
 use crate::files::FileError;
 use crate::pipeline::{
-    Deps, Event, Pause, PipelineError, Proposal, Reply, Settings, Target, TaskRun, TaskSpec,
+    Deps, Ending, Event, Pause, PipelineError, Proposal, Reply, Settings, Target, TaskRun, TaskSpec,
 };
 use crate::rag::Guidelines;
 use crate::sandbox::Sandbox;
@@ -506,7 +506,6 @@ async fn generate(args: GenerateArgs) -> i32 {
             return code;
         }
     };
-    let store = deps.store.clone();
     let spec = TaskSpec {
         workspace: workspace.clone(),
         file: file.clone(),
@@ -566,11 +565,7 @@ async fn generate(args: GenerateArgs) -> i32 {
                     if p.passing {
                         Reply::Accept
                     } else {
-                        let _ = store.set_task_status(
-                            task_id,
-                            TaskStatus::Failed,
-                            Some(&p.reasons.join("; ")),
-                        );
+                        let _ = run.end(Ending::Failed, Some(&p.reasons.join("; ")));
                         if args.json {
                             print_json(&p, "failed", None);
                         }
@@ -583,9 +578,8 @@ async fn generate(args: GenerateArgs) -> i32 {
                 } else if interactive {
                     ask_review(&p).await
                 } else {
-                    let _ = store.set_task_status(
-                        task_id,
-                        TaskStatus::Discarded,
+                    let _ = run.end(
+                        Ending::Discarded,
                         Some("no terminal to review on; re-run with --yes"),
                     );
                     eprintln!("docsmith: no terminal to review on: re-run with --yes (and --apply to write the file)");
@@ -637,7 +631,7 @@ async fn generate(args: GenerateArgs) -> i32 {
                                 _ => (EXIT_INTERNAL, "write-failed"),
                             };
                             let msg = e.to_string();
-                            let _ = store.set_task_status(task_id, TaskStatus::Failed, Some(&msg));
+                            let _ = run.end(Ending::Failed, Some(&msg));
                             if args.json {
                                 print_json(&p, status, Some(&msg));
                             }

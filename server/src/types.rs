@@ -1,6 +1,8 @@
-//! Domain types shared by the pipeline, the sandbox, the checks and the store.
+//! Domain types shared by the pipeline, the sandbox, the checks, the store
+//! and the front ends.
 //!
-//! Owns: plain data (test cases, test results, findings, roles). Must not know
+//! Owns: plain data (test cases, test results, findings, roles, what a task
+//! is and where it stands: [`TaskKind`], [`TaskStatus`]). Must not know
 //! about LSP, the CLI, SQLite or any LLM provider: every other module may depend
 //! on this one, and this one depends on nothing in the crate.
 
@@ -238,5 +240,118 @@ impl CheckReport {
         self.findings
             .iter()
             .filter(|f| f.severity == Severity::Error)
+    }
+}
+
+/// What started a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Generate a function body from a stub.
+    Generate,
+    /// Refine an existing function with user feedback.
+    Refine,
+    /// Run by the benchmark harness.
+    Bench,
+}
+
+impl TaskKind {
+    /// `generate`, `refine` or `bench`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Generate => "generate",
+            TaskKind::Refine => "refine",
+            TaskKind::Bench => "bench",
+        }
+    }
+
+    /// Inverse of [`TaskKind::as_str`]; `None` for any other string.
+    pub fn parse(s: &str) -> Option<TaskKind> {
+        match s {
+            "generate" => Some(TaskKind::Generate),
+            "refine" => Some(TaskKind::Refine),
+            "bench" => Some(TaskKind::Bench),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lifecycle state of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// The loop is working on it.
+    Running,
+    /// The planner asked a question and waits for the user.
+    AwaitingAnswer,
+    /// A proposal is ready and waits for accept/reject.
+    AwaitingReview,
+    /// The user accepted the proposal and it was applied.
+    Accepted,
+    /// The user rejected the proposal without asking for a rewrite.
+    Rejected,
+    /// The proposal was dropped without a decision (document changed, superseded).
+    Discarded,
+    /// The loop gave up with an error.
+    Failed,
+    /// The user cancelled.
+    Cancelled,
+    /// The server stopped while the task was live (`store::Store::mark_running_as_interrupted`).
+    Interrupted,
+}
+
+impl TaskStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [TaskStatus; 9] = [
+        TaskStatus::Running,
+        TaskStatus::AwaitingAnswer,
+        TaskStatus::AwaitingReview,
+        TaskStatus::Accepted,
+        TaskStatus::Rejected,
+        TaskStatus::Discarded,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+        TaskStatus::Interrupted,
+    ];
+
+    /// The snake_case name stored in `tasks.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Running => "running",
+            TaskStatus::AwaitingAnswer => "awaiting_answer",
+            TaskStatus::AwaitingReview => "awaiting_review",
+            TaskStatus::Accepted => "accepted",
+            TaskStatus::Rejected => "rejected",
+            TaskStatus::Discarded => "discarded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Inverse of [`TaskStatus::as_str`]; `None` for any other string.
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the task is finished for good (no loop will touch it again
+    /// unless the user starts a refinement).
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            TaskStatus::Running | TaskStatus::AwaitingAnswer | TaskStatus::AwaitingReview
+        )
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -16,7 +16,7 @@ use super::prompts::{self, ReviewChoice};
 use super::protocol::{Applied, Command, ProposalFiles, Started, TaskPhase};
 use super::tasks::{self, Prompt, Tagged, TaskEntry};
 use super::{uri_path, ServerState};
-use crate::pipeline::{self, Proposal, Reply, Target, TaskRun, TaskSpec};
+use crate::pipeline::{self, Ending, Proposal, Reply, Target, TaskRun, TaskSpec};
 use crate::store::{TaskKind, TaskStatus};
 
 /// Runs one command: parses it once into a [`Command`] (an unknown name or
@@ -160,9 +160,10 @@ pub fn start(
         for o in old {
             if let Some((_, r)) = inner.restored.remove(&o) {
                 if let Some(store) = inner.store() {
-                    let _ = store.set_task_status(
+                    let _ = pipeline::end_stored_task(
+                        &store,
                         r.row.id,
-                        TaskStatus::Discarded,
+                        Ending::Discarded,
                         Some(&format!("superseded by task {id}")),
                     );
                 }
@@ -422,8 +423,12 @@ pub async fn accept(inner: &Arc<ServerState>, task: i64) -> Result<Applied, LspE
         None => {
             inner.restored.remove(&task);
             if let Some(store) = inner.store() {
-                let _ =
-                    store.set_task_status(crate::store::TaskId(task), TaskStatus::Accepted, None);
+                let _ = pipeline::end_stored_task(
+                    &store,
+                    crate::store::TaskId(task),
+                    Ending::Accepted,
+                    None,
+                );
             }
             inner.refresh_lenses().await;
         }
@@ -495,9 +500,10 @@ pub async fn reject(
         None => {
             if let Some(store) = inner.store() {
                 let _ = store.add_feedback(crate::store::TaskId(task), None, &feedback);
-                let _ = store.set_task_status(
+                let _ = pipeline::end_stored_task(
+                    &store,
                     crate::store::TaskId(task),
-                    TaskStatus::Rejected,
+                    Ending::Rejected,
                     Some("rejected with feedback after a restart; continued as a new task"),
                 );
             }
@@ -522,9 +528,10 @@ pub async fn discard(inner: &Arc<ServerState>, task: i64) -> Result<(), LspError
         .remove(&task)
         .ok_or(LspError::UnknownTask(task))?;
     if let Some(store) = inner.store() {
-        let _ = store.set_task_status(
+        let _ = pipeline::end_stored_task(
+            &store,
             r.row.id,
-            TaskStatus::Discarded,
+            Ending::Discarded,
             Some("discarded by the user"),
         );
     }

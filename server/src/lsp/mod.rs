@@ -362,7 +362,7 @@ impl ServerState {
     /// previous process left running become interrupted first.
     fn restore(&self) {
         let Some(store) = self.store() else { return };
-        if let Err(e) = store.mark_running_as_interrupted() {
+        if let Err(e) = crate::pipeline::interrupt_left_over(&store) {
             tracing::warn!("cannot mark interrupted tasks: {e}");
         }
         let rows = match store

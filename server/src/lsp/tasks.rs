@@ -21,7 +21,7 @@ use tower_lsp_server::ls_types::{MessageType, Uri};
 use super::progress::Reporter;
 use super::protocol::{TaskChanged, TaskChangedParams, TaskPhase};
 use super::ServerState;
-use crate::pipeline::{Event, Pause, Proposal, Question, Reply, TaskRun};
+use crate::pipeline::{Ending, Event, Pause, Proposal, Question, Reply, TaskRun};
 use crate::store::TaskStatus;
 
 /// A reply to a pause. `pause` is the pause number it answers, `None` for
@@ -200,7 +200,7 @@ async fn drive(
     let end_message: String;
     'run: loop {
         if permit.is_none() {
-            end_message = cancelled(inner, e, &run);
+            end_message = cancelled(inner, e, &mut run);
             break;
         }
         let v = e.update(|v| {
@@ -227,7 +227,7 @@ async fn drive(
                 if flags.message_request {
                     prompt(inner.clone(), e.clone(), Prompt::Question(q), v.pause);
                     if wait(e, &mut replies, &mut run, v.pause).await.is_none() {
-                        end_message = cancelled(inner, e, &run);
+                        end_message = cancelled(inner, e, &mut run);
                         break 'run;
                     }
                 } else {
@@ -253,7 +253,7 @@ async fn drive(
                     prompt(inner.clone(), e.clone(), Prompt::Review(p), v.pause);
                 }
                 if wait(e, &mut replies, &mut run, v.pause).await.is_none() {
-                    end_message = cancelled(inner, e, &run);
+                    end_message = cancelled(inner, e, &mut run);
                     break 'run;
                 }
                 // After Accept the run packages; after Discard it is done;
@@ -305,7 +305,7 @@ async fn drive(
             }
             Err(err) => {
                 if matches!(err, crate::pipeline::PipelineError::Cancelled) {
-                    end_message = cancelled(inner, e, &run);
+                    end_message = cancelled(inner, e, &mut run);
                 } else {
                     end_message = format!("failed: {err}");
                     inner
@@ -332,26 +332,24 @@ async fn drive(
 /// row (its code and files are complete, so a restarted server offers Accept
 /// again); anything else (running, queued, waiting for an answer) was cut
 /// short and becomes interrupted.
-fn cancelled(inner: &ServerState, e: &TaskEntry, run: &TaskRun) -> String {
+fn cancelled(inner: &ServerState, e: &TaskEntry, run: &mut TaskRun) -> String {
     let stopping = inner.shutting_down.load(Ordering::SeqCst);
     if stopping && run.stage() == crate::pipeline::Stage::Review {
         let why = "the server stopped; the proposal waits for review after a restart";
         e.update(|v| v.message = why.into());
         return why.to_string();
     }
-    let (status, why) = if stopping {
+    let (ending, why) = if stopping {
         (
-            TaskStatus::Interrupted,
+            Ending::Interrupted,
             "the server shut down while the task was running",
         )
     } else {
-        (TaskStatus::Cancelled, "cancelled by the user")
+        (Ending::Cancelled, "cancelled by the user")
     };
-    if let Some(store) = inner.store() {
-        let _ = store.set_task_status(run.task_id(), status, Some(why));
-    }
+    let _ = run.end(ending, Some(why));
     e.update(|v| {
-        v.phase = if status == TaskStatus::Interrupted {
+        v.phase = if ending == Ending::Interrupted {
             TaskPhase::Interrupted
         } else {
             TaskPhase::Cancelled

@@ -3,7 +3,9 @@
 //! which sample a round of candidates; Critique), `design_tests.rs` (the
 //! generated test cases of the first sampling round), `run.rs` (RunTests, Select), `checks.rs`
 //! (Validate, SecurityCheck), `review.rs` (Review, Package, proposal files);
-//! the pure choice among candidates is `select.rs`.
+//! the pure choice among candidates is `select.rs`; the task's stored status
+//! (derived from the stage, and how a task ends) is `status.rs`, its only
+//! writer.
 //!
 //! ```text
 //! Plan --clear--> WriteCode(greedy) -> RunTests -> Select
@@ -38,6 +40,7 @@ mod plan;
 mod review;
 mod run;
 pub mod select;
+mod status;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -59,6 +62,7 @@ use crate::types::{Finding, Role, TestCase, TestResult, TestRun};
 
 pub use review::{render_report, render_test_module, unified_diff, write_proposal_files};
 pub use select::Selection;
+pub use status::{end_stored_task, interrupt_left_over, status_at, Ending};
 
 /// A stage of the loop (the states of the machine above).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -535,6 +539,8 @@ pub struct TaskRun {
     /// What the model was shown around the stub.
     context: python::context::Context,
     stage: Stage,
+    /// The status last recorded in the store (see `status.rs`).
+    status: TaskStatus,
     started: Instant,
     plan: Plan,
     answered: Vec<Clarification>,
@@ -692,6 +698,7 @@ impl TaskRun {
             project,
             context: gathered.context,
             stage: Stage::Plan,
+            status: TaskStatus::Running,
             started: Instant::now(),
             plan: Plan::default(),
             answered: Vec::new(),
@@ -746,16 +753,12 @@ impl TaskRun {
         match self.advance_inner(cancel).await {
             Ok(p) => Ok(p),
             Err(e) => {
-                let status = if matches!(e, PipelineError::Cancelled) {
-                    TaskStatus::Cancelled
+                let ending = if matches!(e, PipelineError::Cancelled) {
+                    Ending::Cancelled
                 } else {
-                    TaskStatus::Failed
+                    Ending::Failed
                 };
-                let _ = self
-                    .deps
-                    .store
-                    .set_task_status(self.task, status, Some(&e.to_string()));
-                self.stage = Stage::Done;
+                let _ = self.end(ending, Some(&e.to_string()));
                 Err(e)
             }
         }
@@ -763,10 +766,18 @@ impl TaskRun {
 
     /// Answers the current pause. Errors when the reply does not fit it (an
     /// `Accept` while a question is pending, for example); nothing changes then.
+    /// The stored status follows at once: an answered question or a
+    /// rejection sets the task running again.
     pub fn reply(&mut self, reply: Reply) -> Result<(), PipelineError> {
         match (self.stage, reply) {
-            (Stage::Clarify, Reply::Answer(a)) => self.answer(Some(a))?,
-            (Stage::Clarify, Reply::Assume) => self.answer(None)?,
+            (Stage::Clarify, Reply::Answer(a)) => {
+                self.answer(Some(a))?;
+                self.record_status(None)?;
+            }
+            (Stage::Clarify, Reply::Assume) => {
+                self.answer(None)?;
+                self.record_status(None)?;
+            }
             (Stage::Review, Reply::Accept) => self.stage = Stage::Package,
             (Stage::Review, Reply::Reject(fb)) => {
                 let shown = self.proposal_candidate();
@@ -782,24 +793,15 @@ impl TaskRun {
                     ));
                     self.tests.extend(stated);
                 }
-                self.deps.store.set_task_status(
-                    self.task,
-                    TaskStatus::Running,
-                    Some("refining with feedback"),
-                )?;
                 self.feedback = Some(fb);
                 self.repair_basis = shown;
                 self.repairs = 0;
                 self.next_round = RoundKind::Feedback;
                 self.stage = self.sampling_stage();
+                self.record_status(Some("refining with feedback"))?;
             }
             (Stage::Review, Reply::Discard) => {
-                self.deps.store.set_task_status(
-                    self.task,
-                    TaskStatus::Discarded,
-                    Some("discarded by the user"),
-                )?;
-                self.stage = Stage::Done;
+                self.end(Ending::Discarded, Some("discarded by the user"))?;
             }
             (stage, r) => {
                 return Err(PipelineError::InvalidReply {
@@ -823,9 +825,7 @@ impl TaskRun {
                         .pending_question
                         .clone()
                         .expect("a question is pending in Clarify");
-                    self.deps
-                        .store
-                        .set_task_status(self.task, TaskStatus::AwaitingAnswer, None)?;
+                    self.record_status(None)?;
                     return Ok(Pause::Question(q));
                 }
                 Stage::DesignTests => self.sample_round(cancel, true).await?,
@@ -837,6 +837,8 @@ impl TaskRun {
                 Stage::Critique => self.step_critique(cancel).await?,
                 Stage::Review => {
                     let p = self.step_review()?;
+                    let reason = (!p.passing).then(|| p.reasons.join("; "));
+                    self.record_status(reason.as_deref())?;
                     return Ok(Pause::Review(p));
                 }
                 Stage::Package => self.step_package()?,

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PipelineError, Question, Stage, TaskRun};
 use crate::roles::{self, Clarification, Plan};
-use crate::store::TaskStatus;
 use crate::types::Role;
 
 impl TaskRun {
@@ -97,11 +96,6 @@ impl TaskRun {
                 self.stage = self.sampling_stage();
             }
         }
-        // The task runs again (issue 14: the status no longer stays at
-        // awaiting_answer until review).
-        self.deps
-            .store
-            .set_task_status(self.task, TaskStatus::Running, None)?;
         Ok(())
     }
 }

@@ -5,8 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{failures_of, CaseOutcome, PipelineError, Proposal, Stage, TaskRun};
-use crate::store::TaskStatus;
+use super::{failures_of, CaseOutcome, Ending, PipelineError, Proposal, Stage, TaskRun};
 use crate::types::{Severity, TestOrigin};
 
 impl TaskRun {
@@ -149,16 +148,6 @@ impl TaskRun {
         self.deps
             .store
             .set_task_final(self.task, &proposal.code, proposal.wall_ms)?;
-        let status_reason = if passing {
-            None
-        } else {
-            Some(proposal.reasons.join("; "))
-        };
-        self.deps.store.set_task_status(
-            self.task,
-            TaskStatus::AwaitingReview,
-            status_reason.as_deref(),
-        )?;
         let boxed = Box::new(proposal);
         self.proposal = Some(boxed.clone());
         Ok(boxed)
@@ -169,9 +158,7 @@ impl TaskRun {
         let p = self.proposal.as_ref().expect("Package follows Review");
         let wall = self.started.elapsed().as_millis() as u64;
         self.deps.store.set_task_final(self.task, &p.code, wall)?;
-        self.deps
-            .store
-            .set_task_status(self.task, TaskStatus::Accepted, None)?;
+        self.end(Ending::Accepted, None)?;
         Ok(Stage::Done)
     }
 }

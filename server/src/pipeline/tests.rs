@@ -409,17 +409,23 @@ async fn security_findings_pass_the_choice_to_another_candidate() {
     );
 }
 
-#[tokio::test]
-async fn a_question_pauses_the_loop_and_the_answer_goes_back_to_the_planner() {
+/// An interactive task (k = 1, the developer writes GOOD) whose planner
+/// replies `planner` in turn.
+fn asking(planner: &[String]) -> Harness {
     let mut s = script(&[GOOD]);
-    s.planner = vec![plan("ints or floats?"), plan("")];
-    let h = harness(
+    s.planner = planner.to_vec();
+    harness(
         s,
         Settings {
             interactive: true,
             ..k(1)
         },
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_question_pauses_the_loop_and_the_answer_goes_back_to_the_planner() {
+    let h = asking(&[plan("ints or floats?"), plan("")]);
     let (mut run, _rx) = start(&h, None);
     let cancel = CancellationToken::new();
     match run.advance(&cancel).await.unwrap() {
@@ -470,6 +476,75 @@ async fn a_question_pauses_the_loop_and_the_answer_goes_back_to_the_planner() {
         other => panic!("{other:?}"),
     }
     assert_eq!(h.calls_to("planner"), 2);
+}
+
+#[tokio::test]
+async fn the_stored_status_moves_on_as_soon_as_a_question_is_answered() {
+    // Issue 14: the status used to stay `awaiting_answer` until review.
+    let h = asking(&[plan("ints or floats?"), plan("ints or floats?")]);
+    let (mut run, _rx) = start(&h, None);
+    let cancel = CancellationToken::new();
+    let id = run.task_id();
+    let status = |h: &Harness| {
+        let d = h.deps.store.task(id).unwrap().unwrap();
+        (d.task.status, d.task.status_reason)
+    };
+    assert!(matches!(
+        run.advance(&cancel).await.unwrap(),
+        Pause::Question(_)
+    ));
+    assert_eq!(status(&h), (TaskStatus::AwaitingAnswer, None));
+    run.reply(Reply::Answer("ints".into())).unwrap();
+    assert_eq!(status(&h), (TaskStatus::Running, None));
+    // Asked again; this time the planner's assumptions are taken.
+    assert!(matches!(
+        run.advance(&cancel).await.unwrap(),
+        Pause::Question(_)
+    ));
+    assert_eq!(status(&h), (TaskStatus::AwaitingAnswer, None));
+    run.reply(Reply::Assume).unwrap();
+    assert_eq!(status(&h), (TaskStatus::Running, None));
+    assert!(matches!(
+        run.advance(&cancel).await.unwrap(),
+        Pause::Review(_)
+    ));
+    assert_eq!(status(&h), (TaskStatus::AwaitingReview, None));
+}
+
+#[tokio::test]
+async fn a_front_end_ends_a_task_through_its_run() {
+    let h = harness(script(&[GOOD]), k(1));
+    let (mut run, mut rx) = start(&h, None);
+    let _ = to_review(&mut run, &mut rx).await;
+    run.end(Ending::Failed, Some("the file changed")).unwrap();
+    assert_eq!(run.stage(), Stage::Done);
+    match run.advance(&CancellationToken::new()).await.unwrap() {
+        Pause::Finished(o) => {
+            assert_eq!(o.status, TaskStatus::Failed);
+            assert_eq!(o.reason.as_deref(), Some("the file changed"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_stored_status_follows_the_stage() {
+    assert_eq!(status_at(Stage::Clarify), Some(TaskStatus::AwaitingAnswer));
+    assert_eq!(status_at(Stage::Review), Some(TaskStatus::AwaitingReview));
+    assert_eq!(status_at(Stage::Package), Some(TaskStatus::AwaitingReview));
+    assert_eq!(status_at(Stage::Done), None);
+    for s in [
+        Stage::Plan,
+        Stage::DesignTests,
+        Stage::WriteCode,
+        Stage::RunTests,
+        Stage::Select,
+        Stage::Validate,
+        Stage::SecurityCheck,
+        Stage::Critique,
+    ] {
+        assert_eq!(status_at(s), Some(TaskStatus::Running), "{s:?}");
+    }
 }
 
 #[tokio::test]
