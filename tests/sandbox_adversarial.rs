@@ -909,16 +909,31 @@ fn helper_py_compile() {
     let stub_src =
         "def mean(xs):\n    \"\"\"Average.\n\n    >>> mean([1, 3])\n    2.0\n    \"\"\"\n";
     let stub = docsmith::python::find_function(stub_src, "mean").unwrap();
+    let cancel = CancellationToken::new();
+    let run = docsmith::checks::ToolRun {
+        timeout: docsmith::checks::TOOL_TIMEOUT,
+        cancel: &cancel,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let validate = |code| {
+        rt.block_on(docsmith::checks::validate(
+            &stub,
+            code,
+            Path::new("python3"),
+            run,
+        ))
+        .unwrap()
+    };
     let good = "def mean(xs):\n    \"\"\"Average.\n\n    >>> mean([1, 3])\n    2.0\n    \"\"\"\n    return sum(xs) / len(xs)\n";
-    let report = docsmith::checks::validate(&stub, good, Path::new("python3"));
+    let report = validate(good);
     println!("REPORT {report:?}");
     let bad = "def mean(xs):\n    \"\"\"Average.\n\n    >>> mean([1, 3])\n    2.0\n    \"\"\"\n    return 1\nreturn 2\n";
-    let report = docsmith::checks::validate(&stub, bad, Path::new("python3"));
+    let report = validate(bad);
     assert!(
         report.findings.iter().any(|f| f.rule == "py_compile"),
         "py_compile still finds errors: {report:?}"
     );
-    let _ = docsmith::checks::security_check(good);
+    let _ = rt.block_on(docsmith::checks::security_check(good, run));
 }
 
 #[test]

@@ -405,6 +405,7 @@ pub fn pipeline_settings(cfg: &Config) -> Settings {
         max_generated_tests: cfg.max_generated_tests,
         interactive: false,
         python: PathBuf::from("python3"),
+        check_timeout: crate::checks::TOOL_TIMEOUT,
         write_proposal_files: true,
         context_tokens: cfg.context_tokens,
     }

@@ -9,6 +9,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod files;
+pub mod host;
 pub mod llm;
 pub mod lsp;
 pub mod models;

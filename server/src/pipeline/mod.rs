@@ -41,7 +41,7 @@ pub mod select;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
@@ -124,6 +124,10 @@ pub struct Settings {
     pub interactive: bool,
     /// Python interpreter used by validation (`py_compile`).
     pub python: PathBuf,
+    /// How long each external checker (py_compile, ruff, bandit) may run
+    /// before it is killed and reported as a `timeout` finding (default
+    /// [`crate::checks::TOOL_TIMEOUT`]).
+    pub check_timeout: Duration,
     /// Write `.docsmith/proposals/<task>/` when a proposal is ready.
     pub write_proposal_files: bool,
     /// Budget of the context shown around the stub (outlines of the
@@ -145,6 +149,7 @@ impl Default for Settings {
             max_generated_tests: 6,
             interactive: false,
             python: PathBuf::from("python3"),
+            check_timeout: crate::checks::TOOL_TIMEOUT,
             write_proposal_files: true,
             context_tokens: 1024,
         }
@@ -388,6 +393,13 @@ pub enum PipelineError {
     NoCode(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A cancel during the checks ends the task as cancelled.
+impl From<crate::checks::Cancelled> for PipelineError {
+    fn from(_: crate::checks::Cancelled) -> PipelineError {
+        PipelineError::Cancelled
+    }
 }
 
 /// The project mount for a file at `here` whose `source` imports modules of
@@ -759,8 +771,8 @@ impl TaskRun {
                 Stage::WriteCode => self.sample_round(cancel, false).await?,
                 Stage::RunTests => self.step_run_tests(cancel).await?,
                 Stage::Select => self.step_select()?,
-                Stage::Validate => self.step_validate()?,
-                Stage::SecurityCheck => self.step_security()?,
+                Stage::Validate => self.step_validate(cancel).await?,
+                Stage::SecurityCheck => self.step_security(cancel).await?,
                 Stage::Critique => self.step_critique(cancel).await?,
                 Stage::Review => {
                     let p = self.step_review()?;

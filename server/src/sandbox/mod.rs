@@ -236,10 +236,11 @@ impl Sandbox {
                 tracing::warn!(target: "docsmith::sandbox", "{}", sandbox.note.as_deref().unwrap_or_default());
             }
             SandboxMode::Auto | SandboxMode::Bwrap => {
-                let bwrap =
-                    find_on_path("bwrap").ok_or_else(|| SandboxError::BwrapUnavailable {
+                let bwrap = crate::host::find_on_path("bwrap").ok_or_else(|| {
+                    SandboxError::BwrapUnavailable {
                         reason: "bwrap is not on PATH".into(),
-                    })?;
+                    }
+                })?;
                 sandbox.layout = Layout::new(&info).map_err(|d| missing(&sandbox, d))?;
                 tracing::debug!(target: "docsmith::sandbox", "bwrap binds the interpreter dirs {:?} besides the system dirs", sandbox.layout.python_dirs());
                 sandbox.bwrap = Some(bwrap);
@@ -898,18 +899,6 @@ fn nonce() -> std::io::Result<String> {
     let mut buf = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(hex::encode(buf))
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
 }
 
 /// Whether every parent of `dir` is searchable by "others" (the sandbox user).
