@@ -5,6 +5,7 @@
 use tower_lsp_server::jsonrpc::{Error, ErrorCode};
 
 use crate::pipeline::PipelineError;
+use crate::runtime::SetupError;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,18 @@ pub enum LspError {
     Pipeline(#[from] PipelineError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A configuration the server cannot build a runtime from is the user's to
+/// fix (`Config`); a store or sandbox that fails otherwise is `Internal`.
+impl From<SetupError> for LspError {
+    fn from(e: SetupError) -> LspError {
+        if e.is_configuration() {
+            LspError::Config(e.to_string())
+        } else {
+            LspError::Internal(e.to_string())
+        }
+    }
 }
 
 impl From<LspError> for Error {

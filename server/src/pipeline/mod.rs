@@ -96,7 +96,7 @@ impl Stage {
     }
 }
 
-/// Loop settings (from `config::Config` in the front ends).
+/// Loop settings (built from a `config::Config` by `runtime::settings`).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Repair rounds allowed after the first round of candidates when no
@@ -157,6 +157,8 @@ impl Default for Settings {
 }
 
 /// What a task needs from the rest of the crate. Cheap to clone (all `Arc`s).
+/// Front ends build it with `Deps::from_config` (in `runtime`, the
+/// composition root).
 #[derive(Clone)]
 pub struct Deps {
     pub router: Arc<Router>,
