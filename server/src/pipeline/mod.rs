@@ -996,30 +996,15 @@ fn is_identifier_path(s: &str) -> bool {
 /// `add(2, 3)` are the same call, and so are `f("a")` and `f('a')`). Whitespace
 /// inside string literals is kept.
 fn normalize(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for c in s.chars() {
-        match quote {
-            Some(q) => {
-                out.push(if c == q && !escaped { '\'' } else { c });
-                if escaped {
-                    escaped = false;
-                } else if c == '\\' {
-                    escaped = true;
-                } else if c == q {
-                    quote = None;
-                }
-            }
-            None if c == '\'' || c == '"' => {
-                quote = Some(c);
-                out.push('\'');
-            }
-            None if c.is_whitespace() => {}
-            None => out.push(c),
-        }
-    }
-    out
+    use crate::python::scan::{scan, At};
+    scan(s)
+        .filter_map(|(_, c, at)| match at {
+            At::Quote => Some('\''),
+            At::Str => Some(c),
+            At::Code(_) if c.is_whitespace() => None,
+            At::Code(_) => Some(c),
+        })
+        .collect()
 }
 
 /// The failing active test cases of a run, paired with their results.
