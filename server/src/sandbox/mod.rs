@@ -1672,29 +1672,4 @@ def f():
         assert_eq!(c.wall_timeout_ms, 30_000);
         assert_eq!(c.address_space_bytes, 1 << 30);
     }
-
-    /// Not an assertion: prints the median wall time of a 10-test run per mode
-    /// (`cargo test -p docsmith --lib sandbox::tests::timing -- --nocapture`).
-    #[tokio::test]
-    async fn timing_of_a_ten_test_run() {
-        let _guard = RLIMITS_LOCK.lock().await;
-        let code = "def f(x):\n    return x * 2\n";
-        let tests: Vec<TestCase> = (0..10)
-            .map(|i| tc(&format!("t{i}"), &format!("f({i})"), &format!("{}", i * 2)))
-            .collect();
-        for mode in [SandboxMode::Bwrap, SandboxMode::RlimitsOnly] {
-            let sb = Sandbox::new(cfg(mode)).unwrap();
-            let mut times = Vec::new();
-            for _ in 0..7 {
-                let (run, _d) = run_cases(&sb, code, &tests).await;
-                assert!(run.all_passed(), "{run:?}");
-                times.push(run.wall_ms);
-            }
-            times.sort();
-            eprintln!(
-                "sandbox timing: mode {mode:?}: median {} ms over 7 runs of 10 tests ({times:?})",
-                times[3]
-            );
-        }
-    }
 }
