@@ -806,8 +806,13 @@ def tri(n):
     /// expected value parses as Python. Only `prompt` and `entry_point` are read.
     #[test]
     fn humaneval_dev_prompts() {
-        let path = std::env::var("DOCSMITH_HUMANEVAL_DEV")
-            .unwrap_or_else(|_| "/work/shared/bench/humaneval-dev.jsonl".into());
+        let path = std::env::var("DOCSMITH_HUMANEVAL_DEV").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/bench/humaneval-dev.jsonl"
+            )
+            .into()
+        });
         let data = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("read {path}: {e} (set DOCSMITH_HUMANEVAL_DEV)"));
         let mut total = 0;

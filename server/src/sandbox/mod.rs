@@ -104,7 +104,7 @@ pub enum SandboxMode {
 /// Why the sandbox could not run something.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("python interpreter `{python}` does not run for the sandbox user: {detail} (install python3, or set sandbox.python to an interpreter outside /root such as /usr/bin/python3)")]
+    #[error("python interpreter `{python}` does not run for the sandbox user: {detail} (install python3 where the sandbox user finds it on PATH, such as /usr/bin/python3; an active virtualenv's `bin/python` is used instead, and must not lie under /root)")]
     PythonMissing { python: String, detail: String },
     #[error("bubblewrap (bwrap) is needed to run generated code and is unusable here: {reason}. Install it with `apt-get install bubblewrap` (and allow unprivileged user namespaces), or, {WEAKER_OPT_IN}")]
     BwrapUnavailable { reason: String },
