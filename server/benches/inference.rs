@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use docsmith::bench::read_dataset;
 use docsmith::bench::stats::quantile;
+use docsmith::config::Config;
 use docsmith::llm::local::{
     backend, default_threads, default_threads_batch, LocalOptions, LocalProvider,
 };
@@ -164,8 +165,8 @@ fn requests(n: usize) -> Vec<(String, CompletionRequest)> {
         .into_iter()
         .take(n)
         .map(|(t, _hidden)| {
-            let mut req =
-                roles::code_request(&t.stub_view(), roles::CodePrompt::Guided, &guide, None);
+            let view = t.stub_view(Config::default().context_tokens);
+            let mut req = roles::code_request(&view, roles::CodePrompt::Guided, &guide, None);
             // Greedy on both sides; no stop sequences so both generate the same count.
             req.temperature = 0.0;
             req.stop.clear();

@@ -5,17 +5,42 @@
 //! docstring, not still a stub, `ruff`, a few style rules) and whether it does
 //! something a docstring function has no business doing (tree-sitter rules,
 //! `bandit`). Must not know about LLMs, LSP, the sandbox or the store: input is
-//! text, output is a [`CheckReport`]. External tools run on a temporary file and
-//! are skipped, with a note, when they are not on PATH.
+//! text, output is a [`CheckReport`]. External tools run on a temporary file,
+//! in an empty temporary directory, through `host::run` (a deadline, the
+//! task's cancel token, the process group killed at either); a tool that is
+//! not on PATH or cannot run is skipped with a note, one that runs past its
+//! deadline gives a `timeout` finding, and a cancel ends the check with
+//! [`Cancelled`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Output;
+use std::time::Duration;
 
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 use tree_sitter::Node;
 
+use crate::host::{self, RunError};
 use crate::python::{self, FunctionInfo};
 use crate::types::{CheckReport, Finding, Severity};
+
+/// How long one external checker (py_compile, ruff, bandit) may run by
+/// default; they take well under a second on a module.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The checks were cancelled (the task's cancel token fired): the tool
+/// running then was killed, and no report was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the checks were cancelled")]
+pub struct Cancelled;
+
+/// How the external checkers run: their deadline each and the task's cancel token.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolRun<'a> {
+    pub timeout: Duration,
+    pub cancel: &'a CancellationToken,
+}
 
 const TS: &str = "tree-sitter";
 
@@ -33,14 +58,6 @@ fn finding(
         line,
         tool: tool.to_string(),
     }
-}
-
-/// The first executable named `name` on PATH.
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// Writes `code` to `candidate.py` in a fresh temporary directory (removed on drop).
@@ -73,8 +90,17 @@ fn row(node: Node) -> Option<usize> {
 /// `still-stub` (all Error); `ruff:<code>` (Error for F821 and E9xx, Warning
 /// otherwise) when ruff is on PATH, else a note; `bare-except`,
 /// `mutable-default`, `global` (Warning); `print` inside the function (Info).
-/// Lines are 1-based in `candidate_module`.
-pub fn validate(stub: &FunctionInfo, candidate_module: &str, python: &Path) -> CheckReport {
+/// Lines are 1-based in `candidate_module`. A tool past `run.timeout` gives
+/// a `timeout` warning (its rules were not applied); a cancel gives [`Cancelled`].
+pub async fn validate(
+    stub: &FunctionInfo,
+    candidate_module: &str,
+    python: &Path,
+    run: ToolRun<'_>,
+) -> Result<CheckReport, Cancelled> {
+    if run.cancel.is_cancelled() {
+        return Err(Cancelled);
+    }
     let mut report = CheckReport::default();
     for e in python::syntax_errors(candidate_module) {
         report.findings.push(finding(
@@ -85,59 +111,134 @@ pub fn validate(stub: &FunctionInfo, candidate_module: &str, python: &Path) -> C
             TS,
         ));
     }
-    py_compile(candidate_module, python, &mut report);
+    py_compile(candidate_module, python, run, &mut report).await?;
     structure(stub, candidate_module, &mut report);
-    ruff(candidate_module, &mut report);
+    ruff(candidate_module, run, &mut report).await?;
     style_rules(stub, candidate_module, &mut report);
-    report
+    Ok(report)
 }
 
-fn py_compile(code: &str, python: &Path, report: &mut CheckReport) {
+/// Runs one external tool on `code`, written to `candidate.py` in a fresh
+/// empty temporary directory that is also its working directory (so nothing
+/// of the user's working directory is imported or read); `args` come before
+/// the file. `None` when the tool could not give an answer: a note or a
+/// `timeout` finding says why.
+async fn run_tool(
+    tool: &str,
+    program: &Path,
+    args: &[&str],
+    code: &str,
+    run: ToolRun<'_>,
+    report: &mut CheckReport,
+) -> Result<Option<Output>, Cancelled> {
     let (dir, file) = match temp_module(code) {
         Ok(x) => x,
         Err(e) => {
             report.notes.push(format!(
-                "py_compile skipped: cannot write a temporary file: {e}"
+                "{tool} skipped: cannot write a temporary file: {e}"
             ));
-            return;
+            return Ok(None);
         }
     };
+    let mut cmd = Command::new(program);
+    cmd.args(args).arg(&file).current_dir(dir.path());
+    match host::run(cmd, run.timeout, run.cancel).await {
+        Ok(out) => Ok(Some(out)),
+        Err(RunError::Cancelled) => Err(Cancelled),
+        Err(e @ RunError::TimedOut(_)) => {
+            report.findings.push(finding(
+                "timeout",
+                Severity::Warning,
+                format!("{tool}: {e}; its rules were not applied to this candidate"),
+                None,
+                tool,
+            ));
+            Ok(None)
+        }
+        Err(e) => {
+            report
+                .notes
+                .push(format!("{tool} skipped: `{}`: {e}", program.display()));
+            Ok(None)
+        }
+    }
+}
+
+/// [`run_tool`] for a tool that prints JSON on stdout (ruff, bandit): the
+/// parsed value, or `None` with a note when the tool is not on PATH or its
+/// output is not JSON.
+async fn run_json_tool(
+    tool: &str,
+    args: &[&str],
+    code: &str,
+    run: ToolRun<'_>,
+    report: &mut CheckReport,
+) -> Result<Option<serde_json::Value>, Cancelled> {
+    let Some(program) = host::find_on_path(tool) else {
+        report
+            .notes
+            .push(format!("{tool} not on PATH: skipped (pip install {tool})"));
+        return Ok(None);
+    };
+    let Some(out) = run_tool(tool, &program, args, code, run, report).await? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice(&out.stdout) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            report.notes.push(format!(
+                "{tool} skipped: unreadable output ({e}): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            Ok(None)
+        }
+    }
+}
+
+async fn py_compile(
+    code: &str,
+    python: &Path,
+    run: ToolRun<'_>,
+    report: &mut CheckReport,
+) -> Result<(), Cancelled> {
     // -I and a temp dir as cwd: a `py_compile.py` (or `sitecustomize.py`) in
     // the user's working directory must not run as the user.
-    match Command::new(python)
-        .args(["-I", "-m", "py_compile"])
-        .arg(&file)
-        .current_dir(dir.path())
-        .output()
-    {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let line = err
-                .split("line ")
-                .nth(1)
-                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse().ok());
-            let msg = err
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("py_compile failed")
-                .trim()
-                .to_string();
-            report.findings.push(finding(
-                "py_compile",
-                Severity::Error,
-                msg,
-                line,
-                "py_compile",
-            ));
-        }
-        Err(e) => report.notes.push(format!(
-            "py_compile skipped: cannot run `{}`: {e} (set the Python interpreter in the config)",
-            python.display()
-        )),
+    let Some(out) = run_tool(
+        "py_compile",
+        python,
+        &["-I", "-m", "py_compile"],
+        code,
+        run,
+        report,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    if out.status.success() {
+        return Ok(());
     }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .split("line ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok());
+    let msg = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("py_compile failed")
+        .trim()
+        .to_string();
+    report.findings.push(finding(
+        "py_compile",
+        Severity::Error,
+        msg,
+        line,
+        "py_compile",
+    ));
+    Ok(())
 }
 
 fn structure(stub: &FunctionInfo, code: &str, report: &mut CheckReport) {
@@ -204,54 +305,19 @@ fn structure(stub: &FunctionInfo, code: &str, report: &mut CheckReport) {
     }
 }
 
-fn ruff(code: &str, report: &mut CheckReport) {
-    let Some(ruff) = on_path("ruff") else {
-        report
-            .notes
-            .push("ruff not on PATH: skipped (pip install ruff)".into());
-        return;
-    };
-    let (dir, file) = match temp_module(code) {
-        Ok(x) => x,
-        Err(e) => {
-            report
-                .notes
-                .push(format!("ruff skipped: cannot write a temporary file: {e}"));
-            return;
-        }
-    };
+async fn ruff(code: &str, run: ToolRun<'_>, report: &mut CheckReport) -> Result<(), Cancelled> {
     // --isolated: the user's global ruff config must not change the verdict.
-    let out = Command::new(ruff)
-        .args([
-            "check",
-            "--output-format",
-            "json",
-            "--no-cache",
-            "--isolated",
-        ])
-        .arg(&file)
-        .current_dir(dir.path())
-        .output();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => {
-            report
-                .notes
-                .push(format!("ruff skipped: cannot run it: {e}"));
-            return;
-        }
+    let args = [
+        "check",
+        "--output-format",
+        "json",
+        "--no-cache",
+        "--isolated",
+    ];
+    let Some(v) = run_json_tool("ruff", &args, code, run, report).await? else {
+        return Ok(());
     };
-    let items: Vec<serde_json::Value> = match serde_json::from_slice(&out.stdout) {
-        Ok(v) => v,
-        Err(e) => {
-            report.notes.push(format!(
-                "ruff skipped: unreadable output ({e}): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-            return;
-        }
-    };
-    for item in items {
+    for item in v.as_array().into_iter().flatten() {
         let code = item["code"].as_str().unwrap_or("syntax").to_string();
         let severity = if code == "F821" || code.starts_with("E9") || code == "syntax" {
             Severity::Error
@@ -266,6 +332,7 @@ fn ruff(code: &str, report: &mut CheckReport) {
             "ruff",
         ));
     }
+    Ok(())
 }
 
 fn is_mutable_default(value: Node, code: &str) -> bool {
@@ -464,8 +531,15 @@ fn open_writes(call: Node, code: &str) -> bool {
 /// ftplib, smtplib, ctypes). Warnings: `file-write` (`open` with a w/a/x/+
 /// mode), `file-delete` (`shutil.rmtree`, `os.remove`, `os.unlink`,
 /// `os.rmdir`). bandit: `bandit:<id>` with HIGH -> Error, MEDIUM -> Warning,
-/// LOW -> Info; B101 (assert) is skipped. Lines are 1-based.
-pub fn security_check(candidate_module: &str) -> CheckReport {
+/// LOW -> Info; B101 (assert) is skipped. Lines are 1-based. bandit past
+/// `run.timeout` gives a `timeout` warning; a cancel gives [`Cancelled`].
+pub async fn security_check(
+    candidate_module: &str,
+    run: ToolRun<'_>,
+) -> Result<CheckReport, Cancelled> {
+    if run.cancel.is_cancelled() {
+        return Err(Cancelled);
+    }
     let code = candidate_module;
     let mut report = CheckReport::default();
     let tree = python::parse(code);
@@ -574,49 +648,13 @@ pub fn security_check(candidate_module: &str) -> CheckReport {
             _ => {}
         }
     });
-    bandit(code, &mut report);
-    report
+    bandit(code, run, &mut report).await?;
+    Ok(report)
 }
 
-fn bandit(code: &str, report: &mut CheckReport) {
-    let Some(bandit) = on_path("bandit") else {
-        report
-            .notes
-            .push("bandit not on PATH: skipped (pip install bandit)".into());
-        return;
-    };
-    let (dir, file) = match temp_module(code) {
-        Ok(x) => x,
-        Err(e) => {
-            report.notes.push(format!(
-                "bandit skipped: cannot write a temporary file: {e}"
-            ));
-            return;
-        }
-    };
-    let out = match Command::new(bandit)
-        .args(["-f", "json", "-q"])
-        .arg(&file)
-        .current_dir(dir.path())
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            report
-                .notes
-                .push(format!("bandit skipped: cannot run it: {e}"));
-            return;
-        }
-    };
-    let v: serde_json::Value = match serde_json::from_slice(&out.stdout) {
-        Ok(v) => v,
-        Err(e) => {
-            report.notes.push(format!(
-                "bandit skipped: unreadable output ({e}): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-            return;
-        }
+async fn bandit(code: &str, run: ToolRun<'_>, report: &mut CheckReport) -> Result<(), Cancelled> {
+    let Some(v) = run_json_tool("bandit", &["-f", "json", "-q"], code, run, report).await? else {
+        return Ok(());
     };
     for r in v["results"].as_array().into_iter().flatten() {
         let id = r["test_id"].as_str().unwrap_or("B000");
@@ -636,6 +674,7 @@ fn bandit(code: &str, report: &mut CheckReport) {
             "bandit",
         ));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -649,8 +688,39 @@ mod tests {
         python::find_function(STUB, "mean").unwrap()
     }
 
+    /// [`validate`] with the default timeout, never cancelled.
+    fn validated(stub: &FunctionInfo, code: &str, python: &Path) -> CheckReport {
+        block_on(validate(
+            stub,
+            code,
+            python,
+            tool_run(&CancellationToken::new()),
+        ))
+    }
+
+    /// [`security_check`] with the default timeout, never cancelled.
+    fn secured(code: &str) -> CheckReport {
+        block_on(security_check(code, tool_run(&CancellationToken::new())))
+    }
+
+    fn tool_run(cancel: &CancellationToken) -> ToolRun<'_> {
+        ToolRun {
+            timeout: TOOL_TIMEOUT,
+            cancel,
+        }
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = Result<T, Cancelled>>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+            .expect("not cancelled")
+    }
+
     fn python3() -> PathBuf {
-        on_path("python3").expect("python3 on PATH for the checks tests")
+        host::find_on_path("python3").expect("python3 on PATH for the checks tests")
     }
 
     fn rules(r: &CheckReport) -> Vec<&str> {
@@ -663,18 +733,121 @@ mod tests {
             .any(|f| f.rule == rule && f.severity == sev)
     }
 
+    /// Runs `script` as a checker tool (`sh -c SCRIPT sh candidate.py`) under `run`.
+    async fn shell_tool(
+        script: &str,
+        run: ToolRun<'_>,
+    ) -> (Result<Option<Output>, Cancelled>, CheckReport) {
+        let mut report = CheckReport::default();
+        let r = run_tool(
+            "slowtool",
+            Path::new("sh"),
+            &["-c", script, "sh"],
+            GOOD,
+            run,
+            &mut report,
+        )
+        .await;
+        (r, report)
+    }
+
+    /// Whether process `pid` is gone (or a zombie) within a second or two.
+    fn gone(pid: &str) -> bool {
+        (0..100).any(|_| {
+            let state =
+                std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+            let state = state.rsplit_once(')').map_or("", |(_, r)| r.trim_start());
+            if state.is_empty() || state.starts_with('Z') {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            false
+        })
+    }
+
+    #[test]
+    fn a_checker_past_its_timeout_is_killed_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+        let cancel = CancellationToken::new();
+        let run = ToolRun {
+            timeout: Duration::from_millis(300),
+            cancel: &cancel,
+        };
+        let t0 = std::time::Instant::now();
+        let (r, report) = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(shell_tool(&script, run));
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        let f = &report.findings[0];
+        assert_eq!((f.rule.as_str(), f.tool.as_str()), ("timeout", "slowtool"));
+        assert_eq!(f.severity, Severity::Warning);
+        assert!(
+            f.message
+                .contains("did not finish within 0.3 s and was killed"),
+            "{f:?}"
+        );
+        assert!(
+            gone(&std::fs::read_to_string(&pidfile).unwrap()),
+            "the tool still runs"
+        );
+    }
+
+    #[test]
+    fn cancel_stops_a_checker() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            c.cancel();
+        });
+        let run = ToolRun {
+            timeout: TOOL_TIMEOUT,
+            cancel: &cancel,
+        };
+        let t0 = std::time::Instant::now();
+        let (r, report) = rt.block_on(shell_tool(&script, run));
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(r.unwrap_err(), Cancelled);
+        assert!(report.findings.is_empty(), "{report:?}");
+        assert!(
+            gone(&std::fs::read_to_string(&pidfile).unwrap()),
+            "the tool still runs"
+        );
+        // A cancelled task's checks end at once, before any tool starts.
+        let run = ToolRun {
+            timeout: TOOL_TIMEOUT,
+            cancel: &cancel,
+        };
+        assert_eq!(
+            rt.block_on(validate(&stub(), GOOD, &python3(), run))
+                .unwrap_err(),
+            Cancelled
+        );
+        assert_eq!(
+            rt.block_on(security_check(GOOD, run)).unwrap_err(),
+            Cancelled
+        );
+    }
+
     #[test]
     fn clean_candidate_has_no_errors() {
-        let v = validate(&stub(), GOOD, &python3());
+        let v = validated(&stub(), GOOD, &python3());
         assert_eq!(v.errors().count(), 0, "{v:#?}");
-        let s = security_check(GOOD);
+        let s = secured(GOOD);
         assert_eq!(s.errors().count(), 0, "{s:#?}");
     }
 
     #[test]
     fn syntax_and_py_compile() {
         let bad = "def mean(xs, default=None):\n    \"\"\"Average of xs.\n\n    >>> mean([1, 3])\n    2.0\n    \"\"\"\n    return (xs\n";
-        let v = validate(&stub(), bad, &python3());
+        let v = validated(&stub(), bad, &python3());
         assert!(has(&v, "syntax", Severity::Error), "{v:#?}");
         let pc = v
             .findings
@@ -684,9 +857,9 @@ mod tests {
         assert_eq!(pc.severity, Severity::Error);
         assert!(pc.line.is_some());
         // Valid for tree-sitter, rejected by CPython: `return` outside a function.
-        let v = validate(&stub(), &format!("{GOOD}return 1\n"), &python3());
+        let v = validated(&stub(), &format!("{GOOD}return 1\n"), &python3());
         assert!(has(&v, "py_compile", Severity::Error), "{v:#?}");
-        let v = validate(&stub(), GOOD, Path::new("/nonexistent/python3"));
+        let v = validated(&stub(), GOOD, Path::new("/nonexistent/python3"));
         assert!(
             v.notes.iter().any(|n| n.starts_with("py_compile skipped")),
             "{v:#?}"
@@ -699,16 +872,16 @@ mod tests {
             "def mean(xs, default=None)",
             "def mean(values, default=None)",
         );
-        let v = validate(&stub(), &renamed, &python3());
+        let v = validated(&stub(), &renamed, &python3());
         assert!(has(&v, "signature-changed", Severity::Error), "{v:#?}");
         let missing = GOOD.replace("def mean(", "def average(");
         assert!(has(
-            &validate(&stub(), &missing, &python3()),
+            &validated(&stub(), &missing, &python3()),
             "signature-changed",
             Severity::Error
         ));
         let redoc = GOOD.replace("Average of xs.", "Mean of xs.");
-        let v = validate(&stub(), &redoc, &python3());
+        let v = validated(&stub(), &redoc, &python3());
         assert_eq!(
             rules(&v)
                 .iter()
@@ -717,14 +890,14 @@ mod tests {
             1,
             "{v:#?}"
         );
-        let v = validate(&stub(), STUB, &python3());
+        let v = validated(&stub(), STUB, &python3());
         assert!(has(&v, "still-stub", Severity::Error), "{v:#?}");
     }
 
     #[test]
     fn style_rules_fire() {
         let code = "COUNT = 0\n\ndef mean(xs, default=None, cache=[]):\n    \"\"\"Average of xs.\n\n    >>> mean([1, 3])\n    2.0\n    \"\"\"\n    global COUNT\n    try:\n        print(xs)\n        return sum(xs) / len(xs)\n    except:\n        return default\n\nprint('module level is not flagged')\n";
-        let v = validate(&stub(), code, &python3());
+        let v = validated(&stub(), code, &python3());
         assert!(has(&v, "mutable-default", Severity::Warning), "{v:#?}");
         assert!(has(&v, "global", Severity::Warning));
         assert!(has(&v, "bare-except", Severity::Warning));
@@ -742,8 +915,8 @@ mod tests {
             "return float(statistics.mean(xs))",
             "return float(statistics.mean(undefined_name))",
         );
-        let v = validate(&stub(), &code, &python3());
-        if on_path("ruff").is_some() {
+        let v = validated(&stub(), &code, &python3());
+        if host::find_on_path("ruff").is_some() {
             let f = v
                 .findings
                 .iter()
@@ -752,7 +925,7 @@ mod tests {
             assert_eq!(f.severity, Severity::Error);
             assert_eq!(f.line, Some(12));
             let unused = format!("import os\n{GOOD}");
-            let v = validate(&stub(), &unused, &python3());
+            let v = validated(&stub(), &unused, &python3());
             assert!(has(&v, "ruff:F401", Severity::Warning), "{v:#?}");
         } else {
             assert!(v
@@ -797,7 +970,7 @@ def f(x):
     os.rmdir("a")
     re.compile("x")
 "#;
-        let r = security_check(code);
+        let r = secured(code);
         let count = |rule: &str, sev: Severity| {
             r.findings
                 .iter()
@@ -830,8 +1003,8 @@ def f(x):
     #[test]
     fn bandit_runs_or_is_noted() {
         let code = "def f(x):\n    assert x\n    return eval(x)\n";
-        let r = security_check(code);
-        if on_path("bandit").is_some() {
+        let r = secured(code);
+        if host::find_on_path("bandit").is_some() {
             let b = r
                 .findings
                 .iter()

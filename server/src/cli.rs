@@ -32,10 +32,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Trust};
 use crate::files::FileError;
 use crate::pipeline::{
-    Deps, Ending, Event, Pause, PipelineError, Proposal, Reply, Settings, Target, TaskRun, TaskSpec,
+    Deps, Ending, Event, Pause, PipelineError, Proposal, Reply, Target, TaskRun, TaskSpec,
 };
-use crate::rag::Guidelines;
-use crate::sandbox::Sandbox;
+use crate::runtime::{self, SetupError};
 use crate::store::{Store, TaskKind, TaskStatus};
 
 /// Exit code: success.
@@ -381,65 +380,13 @@ pub fn find_workspace(file: &Path) -> PathBuf {
     start
 }
 
-/// Builds the pipeline's dependencies for a workspace from its configuration.
-/// Errors carry the exit code to use.
-pub fn build_deps(
-    workspace: &Path,
-    cfg: &Config,
-    interactive: bool,
-) -> Result<Deps, (i32, String)> {
-    let store = Store::open(&workspace.join(".docsmith").join("docsmith.db"))
-        .map_err(|e| (EXIT_INTERNAL, e.to_string()))?;
-    let mut deps = build_deps_with_store(workspace, cfg, Arc::new(store))?;
-    deps.settings.interactive = interactive;
-    Ok(deps)
-}
-
-/// [`build_deps`] with an already opened store (the language server keeps one
-/// store for its life and rebuilds the rest when the configuration changes).
-/// `settings.interactive` is false; the caller sets it.
-pub fn build_deps_with_store(
-    workspace: &Path,
-    cfg: &Config,
-    store: Arc<Store>,
-) -> Result<Deps, (i32, String)> {
-    let router = crate::config::build_router(cfg).map_err(|e| (EXIT_MODEL, e.to_string()))?;
-    // A sandbox that cannot be set up here (no working bwrap, no interpreter)
-    // is a configuration error (exit 4), not an internal one.
-    let sandbox = Sandbox::new(cfg.sandbox_config()).map_err(|e| {
-        let code = if e.is_setup() {
-            EXIT_MODEL
-        } else {
-            EXIT_INTERNAL
-        };
-        (code, e.to_string())
-    })?;
-    Ok(Deps {
-        router: Arc::new(router),
-        sandbox: Arc::new(sandbox),
-        store,
-        guidelines: Arc::new(Guidelines::load(Some(workspace))),
-        settings: pipeline_settings(cfg),
-    })
-}
-
-/// The loop settings a configuration gives: its budgets, `python3`, proposal
-/// files written, not interactive (front ends that can ask set `interactive`).
-pub fn pipeline_settings(cfg: &Config) -> Settings {
-    Settings {
-        max_refinements: cfg.max_refinements,
-        candidates: cfg.candidates,
-        sample_temperature: cfg.sample_temperature,
-        top_p: cfg.top_p,
-        code_prompt: crate::roles::CodePrompt::parse(&cfg.code_prompt)
-            .unwrap_or(crate::roles::CodePrompt::Plain),
-        greedy_first: cfg.greedy_first,
-        max_clarifications: cfg.max_clarifications,
-        max_generated_tests: cfg.max_generated_tests,
-        interactive: false,
-        python: PathBuf::from("python3"),
-        write_proposal_files: true,
-        context_tokens: cfg.context_tokens,
+/// The exit code of a set-up error: the user's installation or configuration
+/// (a provider, a sandbox that cannot run here) is 4, anything else 1.
+fn exit_code_for_setup(e: &SetupError) -> i32 {
+    if e.is_configuration() {
+        EXIT_MODEL
+    } else {
+        EXIT_INTERNAL
     }
 }
 
@@ -499,11 +446,16 @@ async fn generate(args: GenerateArgs) -> i32 {
     }
     let tty = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let interactive = tty && !args.yes;
-    let deps = match build_deps(&workspace, &cfg, interactive) {
-        Ok(d) => d,
-        Err((code, msg)) => {
-            eprintln!("docsmith: {msg}");
-            return code;
+    let deps = match runtime::open_store(&workspace)
+        .and_then(|store| Deps::from_config(&workspace, &cfg, Arc::new(store)))
+    {
+        Ok(mut d) => {
+            d.settings.interactive = interactive;
+            d
+        }
+        Err(e) => {
+            eprintln!("docsmith: {e}");
+            return exit_code_for_setup(&e);
         }
     };
     let spec = TaskSpec {

@@ -387,8 +387,9 @@ pub enum CodePrompt {
     /// The stub, then "write a function that satisfies this specification;
     /// the docstring's examples must hold".
     Spec,
-    /// The loop's earlier developer prompt: role guidelines from
-    /// `rag_contexts/developer.md` in the prompt.
+    /// The loop's earlier developer prompt: the developer's guidelines
+    /// (`rag_contexts/coding.md` and `security.md`, see
+    /// `rag::Concern::for_role`) in the prompt.
     Guided,
 }
 

@@ -26,8 +26,9 @@ use crate::pipeline::{Deps, Event, Pause, Reply, Target, TaskRun, TaskSpec};
 use crate::python;
 use crate::rag::Guidelines;
 use crate::roles::{self, StubView};
+use crate::runtime;
 use crate::sandbox::Sandbox;
-use crate::store::{Store, TaskKind};
+use crate::store::TaskKind;
 use crate::types::Role;
 
 /// What the loop may see of a record: no `test` field.
@@ -307,12 +308,10 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
     // sharing one would only overlap their sandbox time.
     let mut routers = Vec::with_capacity(jobs);
     for _ in 0..jobs {
-        routers.push(Arc::new(
-            crate::config::build_router(&cfg).map_err(|e| e.to_string())?,
-        ));
+        routers.push(Arc::new(runtime::router(&cfg).map_err(|e| e.to_string())?));
     }
     let routers = Arc::new(std::sync::Mutex::new(routers));
-    let sandbox = Arc::new(Sandbox::new(cfg.sandbox_config()).map_err(|e| e.to_string())?);
+    let sandbox = Arc::new(runtime::sandbox(&cfg).map_err(|e| e.to_string())?);
     let bar = indicatif::ProgressBar::new(todo.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -518,7 +517,7 @@ async fn looped(
     sandbox: Arc<Sandbox>,
     row: &mut Row,
 ) -> (String, Vec<(u32, u32, u32, bool, String)>) {
-    let store = match Store::open(&root.join(".docsmith").join("docsmith.db")) {
+    let store = match runtime::open_store(root) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             row.loop_status = "failed".into();
@@ -533,7 +532,7 @@ async fn looped(
         guidelines: Arc::new(Guidelines::builtin()),
         settings: crate::pipeline::Settings {
             write_proposal_files: false,
-            ..crate::cli::pipeline_settings(cfg)
+            ..runtime::settings(cfg)
         },
     };
     let spec = TaskSpec {

@@ -288,7 +288,7 @@ pub fn stats_json(st: &WorkspaceStats, prices: &Prices) -> serde_json::Value {
 /// Opens the workspace's store for reading; `None` with a message on stderr
 /// when it has none.
 pub fn open(workspace: &std::path::Path) -> Option<Result<Store, String>> {
-    let db = workspace.join(".docsmith").join("docsmith.db");
+    let db = crate::runtime::store_path(workspace);
     if !db.exists() {
         eprintln!(
             "docsmith: no history in {} (no .docsmith/docsmith.db yet)",

@@ -1,11 +1,13 @@
 //! The language server's errors, mapped once to JSON-RPC errors. Messages name
-//! the cause and the fix; codes follow LSP where one fits (`ContentModified`
-//! for a stale document, `RequestCancelled`, `InvalidParams`).
+//! the cause and the fix; codes follow LSP where one fits (`RequestCancelled`,
+//! `InvalidParams`). A stale document is not an error: accept answers
+//! `applied: false` with the reason and offers a re-run.
 
 use tower_lsp_server::jsonrpc::{Error, ErrorCode};
 
 use super::protocol::CommandError;
 use crate::pipeline::PipelineError;
+use crate::runtime::SetupError;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +39,22 @@ pub enum LspError {
     Feedback(String),
     #[error("document: {0}")]
     Document(String),
-    #[error("{0}")]
-    Stale(String),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A configuration the server cannot build a runtime from is the user's to
+/// fix (`Config`); a store or sandbox that fails otherwise is `Internal`.
+impl From<SetupError> for LspError {
+    fn from(e: SetupError) -> LspError {
+        if e.is_configuration() {
+            LspError::Config(e.to_string())
+        } else {
+            LspError::Internal(e.to_string())
+        }
+    }
 }
 
 impl From<LspError> for Error {
@@ -55,7 +67,6 @@ impl From<LspError> for Error {
             | LspError::Document(_) => ErrorCode::InvalidParams,
             LspError::Pipeline(PipelineError::Analysis(_))
             | LspError::Pipeline(PipelineError::NoDocstring(_)) => ErrorCode::InvalidParams,
-            LspError::Stale(_) => ErrorCode::ServerError(-32801), // ContentModified
             LspError::Pipeline(PipelineError::Cancelled) => ErrorCode::ServerError(-32800), // RequestCancelled
             LspError::WrongPhase { .. } | LspError::Busy { .. } => ErrorCode::InvalidRequest,
             LspError::Config(_) => ErrorCode::ServerError(-32001),

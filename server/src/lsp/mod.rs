@@ -47,6 +47,7 @@ use tower_lsp_server::{Client, LanguageServer, LspService, Server};
 
 use crate::config::{Config, Trust};
 use crate::pipeline::Deps;
+use crate::runtime;
 use crate::store::{Store, TaskRow, TaskStatus};
 use documents::{Document, Encoding};
 use errors::LspError;
@@ -262,15 +263,11 @@ impl ServerState {
         let store = match self.store.get() {
             Some(s) => s.clone(),
             None => {
-                let s = Arc::new(
-                    Store::open(&session.root.join(".docsmith").join("docsmith.db"))
-                        .map_err(|e| LspError::Internal(e.to_string()))?,
-                );
+                let s = Arc::new(runtime::open_store(&session.root)?);
                 self.store.get_or_init(|| s).clone()
             }
         };
-        let mut deps = crate::cli::build_deps_with_store(&session.root, &cfg, store)
-            .map_err(|(_, m)| LspError::Config(m))?;
+        let mut deps = Deps::from_config(&session.root, &cfg, store)?;
         deps.settings.interactive = session.flags.message_request;
         if let Some(prev) = &previous {
             if prev.config.providers == cfg.providers && prev.config.roles == cfg.roles {

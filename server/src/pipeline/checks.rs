@@ -3,16 +3,29 @@
 //! when the ranking is exhausted the round counts as having no passing
 //! candidate (more samples after a greedy-only round, else Critique).
 
+use std::collections::HashSet;
 use std::time::Instant;
 
-use std::collections::HashSet;
+use tokio_util::sync::CancellationToken;
 
 use super::{PipelineError, Stage, TaskRun};
+use crate::checks::{self, ToolRun};
 use crate::python;
 use crate::types::{CheckReport, Severity};
 
 impl TaskRun {
-    pub(super) fn step_validate(&mut self) -> Result<Stage, PipelineError> {
+    /// How the checkers run their tools for this task: its timeout, `cancel`.
+    fn tool_run<'a>(&self, cancel: &'a CancellationToken) -> ToolRun<'a> {
+        ToolRun {
+            timeout: self.deps.settings.check_timeout,
+            cancel,
+        }
+    }
+
+    pub(super) async fn step_validate(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Result<Stage, PipelineError> {
         let Some(i) = self.chosen else {
             return Ok(Stage::Critique);
         };
@@ -30,7 +43,8 @@ impl TaskRun {
         );
         let t0 = Instant::now();
         let (module, changed) = self.checked_module(i);
-        let report = crate::checks::validate(&self.stub, &module, &self.deps.settings.python);
+        let python = &self.deps.settings.python;
+        let report = checks::validate(&self.stub, &module, python, self.tool_run(cancel)).await?;
         self.finish_checks(i, only_on(report, changed.as_ref()), "validate", t0)?;
         Ok(if self.has_errors(i) {
             self.candidates[i].checked = true;
@@ -40,14 +54,17 @@ impl TaskRun {
         })
     }
 
-    pub(super) fn step_security(&mut self) -> Result<Stage, PipelineError> {
+    pub(super) async fn step_security(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Result<Stage, PipelineError> {
         let Some(i) = self.chosen else {
             return Ok(Stage::Critique);
         };
         self.enter(Stage::SecurityCheck, "security check".into());
         let t0 = Instant::now();
         let (module, changed) = self.checked_module(i);
-        let report = crate::checks::security_check(&module);
+        let report = checks::security_check(&module, self.tool_run(cancel)).await?;
         self.finish_checks(i, only_on(report, changed.as_ref()), "security", t0)?;
         self.candidates[i].checked = true;
         Ok(if self.has_errors(i) {
@@ -166,13 +183,18 @@ fn only_on(mut report: CheckReport, changed: Option<&HashSet<usize>>) -> CheckRe
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_the_lines_a_candidate_touched_count() {
+    #[tokio::test]
+    async fn only_the_lines_a_candidate_touched_count() {
         let old = "import os\n\ndef f():\n    ...\n\ndef g():\n    eval('1')\n";
         let new = "import os\nimport re\n\ndef f():\n    return re.escape('x')\n\ndef g():\n    eval('1')\n";
         let changed = changed_lines(old, new);
         assert_eq!(changed, HashSet::from([2, 5]));
-        let report = crate::checks::security_check(new);
+        let cancel = CancellationToken::new();
+        let run = ToolRun {
+            timeout: checks::TOOL_TIMEOUT,
+            cancel: &cancel,
+        };
+        let report = checks::security_check(new, run).await.unwrap();
         assert!(
             report.findings.iter().any(|f| f.line == Some(8)),
             "{report:?}"

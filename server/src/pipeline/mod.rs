@@ -45,7 +45,7 @@ mod status;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
@@ -102,7 +102,7 @@ impl Stage {
     }
 }
 
-/// Loop settings (from `config::Config` in the front ends).
+/// Loop settings (built from a `config::Config` by `runtime::settings`).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Repair rounds allowed after the first round of candidates when no
@@ -130,6 +130,10 @@ pub struct Settings {
     pub interactive: bool,
     /// Python interpreter used by validation (`py_compile`).
     pub python: PathBuf,
+    /// How long each external checker (py_compile, ruff, bandit) may run
+    /// before it is killed and reported as a `timeout` finding (default
+    /// [`crate::checks::TOOL_TIMEOUT`]).
+    pub check_timeout: Duration,
     /// Write `.docsmith/proposals/<task>/` when a proposal is ready.
     pub write_proposal_files: bool,
     /// Budget of the context shown around the stub (outlines of the
@@ -151,6 +155,7 @@ impl Default for Settings {
             max_generated_tests: 6,
             interactive: false,
             python: PathBuf::from("python3"),
+            check_timeout: crate::checks::TOOL_TIMEOUT,
             write_proposal_files: true,
             context_tokens: 1024,
         }
@@ -158,6 +163,8 @@ impl Default for Settings {
 }
 
 /// What a task needs from the rest of the crate. Cheap to clone (all `Arc`s).
+/// Front ends build it with `Deps::from_config` (in `runtime`, the
+/// composition root).
 #[derive(Clone)]
 pub struct Deps {
     pub router: Arc<Router>,
@@ -435,6 +442,13 @@ pub enum PipelineError {
     NoCode(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A cancel during the checks ends the task as cancelled.
+impl From<crate::checks::Cancelled> for PipelineError {
+    fn from(_: crate::checks::Cancelled) -> PipelineError {
+        PipelineError::Cancelled
+    }
 }
 
 /// The project mount for a file at `here` whose `source` imports modules of
@@ -832,8 +846,8 @@ impl TaskRun {
                 Stage::WriteCode => self.sample_round(cancel, false).await?,
                 Stage::RunTests => self.step_run_tests(cancel).await?,
                 Stage::Select => self.step_select()?,
-                Stage::Validate => self.step_validate()?,
-                Stage::SecurityCheck => self.step_security()?,
+                Stage::Validate => self.step_validate(cancel).await?,
+                Stage::SecurityCheck => self.step_security(cancel).await?,
                 Stage::Critique => self.step_critique(cancel).await?,
                 Stage::Review => {
                     let p = self.step_review()?;
@@ -1082,30 +1096,15 @@ fn is_identifier_path(s: &str) -> bool {
 /// `add(2, 3)` are the same call, and so are `f("a")` and `f('a')`). Whitespace
 /// inside string literals is kept.
 fn normalize(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for c in s.chars() {
-        match quote {
-            Some(q) => {
-                out.push(if c == q && !escaped { '\'' } else { c });
-                if escaped {
-                    escaped = false;
-                } else if c == '\\' {
-                    escaped = true;
-                } else if c == q {
-                    quote = None;
-                }
-            }
-            None if c == '\'' || c == '"' => {
-                quote = Some(c);
-                out.push('\'');
-            }
-            None if c.is_whitespace() => {}
-            None => out.push(c),
-        }
-    }
-    out
+    use crate::python::scan::{scan, At};
+    scan(s)
+        .filter_map(|(_, c, at)| match at {
+            At::Quote => Some('\''),
+            At::Str => Some(c),
+            At::Code(_) if c.is_whitespace() => None,
+            At::Code(_) => Some(c),
+        })
+        .collect()
 }
 
 /// The failing active test cases of a run, paired with their results.

@@ -990,3 +990,13 @@ async fn async_functions_and_generators_run_as_their_docstrings_write_them() {
     let (p, _) = to_review(&mut run, &mut rx).await;
     assert!(p.passing, "{:?} {:#?}", p.reasons, p.tests);
 }
+
+#[test]
+fn snippets_compare_without_spacing_or_quote_style() {
+    assert_eq!(normalize("add( 2,\t3 )"), normalize("add(2, 3)"));
+    assert_eq!(normalize("f(\"a\")"), "f('a')");
+    // Spacing inside a literal, and an escaped quote, are kept.
+    assert_eq!(normalize("f('a  b')"), "f('a  b')");
+    assert_eq!(normalize(r#"f("say \"hi\"")"#), r#"f('say \"hi\"')"#);
+    assert_ne!(normalize("f('a b')"), normalize("f('ab')"));
+}

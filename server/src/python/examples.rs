@@ -5,6 +5,7 @@
 //! Owns only the text heuristics; every produced `call` and `expected` is checked
 //! to parse as Python with tree-sitter (except doctest output that is printed text).
 
+use super::scan::{is_bracket, scan, At};
 use super::{parse, parses_cleanly, FunctionInfo};
 use crate::types::{TestCase, TestOrigin};
 use tree_sitter::Node;
@@ -290,69 +291,23 @@ fn no_free_names(s: &str) -> bool {
 
 /// Index just past the bracket matching the one at `start`, honouring quotes.
 fn balanced_end(s: &str, start: usize) -> Option<usize> {
-    let b = s.as_bytes();
-    let mut depth = 0i32;
-    let mut quote: Option<u8> = None;
-    let mut i = start;
-    while i < b.len() {
-        let c = b[i];
-        if let Some(q) = quote {
-            if c == b'\\' {
-                i += 1;
-            } else if c == q {
-                quote = None;
-            }
-        } else {
-            match c {
-                b'\'' | b'"' => quote = Some(c),
-                b'(' | b'[' | b'{' => depth += 1,
-                b')' | b']' | b'}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return Some(i + 1);
-                    }
-                    if depth < 0 {
-                        return None;
-                    }
-                }
-                _ => {}
-            }
+    for (i, c, at) in scan(&s[start..]) {
+        match at {
+            At::Code(d) if d < 0 => return None,
+            At::Code(0) if matches!(c, ')' | ']' | '}') => return Some(start + i + 1),
+            _ => {}
         }
-        i += 1;
     }
     None
 }
 
-/// Byte positions in `s` at bracket depth 0 and outside quotes where `pred` holds.
-fn top_level_positions(s: &str, pred: impl Fn(u8, usize) -> bool) -> Vec<usize> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut depth = 0i32;
-    let mut quote: Option<u8> = None;
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if let Some(q) = quote {
-            if c == b'\\' {
-                i += 1;
-            } else if c == q {
-                quote = None;
-            }
-        } else {
-            match c {
-                b'\'' | b'"' => quote = Some(c),
-                b'(' | b'[' | b'{' => depth += 1,
-                b')' | b']' | b'}' => depth -= 1,
-                _ => {
-                    if depth == 0 && pred(c, i) {
-                        out.push(i);
-                    }
-                }
-            }
-        }
-        i += 1;
-    }
-    out
+/// Byte positions in `s` at bracket depth 0 and outside quotes where `pred`
+/// holds (never a bracket or a quote).
+fn top_level_positions(s: &str, pred: impl Fn(char, usize) -> bool) -> Vec<usize> {
+    scan(s)
+        .filter(|&(i, c, at)| at == At::Code(0) && !is_bracket(c) && pred(c, i))
+        .map(|(i, ..)| i)
+        .collect()
 }
 
 /// The expected value at the start of `rest`: the longest prefix that is a
@@ -361,13 +316,13 @@ fn rhs_expression(rest: &str) -> Option<String> {
     let s = rest.trim();
     let bytes = s.as_bytes();
     let cut = top_level_positions(s, |c, i| {
-        c == b',' || c == b';' || (c == b'#' && (i == 0 || bytes[i - 1] == b' '))
+        c == ',' || c == ';' || (c == '#' && (i == 0 || bytes[i - 1] == b' '))
     })
     .into_iter()
     .next()
     .unwrap_or(s.len());
     let s = s[..cut].trim_end();
-    let mut ends = top_level_positions(s, |c, _| c == b' ' || c == b'\t');
+    let mut ends = top_level_positions(s, |c, _| c == ' ' || c == '\t');
     ends.push(s.len());
     for &end in ends.iter().rev() {
         let remainder = s[end..].trim_start();
@@ -416,8 +371,8 @@ fn parse_assignments(s: &str) -> (Vec<(String, String)>, &str) {
         }
         let v = after[1..].trim_start();
         let stops = top_level_positions(v, |c, i| {
-            c == b','
-                || ((c == b' ' || c == b'\t') && {
+            c == ','
+                || ((c == ' ' || c == '\t') && {
                     let next = v[i..].trim_start();
                     next.chars().next().is_some_and(|n| n.is_alphabetic())
                 })
@@ -851,8 +806,13 @@ def tri(n):
     /// expected value parses as Python. Only `prompt` and `entry_point` are read.
     #[test]
     fn humaneval_dev_prompts() {
-        let path = std::env::var("DOCSMITH_HUMANEVAL_DEV")
-            .unwrap_or_else(|_| "/work/shared/bench/humaneval-dev.jsonl".into());
+        let path = std::env::var("DOCSMITH_HUMANEVAL_DEV").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/bench/humaneval-dev.jsonl"
+            )
+            .into()
+        });
         let data = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("read {path}: {e} (set DOCSMITH_HUMANEVAL_DEV)"));
         let mut total = 0;

@@ -10,6 +10,7 @@
 pub mod context;
 mod examples;
 pub mod project;
+pub mod scan;
 
 use std::ops::Range;
 

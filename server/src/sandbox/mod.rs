@@ -104,7 +104,7 @@ pub enum SandboxMode {
 /// Why the sandbox could not run something.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("python interpreter `{python}` does not run for the sandbox user: {detail} (install python3, or set sandbox.python to an interpreter outside /root such as /usr/bin/python3)")]
+    #[error("python interpreter `{python}` does not run for the sandbox user: {detail} (install python3 where the sandbox user finds it on PATH, such as /usr/bin/python3; an active virtualenv's `bin/python` is used instead, and must not lie under /root)")]
     PythonMissing { python: String, detail: String },
     #[error("bubblewrap (bwrap) is needed to run generated code and is unusable here: {reason}. Install it with `apt-get install bubblewrap` (and allow unprivileged user namespaces), or, {WEAKER_OPT_IN}")]
     BwrapUnavailable { reason: String },
@@ -236,10 +236,11 @@ impl Sandbox {
                 tracing::warn!(target: "docsmith::sandbox", "{}", sandbox.note.as_deref().unwrap_or_default());
             }
             SandboxMode::Auto | SandboxMode::Bwrap => {
-                let bwrap =
-                    find_on_path("bwrap").ok_or_else(|| SandboxError::BwrapUnavailable {
+                let bwrap = crate::host::find_on_path("bwrap").ok_or_else(|| {
+                    SandboxError::BwrapUnavailable {
                         reason: "bwrap is not on PATH".into(),
-                    })?;
+                    }
+                })?;
                 sandbox.layout = Layout::new(&info).map_err(|d| missing(&sandbox, d))?;
                 tracing::debug!(target: "docsmith::sandbox", "bwrap binds the interpreter dirs {:?} besides the system dirs", sandbox.layout.python_dirs());
                 sandbox.bwrap = Some(bwrap);
@@ -898,18 +899,6 @@ fn nonce() -> std::io::Result<String> {
     let mut buf = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(hex::encode(buf))
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
 }
 
 /// Whether every parent of `dir` is searchable by "others" (the sandbox user).
@@ -1682,30 +1671,5 @@ def f():
         assert_eq!(c.cpu_seconds, 3);
         assert_eq!(c.wall_timeout_ms, 30_000);
         assert_eq!(c.address_space_bytes, 1 << 30);
-    }
-
-    /// Not an assertion: prints the median wall time of a 10-test run per mode
-    /// (`cargo test -p docsmith --lib sandbox::tests::timing -- --nocapture`).
-    #[tokio::test]
-    async fn timing_of_a_ten_test_run() {
-        let _guard = RLIMITS_LOCK.lock().await;
-        let code = "def f(x):\n    return x * 2\n";
-        let tests: Vec<TestCase> = (0..10)
-            .map(|i| tc(&format!("t{i}"), &format!("f({i})"), &format!("{}", i * 2)))
-            .collect();
-        for mode in [SandboxMode::Bwrap, SandboxMode::RlimitsOnly] {
-            let sb = Sandbox::new(cfg(mode)).unwrap();
-            let mut times = Vec::new();
-            for _ in 0..7 {
-                let (run, _d) = run_cases(&sb, code, &tests).await;
-                assert!(run.all_passed(), "{run:?}");
-                times.push(run.wall_ms);
-            }
-            times.sort();
-            eprintln!(
-                "sandbox timing: mode {mode:?}: median {} ms over 7 runs of 10 tests ({times:?})",
-                times[3]
-            );
-        }
     }
 }

@@ -12,6 +12,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::host::kill_group;
+
 /// First uid of the pool that sandboxed runs use when the server runs as root
 /// (RLIMIT_NPROC does not bind root, and root can write anywhere).
 const RUN_UID_BASE: u32 = 0x7000_0000;
@@ -232,16 +234,6 @@ pub(crate) async fn supervise(
         stdout_tail: stdout_tail.text(),
         wall_ms: started.elapsed().as_millis() as u64,
     })
-}
-
-/// Sends SIGKILL to every process in group `pgid`.
-pub(crate) fn kill_group(pgid: libc::pid_t) {
-    if pgid > 1 {
-        // SAFETY: plain syscall; a group that is already gone gives ESRCH.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-    }
 }
 
 fn child_setup(limits: Limits, run_as: Option<u32>) -> std::io::Result<()> {
