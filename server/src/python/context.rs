@@ -17,6 +17,7 @@ use std::ops::Range;
 use serde::Serialize;
 use tree_sitter::Node;
 
+use super::project::{project_imports, ModulePath};
 use super::{
     docstring_node, is_import, line_start, named_children, parse, statements, text, FunctionInfo,
 };
@@ -446,7 +447,7 @@ pub struct Gathered {
 pub fn gather(
     source: &str,
     func: &FunctionInfo,
-    here: Option<&super::project::ModulePath>,
+    here: Option<&ModulePath>,
     budget_tokens: usize,
 ) -> Gathered {
     // The class view is the stub itself: at least 1024 tokens of it.
@@ -455,7 +456,7 @@ pub fn gather(
     let mut outlines = module_outlines(source, Some(&exclude), "", None);
     let mut unresolved = Vec::new();
     if let Some(here) = here {
-        let (imported, missing) = super::project::imported_outlines(source, here);
+        let (imported, missing) = imported_outlines(source, here);
         outlines.extend(imported);
         unresolved = missing;
     }
@@ -474,6 +475,46 @@ pub fn gather(
         enclosing,
         unresolved,
     }
+}
+
+/// Outlines of what the project imports of `source` bring in: the named
+/// names of `from m import a, b`, every top-level name of `import m` and of
+/// `from m import *`. Files that cannot be read are skipped (their imports
+/// stay in the returned list of unresolved statements). Returns the outlines
+/// and the statements that could not be resolved in the project.
+pub fn imported_outlines(source: &str, here: &ModulePath) -> (Vec<Outline>, Vec<String>) {
+    let mut outlines = Vec::new();
+    let mut unresolved = Vec::new();
+    for imp in project_imports(source, here) {
+        let Some(file) = &imp.file else {
+            unresolved.push(imp.statement.clone());
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            unresolved.push(imp.statement.clone());
+            continue;
+        };
+        let only: Option<Vec<String>> =
+            if imp.names.is_empty() || imp.names.iter().any(|n| n == "*") {
+                None
+            } else {
+                Some(imp.names.clone())
+            };
+        let found = module_outlines(&text, None, &imp.statement, only.as_deref());
+        if let Some(o) = &only {
+            for n in o {
+                if !found.iter().any(|f| &f.name == n) {
+                    // Re-exported from elsewhere, or not there at all.
+                    unresolved.push(format!(
+                        "{} (`{n}` not defined in {})",
+                        imp.statement, imp.module
+                    ));
+                }
+            }
+        }
+        outlines.extend(found);
+    }
+    (outlines, unresolved)
 }
 
 #[cfg(test)]
@@ -669,5 +710,27 @@ if __name__ == "__main__":
         // Source order in the text.
         let p = |s: &str| all.text.find(s).unwrap();
         assert!(p("MAX_ITEMS") < p("def helper") && p("def helper") < p("class Item"));
+    }
+
+    #[test]
+    fn outlines_of_project_imports_name_their_import_and_skip_bodies() {
+        let (_d, here, src) = crate::python::project::tests::shop_imports();
+        let (outlines, unresolved) = imported_outlines(src, &here);
+        let names: Vec<(&str, &str)> = outlines
+            .iter()
+            .map(|o| (o.name.as_str(), o.origin.as_str()))
+            .collect();
+        assert_eq!(names[0], ("RATE", "from .models import Order, RATE as R"));
+        assert_eq!(names[1].0, "Order");
+        assert!(names.contains(&("parse", "from shop.util import parse")));
+        assert!(outlines
+            .iter()
+            .any(|o| o.name == "other" && o.origin == "import shop.models"));
+        assert!(
+            !outlines[1].text.contains("return 1"),
+            "{}",
+            outlines[1].text
+        );
+        assert_eq!(unresolved, vec!["from ..outside import x".to_string()]);
     }
 }

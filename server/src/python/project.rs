@@ -13,7 +13,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::context::{module_outlines, Outline};
 use super::{is_import, named_children, parse, text};
 
 /// Where a file sits as a Python module.
@@ -223,46 +222,6 @@ fn collect_imports<'t>(node: tree_sitter::Node<'t>, out: &mut Vec<tree_sitter::N
     }
 }
 
-/// Outlines of what the project imports of `source` bring in: the named
-/// names of `from m import a, b`, every top-level name of `import m` and of
-/// `from m import *`. Files that cannot be read are skipped (their imports
-/// stay in the returned list of unresolved statements). Returns the outlines
-/// and the statements that could not be resolved in the project.
-pub fn imported_outlines(source: &str, here: &ModulePath) -> (Vec<Outline>, Vec<String>) {
-    let mut outlines = Vec::new();
-    let mut unresolved = Vec::new();
-    for imp in project_imports(source, here) {
-        let Some(file) = &imp.file else {
-            unresolved.push(imp.statement.clone());
-            continue;
-        };
-        let Ok(text) = std::fs::read_to_string(file) else {
-            unresolved.push(imp.statement.clone());
-            continue;
-        };
-        let only: Option<Vec<String>> =
-            if imp.names.is_empty() || imp.names.iter().any(|n| n == "*") {
-                None
-            } else {
-                Some(imp.names.clone())
-            };
-        let found = module_outlines(&text, None, &imp.statement, only.as_deref());
-        if let Some(o) = &only {
-            for n in o {
-                if !found.iter().any(|f| &f.name == n) {
-                    // Re-exported from elsewhere, or not there at all.
-                    unresolved.push(format!(
-                        "{} (`{n}` not defined in {})",
-                        imp.statement, imp.module
-                    ));
-                }
-            }
-        }
-        outlines.extend(found);
-    }
-    (outlines, unresolved)
-}
-
 /// Where the pytest module for `file`'s tests goes, and the dotted module
 /// it imports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -361,10 +320,11 @@ fn find_named(dir: &Path, names: &[String], depth: usize, out: &mut Vec<PathBuf>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    /// A temp folder holding `files` (path, text).
+    pub(crate) fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for (p, t) in files {
             let path = dir.path().join(p);
@@ -396,8 +356,10 @@ mod tests {
         assert_eq!(i.module, "shop");
     }
 
-    #[test]
-    fn relative_and_absolute_project_imports_resolve_and_others_are_left_alone() {
+    /// A package `shop` (models, util, orders) and the source of
+    /// `shop/orders.py` with project and other imports; the folder, the
+    /// module path of `orders.py`, the source.
+    pub(crate) fn shop_imports() -> (tempfile::TempDir, ModulePath, &'static str) {
         let d = tree(&[
             ("shop/__init__.py", ""),
             ("shop/models.py", "RATE = 2\n\nclass Order:\n    \"\"\"An order.\"\"\"\n    def total(self):\n        \"\"\"Sum.\"\"\"\n        return 1\n\ndef other():\n    pass\n"),
@@ -407,6 +369,12 @@ mod tests {
         let ws = d.path().canonicalize().unwrap();
         let here = locate(&ws.join("shop/orders.py"), &ws);
         let src = "import os\nfrom collections import Counter\nfrom .models import Order, RATE as R\nfrom shop.util import parse\nfrom . import util\nfrom ..outside import x\ntry:\n    import shop.models\nexcept ImportError:\n    pass\n";
+        (d, here, src)
+    }
+
+    #[test]
+    fn relative_and_absolute_project_imports_resolve_and_others_are_left_alone() {
+        let (_d, here, src) = shop_imports();
         let imps = project_imports(src, &here);
         let got: Vec<(&str, bool, Vec<String>)> = imps
             .iter()
@@ -426,23 +394,6 @@ mod tests {
                 ("shop.models", true, vec![]),
             ]
         );
-        let (outlines, unresolved) = imported_outlines(src, &here);
-        let names: Vec<(&str, &str)> = outlines
-            .iter()
-            .map(|o| (o.name.as_str(), o.origin.as_str()))
-            .collect();
-        assert_eq!(names[0], ("RATE", "from .models import Order, RATE as R"));
-        assert_eq!(names[1].0, "Order");
-        assert!(names.contains(&("parse", "from shop.util import parse")));
-        assert!(outlines
-            .iter()
-            .any(|o| o.name == "other" && o.origin == "import shop.models"));
-        assert!(
-            !outlines[1].text.contains("return 1"),
-            "{}",
-            outlines[1].text
-        );
-        assert_eq!(unresolved, vec!["from ..outside import x".to_string()]);
     }
 
     #[test]
