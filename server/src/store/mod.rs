@@ -13,6 +13,8 @@
 //! (a few ms); call it directly or from `spawn_blocking`. Several processes may
 //! open the same file: WAL mode plus a 5,000 ms busy timeout lets them share it.
 
+pub mod memory;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -33,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_candidates.sql"),
     include_str!("migrations/0004_real_code.sql"),
     include_str!("migrations/0005_user_tests.sql"),
+    include_str!("migrations/0006_memory.sql"),
 ];
 
 /// How long a statement waits for another connection's write lock, ms.
