@@ -412,6 +412,7 @@ pub fn pipeline_settings(cfg: &Config) -> Settings {
         python: PathBuf::from("python3"),
         write_proposal_files: true,
         context_tokens: cfg.context_tokens,
+        memory: cfg.memory,
     }
 }
 
