@@ -243,7 +243,8 @@ impl Store {
     /// `None` when it is no lesson. The feedback's own memory row (written
     /// when the feedback was added) becomes the lesson, so it is not also
     /// retrieved as feedback; a lesson with the same words (any case) is
-    /// kept once. Call after [`Store::add_feedback`].
+    /// kept once, and feedback items with those words are dropped. Call
+    /// after [`Store::add_feedback`].
     pub fn remember_lesson(&self, task: TaskId, text: &str) -> Result<Option<i64>, StoreError> {
         if !is_lesson(text) {
             return Ok(None);
@@ -265,17 +266,22 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?;
-        if let Some(lesson) = same {
-            if let Some(row) = indexed {
-                conn.execute("DELETE FROM memory WHERE id = ?1", [row])?;
+        let lesson = match (same, indexed) {
+            (Some(lesson), _) => lesson,
+            (None, Some(row)) => {
+                conn.execute("UPDATE memory SET kind = 'lesson' WHERE id = ?1", [row])?;
+                row
             }
-            return Ok(Some(lesson));
-        }
-        if let Some(row) = indexed {
-            conn.execute("UPDATE memory SET kind = 'lesson' WHERE id = ?1", [row])?;
-            return Ok(Some(row));
-        }
-        insert_item(&conn, MemoryKind::Lesson, task, text).map(Some)
+            (None, None) => insert_item(&conn, MemoryKind::Lesson, task, text)?,
+        };
+        // The same words given as feedback elsewhere (a rejection recorded on
+        // a restored task, then again on the task that continues it) are
+        // the lesson: forgetting it must not leave them to be retrieved.
+        conn.execute(
+            "DELETE FROM memory WHERE kind = 'feedback' AND lower(trim(text)) = lower(trim(?1))",
+            [text],
+        )?;
+        Ok(Some(lesson))
     }
 
     /// Remembers a failure of `task`'s function and its fix (`text`, one
@@ -505,6 +511,12 @@ mod tests {
     #[test]
     fn lessons_apply_to_every_task_and_a_forgotten_one_is_not_retrieved() {
         let store = Store::open_in_memory().unwrap();
+        // Recorded on a task restored after a restart, then again on the
+        // task that continues it (as the language server does).
+        let t0 = task(&store, "read_config", "Read the config file.");
+        store
+            .add_feedback(t0, None, "use pathlib, not os.path")
+            .unwrap();
         let t1 = task(&store, "read_config", "Read the config file.");
         store
             .add_feedback(t1, None, "use pathlib, not os.path")
@@ -533,7 +545,7 @@ mod tests {
         assert_eq!(all[0].kind, MemoryKind::Lesson);
         assert_eq!(
             all[0].label(),
-            format!("lesson {lesson} (task 1): use pathlib, not os.path")
+            format!("lesson {lesson} (task {t1}): use pathlib, not os.path")
         );
         // An unrelated function still gets the lesson, and not as feedback.
         let t3 = task(&store, "add", "Add two numbers.");
