@@ -160,8 +160,9 @@ pub fn is_lesson(text: &str) -> bool {
 /// as FTS5's `unicode61` tokenizer splits them, so `slugify_title` gives
 /// `slugify` and `title`) of its name and docstring, lower-cased, each
 /// quoted as an FTS5 string (so no word is read as an operator) and joined
-/// with `OR`; words under 3 characters and [`STOPWORDS`] left out, at most
-/// 32. `None` when no word is left.
+/// with `OR`; words under 3 characters and a short list of common
+/// docstring words (`the`, `return`, `list`, ...) left out, at most 32.
+/// `None` when no word is left.
 pub fn fts_query(function: &str, docstring: &str) -> Option<String> {
     let mut terms: Vec<String> = Vec::new();
     let text = format!("{function} {docstring}").to_lowercase();
