@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use docsmith::lsp::protocol::CANCEL;
 use serde_json::{json, Value};
 use support::{file_uri, LspClient, MockLlm};
 
@@ -141,7 +142,7 @@ fn main() {
             samples.push(at.duration_since(t).as_secs_f64() * 1e3);
             c.request(
                 "workspace/executeCommand",
-                json!({"command": "docsmith.cancel", "arguments": [{"task": task}]}),
+                json!({"command": CANCEL, "arguments": [{"task": task}]}),
             )
             .unwrap();
             c.wait_for(since, Duration::from_secs(30), "end", |m| {

@@ -1,4 +1,4 @@
-//! The command-line front end: `serve` (the language server, see `lsp`), `generate`, `history`, `model`.
+//! The command-line front end: `serve` (the language server, see `lsp`), `generate`, `history`, `memory`, `model`.
 //!
 //! Owns: argument parsing (clap), terminal rendering of pipeline events
 //! (indicatif on a terminal, plain lines otherwise), terminal prompts for
@@ -117,6 +117,33 @@ enum Command {
     Model {
         #[command(subcommand)]
         action: ModelAction,
+    },
+    /// What the workspace remembers for later tasks (lessons, past feedback,
+    /// fixed failures): list it, or forget an item.
+    Memory {
+        #[command(subcommand)]
+        action: MemoryAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemoryAction {
+    /// Every remembered item: id, kind (lesson, feedback, failure), the task
+    /// it came from, its text. Lessons apply to every task; feedback and
+    /// failures are shown when relevant.
+    List {
+        /// Workspace root (default: the current directory).
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
+    },
+    /// Forget item ID: a lesson no longer applies, a feedback or failure is
+    /// no longer shown (the task's history keeps the feedback).
+    Forget {
+        /// The id `docsmith memory list` shows.
+        id: i64,
+        /// Workspace root (default: the current directory).
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
     },
 }
 
@@ -253,6 +280,7 @@ pub fn main() -> i32 {
             } => history(&workspace, limit),
             Command::Stats { workspace, json } => stats(&workspace, json),
             Command::Model { action } => model(action).await,
+            Command::Memory { action } => memory(action),
         }
     });
     // Do not wait for blocking threads: the language server's stdin reader
@@ -928,6 +956,66 @@ fn print_history(rows: &[crate::store::TaskSummary]) {
         if let Some(reason) = r.status_reason.as_deref().filter(|s| !s.is_empty()) {
             println!("       {}", truncate(reason, 110));
         }
+    }
+}
+
+/// `docsmith memory list | forget ID` on the workspace's
+/// `.docsmith/docsmith.db`. Exit 0; 2 for an unknown id (or no database to
+/// forget in); 1 when the store fails.
+fn memory(action: MemoryAction) -> i32 {
+    let (MemoryAction::List { workspace } | MemoryAction::Forget { workspace, .. }) = &action;
+    let db = workspace.join(".docsmith").join("docsmith.db");
+    if !db.exists() {
+        eprintln!(
+            "docsmith: nothing remembered in {} (no .docsmith/docsmith.db yet)",
+            workspace.display()
+        );
+        return match action {
+            MemoryAction::List { .. } => EXIT_OK,
+            MemoryAction::Forget { .. } => 2,
+        };
+    }
+    let store = match Store::open(&db) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("docsmith: {e}");
+            return EXIT_INTERNAL;
+        }
+    };
+    match action {
+        MemoryAction::List { .. } => match store.memory() {
+            Ok(items) => {
+                println!("{:>5}  {:<8}  {:>5}  text", "id", "kind", "task");
+                for m in &items {
+                    println!(
+                        "{:>5}  {:<8}  {:>5}  {}",
+                        m.id,
+                        m.kind.as_str(),
+                        m.task.map_or("-".to_string(), |t| t.to_string()),
+                        truncate(&m.text.trim().replace('\n', " "), 100)
+                    );
+                }
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("docsmith: {e}");
+                EXIT_INTERNAL
+            }
+        },
+        MemoryAction::Forget { id, .. } => match store.forget(id) {
+            Ok(m) => {
+                println!("forgot {}", m.label());
+                EXIT_OK
+            }
+            Err(e @ crate::store::StoreError::NotFound { .. }) => {
+                eprintln!("docsmith: {e}; `docsmith memory list` shows the ids");
+                2
+            }
+            Err(e) => {
+                eprintln!("docsmith: {e}");
+                EXIT_INTERNAL
+            }
+        },
     }
 }
 

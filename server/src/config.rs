@@ -32,6 +32,7 @@
 //! max_clarifications = 2       # DOCSMITH_MAX_CLARIFICATIONS (alias MAX_PLANNER_ITERATIONS)
 //! max_generated_tests = 6      # DOCSMITH_MAX_GENERATED_TESTS
 //! context_tokens = 1024        # budget of the module/project context shown with the stub (DOCSMITH_CONTEXT_TOKENS)
+//! memory = true                # show lessons, past feedback and fixes of this workspace (DOCSMITH_MEMORY)
 //! trusted_workspaces = ["~/src/ours"]  # user-level file only: these folders and those below them
 //!
 //! [sandbox]                    # DOCSMITH_SANDBOX_MODE
@@ -155,6 +156,10 @@ pub struct Config {
     /// Budget of the context shown around the stub (outlines of the module's
     /// other names and of imported project names), estimated tokens (0..=8192).
     pub context_tokens: usize,
+    /// Workspace memory (default true): show each task the workspace's
+    /// lessons, its most relevant past feedback and fixed failures
+    /// (`store::memory`). False retrieves nothing; everything is still recorded.
+    pub memory: bool,
     pub sandbox: SandboxSettings,
     /// Named providers. `local` exists unless replaced.
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -193,6 +198,7 @@ impl Default for Config {
             max_clarifications: 2,
             max_generated_tests: 6,
             context_tokens: 1024,
+            memory: true,
             sandbox: SandboxSettings::default(),
             providers,
             roles: BTreeMap::new(),
@@ -522,18 +528,22 @@ impl Config {
         if let Some((_, v)) = get(&["DOCSMITH_CODE_PROMPT"]) {
             self.code_prompt = v;
         }
+        fn boolean(var: String, value: String) -> Result<bool, ConfigError> {
+            match value.as_str() {
+                "1" | "true" => Ok(true),
+                "0" | "false" => Ok(false),
+                _ => Err(ConfigError::Env {
+                    var,
+                    value,
+                    message: "expected true or false".into(),
+                }),
+            }
+        }
         if let Some((k, v)) = get(&["DOCSMITH_GREEDY_FIRST"]) {
-            self.greedy_first = match v.as_str() {
-                "1" | "true" => true,
-                "0" | "false" => false,
-                _ => {
-                    return Err(ConfigError::Env {
-                        var: k,
-                        value: v,
-                        message: "expected true or false".into(),
-                    })
-                }
-            };
+            self.greedy_first = boolean(k, v)?;
+        }
+        if let Some((k, v)) = get(&["DOCSMITH_MEMORY"]) {
+            self.memory = boolean(k, v)?;
         }
         if let Some((k, v)) = get(&["DOCSMITH_MAX_CLARIFICATIONS", "MAX_PLANNER_ITERATIONS"]) {
             self.max_clarifications = num(k, v)?;
@@ -1165,6 +1175,32 @@ mod layer_tests {
             "{:?}",
             l.warnings
         );
+    }
+
+    #[test]
+    fn memory_is_on_by_default_and_any_layer_switches_it_off() {
+        let on = load("", "", Trust::UserDecides, &[], &[]).unwrap();
+        assert!(on.config.memory);
+        // An untrusted repository may switch it off: a harmless key.
+        let repo = load("memory = false\n", "", Trust::UserDecides, &[], &[]).unwrap();
+        assert!(!repo.config.memory);
+        assert!(repo.warnings.is_empty(), "{:?}", repo.warnings);
+        let user = load("", "memory = false\n", Trust::UserDecides, &[], &[]).unwrap();
+        assert!(!user.config.memory);
+        for (v, want) in [("0", false), ("false", false), ("1", true)] {
+            let l = load("", "", Trust::UserDecides, &[("DOCSMITH_MEMORY", v)], &[]).unwrap();
+            assert_eq!(l.config.memory, want, "DOCSMITH_MEMORY={v}");
+        }
+        let e = load(
+            "",
+            "",
+            Trust::UserDecides,
+            &[("DOCSMITH_MEMORY", "off")],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("DOCSMITH_MEMORY"), "{e}");
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub struct StubView {
     /// For a method: its class's outline with the method whole, shown
     /// instead of `source`; and the class's name.
     pub enclosing: Option<(String, String)>,
+    /// What the workspace remembers for this task (lessons, past feedback,
+    /// fixed failures; one `- ` line each, `store::memory`), shown to the
+    /// developer and the planner in a block of its own after the stub
+    /// ([`MEMORY_LINE`]); empty for none.
+    pub memory: String,
 }
 
 /// The planner's structured output.
@@ -170,6 +175,19 @@ fn stub_block(stub: &StubView) -> String {
     out
 }
 
+/// Opens the memory block: what this workspace's past says about the task.
+/// Holds none of the phrases [`prompt_kind`] routes on.
+pub const MEMORY_LINE: &str =
+    "Remembered from this workspace (the user's standing preferences first, then earlier feedback and fixes on similar functions; follow the preferences):";
+
+/// The memory block and a blank line, or nothing when there is no memory.
+fn memory_block(stub: &StubView) -> String {
+    if stub.memory.trim().is_empty() {
+        return String::new();
+    }
+    format!("{MEMORY_LINE}\n{}\n\n", stub.memory.trim_end())
+}
+
 /// Opens the context block: what the stub may use, not code to rewrite.
 pub const CONTEXT_LINE: &str =
     "Already defined in the module and the project (bodies elided; use them, do not repeat them):";
@@ -271,10 +289,11 @@ pub fn plan_request(
     answered: &[Clarification],
     may_ask: bool,
 ) -> CompletionRequest {
-    let mut ins = format!(
+    let mut ins = memory_block(stub);
+    ins.push_str(&format!(
         "{PLAN_MARK}{}` above and say in one sentence what it must return.\n",
         stub.name
-    );
+    ));
     for c in answered {
         ins.push_str(&format!(
             "Question asked: {}\nUser's answer: {}\n",
@@ -469,6 +488,7 @@ pub fn code_request(
                 format!("{mark}{target}`. {reply} No explanations, no usage examples."),
             ),
         };
+        let ins = memory_block(stub) + &ins;
         let mut req = request(messages(stub, guide, ins), CODE_MAX_TOKENS, None);
         req.stop = vec![CODE_STOP.to_string()];
         return req;
@@ -477,14 +497,15 @@ pub fn code_request(
     // only the facts: shown the wrong code, the 1.5B model copied it back in
     // every sample of a repair round (HumanEval/10: 5 of 5 samples identical),
     // so a repair restarts from the stub with the failures as warnings.
-    let mut ins = match rp.feedback {
+    let mut ins = memory_block(stub);
+    ins.push_str(&match rp.feedback {
         Some(fb) => format!(
             "{REPAIR_MARK}{}` was reviewed:\n```python\n{}\n```\nThe user says: {fb}\n",
             stub.name,
             rp.code.trim_end()
         ),
         None => format!("{REPAIR_MARK}{}` (not shown) was wrong.\n", stub.name),
-    };
+    });
     ins.push_str(&describe_failures(&rp.failures, 3));
     for f in rp.findings.iter().take(5) {
         ins.push_str(&format!("- finding {}: {}\n", f.rule, f.message));
@@ -689,6 +710,7 @@ mod tests {
         StubView {
             context: String::new(),
             enclosing: None,
+            memory: String::new(),
             name: "add".into(),
             source: "def add(a, b):\n    \"\"\"Add.\n    >>> add(1, 2)\n    3\n    \"\"\"\n".into(),
             imports: vec![],
@@ -801,6 +823,47 @@ mod tests {
         for r in [&a, &b, &c] {
             assert!(r.messages[1].content.starts_with(&prefix));
         }
+    }
+
+    #[test]
+    fn memory_is_a_block_of_its_own_for_the_developer_and_the_planner() {
+        let mut with = stub();
+        with.memory = "- use pathlib, not os.path\n".into();
+        let block = format!("{MEMORY_LINE}\n- use pathlib, not os.path\n\n");
+        let plain = code_request(&with, CodePrompt::Plain, "", None);
+        let user = &plain.messages[1].content;
+        assert!(
+            user.starts_with(&stub_block(&with)),
+            "the shared prefix stays"
+        );
+        assert!(
+            user.contains(&format!("```\n\n{block}Complete the function `add`")),
+            "{user}"
+        );
+        assert_eq!(request_kind(&plain), "developer");
+        let rp = Repair {
+            code: "def add(a, b):\n    return 0\n",
+            failures: vec![],
+            findings: &[],
+            feedback: Some("wrong"),
+            diagnosis: None,
+        };
+        let repair = code_request(&with, CodePrompt::Plain, "", Some(&rp));
+        assert!(repair.messages[1].content.contains(&block));
+        assert_eq!(request_kind(&repair), "developer");
+        let plan = plan_request(&with, "", &[], true);
+        assert!(plan.messages[1].content.contains(&block));
+        assert_eq!(request_kind(&plan), "planner");
+        // The test designer is not shown it, and no memory means no block.
+        assert!(!tests_request(&with, "", &[], &[], 6).messages[1]
+            .content
+            .contains(MEMORY_LINE));
+        assert!(
+            !code_request(&stub(), CodePrompt::Plain, "", None).messages[1]
+                .content
+                .contains(MEMORY_LINE)
+        );
+        assert_eq!(prompt_kind(MEMORY_LINE), "unknown");
     }
 
     #[test]

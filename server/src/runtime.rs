@@ -108,6 +108,7 @@ pub fn settings(cfg: &Config) -> Settings {
         max_clarifications: cfg.max_clarifications,
         max_generated_tests: cfg.max_generated_tests,
         context_tokens: cfg.context_tokens,
+        memory: cfg.memory,
         ..Settings::default()
     }
 }

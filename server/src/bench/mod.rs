@@ -62,6 +62,7 @@ impl BenchTask {
             imports: python::module_imports(&self.prompt),
             context,
             enclosing: None,
+            memory: String::new(),
         }
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! Harmless (apply from any repository): `max_refinements`, `candidates`,
 //! `sample_temperature`, `top_p`, `code_prompt`, `max_clarifications`,
-//! `max_generated_tests`, `max_concurrent_tasks`, `write_tests`,
+//! `max_generated_tests`, `memory`, `max_concurrent_tasks`, `write_tests`,
 //! `confirm_edits`; `sandbox.mode` unless it is `rlimits_only`; each numeric
 //! `sandbox` limit at or below the user-level value; for a provider the user
 //! level already defines with the same `kind`: a `local` provider's `threads`,
@@ -66,6 +66,7 @@ const HARMLESS_TOP: &[&str] = &[
     "max_clarifications",
     "max_generated_tests",
     "context_tokens",
+    "memory",
     "max_concurrent_tasks",
     "write_tests",
     "confirm_edits",

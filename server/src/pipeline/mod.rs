@@ -36,6 +36,7 @@ mod checks;
 mod code;
 mod design_tests;
 mod feedback;
+mod memory;
 mod plan;
 mod review;
 mod run;
@@ -60,6 +61,7 @@ use crate::sandbox::{Sandbox, SandboxError};
 use crate::store::{LlmCallRecord, NewTask, Store, StoreError, TaskId, TaskKind, TaskStatus};
 use crate::types::{Finding, Role, TestCase, TestResult, TestRun};
 
+pub use memory::MEMORY_TOKENS;
 pub use review::{render_report, render_test_module, unified_diff, write_proposal_files};
 pub use select::Selection;
 pub use status::{end_stored_task, interrupt_left_over, status_at, Ending};
@@ -140,6 +142,10 @@ pub struct Settings {
     /// module's other names and of imported project names), in estimated
     /// tokens (`python::context::estimate_tokens`; default 1024).
     pub context_tokens: usize,
+    /// Show each task what the workspace remembers (lessons, relevant past
+    /// feedback and fixed failures, within [`MEMORY_TOKENS`]; default true).
+    /// False shows nothing; feedback, lessons and failures are still recorded.
+    pub memory: bool,
 }
 
 impl Default for Settings {
@@ -158,6 +164,7 @@ impl Default for Settings {
             check_timeout: crate::checks::TOOL_TIMEOUT,
             write_proposal_files: true,
             context_tokens: 1024,
+            memory: true,
         }
     }
 }
@@ -312,6 +319,9 @@ pub struct Proposal {
     pub original: String,
     /// What the model was shown around the stub (also in the store, `tasks.context_json`).
     pub context: python::context::Context,
+    /// What the workspace's memory showed the model, one label each
+    /// (`lesson 3 (task 1): use pathlib`; `store::memory::MemoryItem::label`).
+    pub memory: Vec<String>,
 }
 
 impl Proposal {
@@ -330,6 +340,9 @@ impl Proposal {
         }
         for a in &self.assumptions {
             out.push(format!("assumed: {a}"));
+        }
+        for m in &self.memory {
+            out.push(format!("remembered {m}"));
         }
         let count =
             |o: crate::types::TestOrigin| self.tests.iter().filter(|t| t.case.origin == o).count();
@@ -552,6 +565,8 @@ pub struct TaskRun {
     project: Option<crate::sandbox::ProjectMount>,
     /// What the model was shown around the stub.
     context: python::context::Context,
+    /// What the workspace's memory showed the model (developer, planner).
+    remembered: Vec<crate::store::memory::MemoryItem>,
     stage: Stage,
     /// The status last recorded in the store (see `status.rs`).
     status: TaskStatus,
@@ -635,12 +650,13 @@ impl TaskRun {
             deps.settings.context_tokens,
         );
         let project = project_mount(&here, &spec.source);
-        let view = StubView {
+        let mut view = StubView {
             name: stub.name.clone(),
             source: fn_src,
             imports,
             context: gathered.context.text.clone(),
             enclosing: stub.class_name.clone().zip(gathered.enclosing.clone()),
+            memory: String::new(),
         };
         let task = deps.store.create_task(&NewTask {
             workspace: spec.workspace.display().to_string(),
@@ -663,9 +679,20 @@ impl TaskRun {
         }
         let (project, note) = project;
         notes.extend(note);
+        // Before this task's own feedback is recorded (and left out anyway).
+        let remembered = memory::recall(
+            &deps.store,
+            task,
+            &stub.qualname(),
+            stub.docstring.as_deref().unwrap_or(""),
+            deps.settings.memory,
+        )?;
+        view.memory = memory::prompt_lines(&remembered);
+        notes.extend(memory::recall_note(&remembered));
         let feedback = spec.feedback.clone();
         if let Some(fb) = &feedback {
             deps.store.add_feedback(task, None, fb)?;
+            notes.extend(memory::keep_lesson(&deps.store, task, fb)?);
         }
         // `docsmith-task-<pid>-*`: removed by a later start if this process dies.
         let work = crate::sandbox::temp_work_dir("task")?;
@@ -711,6 +738,7 @@ impl TaskRun {
             stub_module,
             project,
             context: gathered.context,
+            remembered,
             stage: Stage::Plan,
             status: TaskStatus::Running,
             started: Instant::now(),
@@ -797,6 +825,9 @@ impl TaskRun {
                 let shown = self.proposal_candidate();
                 let attempt = shown.map(|i| self.candidates[i].id);
                 self.deps.store.add_feedback(self.task, attempt, &fb)?;
+                if let Some(n) = memory::keep_lesson(&self.deps.store, self.task, &fb)? {
+                    self.note(n);
+                }
                 let stated = feedback::cases_from_feedback(&fb, &self.stub, &self.tests);
                 if !stated.is_empty() {
                     self.deps.store.add_test_cases(self.task, &stated)?;

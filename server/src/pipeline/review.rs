@@ -132,6 +132,7 @@ impl TaskRun {
             dir: None,
             original: self.view.source.clone(),
             context: self.context.clone(),
+            memory: self.remembered.iter().map(|m| m.label()).collect(),
         };
         if self.deps.settings.write_proposal_files {
             match write_proposal_files(&self.spec.workspace, &proposal) {
@@ -155,6 +156,7 @@ impl TaskRun {
 
     pub(super) fn step_package(&mut self) -> Result<Stage, PipelineError> {
         self.enter(Stage::Package, "packaging".into());
+        self.remember_fix()?;
         let p = self.proposal.as_ref().expect("Package follows Review");
         let wall = self.started.elapsed().as_millis() as u64;
         self.deps.store.set_task_final(self.task, &p.code, wall)?;
@@ -287,6 +289,13 @@ pub fn render_report(p: &Proposal) -> String {
         s.push_str("## Why it is not passing\n\n");
         for r in &p.reasons {
             s.push_str(&format!("- {r}\n"));
+        }
+        s.push('\n');
+    }
+    if !p.memory.is_empty() {
+        s.push_str("## Remembered from this workspace\n\nShown to the model with the stub (`docsmith memory forget ID` removes one):\n\n");
+        for m in &p.memory {
+            s.push_str(&format!("- {m}\n"));
         }
         s.push('\n');
     }

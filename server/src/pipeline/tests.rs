@@ -1000,3 +1000,132 @@ fn snippets_compare_without_spacing_or_quote_style() {
     assert_eq!(normalize(r#"f("say \"hi\"")"#), r#"f('say \"hi\"')"#);
     assert_ne!(normalize("f('a b')"), normalize("f('ab')"));
 }
+
+// ---------------------------------------------------------------- memory
+
+const LESSON: &str = "always use type hints";
+const HINTED: &str = "```python\ndef add(a: int, b: int) -> int:\n    return a + b\n```";
+
+/// Runs a task on `add` in `h` that is rejected once with [`LESSON`], then
+/// accepted; returns its id.
+async fn task_taught_a_lesson(h: &Harness) -> TaskId {
+    let (mut run, mut rx) = start(h, None);
+    let _ = to_review(&mut run, &mut rx).await;
+    run.reply(Reply::Reject(LESSON.into())).unwrap();
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("kept as a workspace lesson") && n.contains(LESSON)),
+        "{:?}",
+        p.notes
+    );
+    assert!(
+        p.tests.iter().all(|t| t.case.origin != TestOrigin::User),
+        "a preference is no test case"
+    );
+    run.reply(Reply::Accept).unwrap();
+    match run.advance(&CancellationToken::new()).await.unwrap() {
+        Pause::Finished(o) => assert_eq!(o.status, TaskStatus::Accepted),
+        other => panic!("{other:?}"),
+    }
+    run.task_id()
+}
+
+#[tokio::test]
+async fn a_lesson_from_an_earlier_task_reaches_a_later_prompt_and_its_review() {
+    let h = harness(script(&[GOOD, HINTED]), k(1));
+    let first = task_taught_a_lesson(&h).await;
+    let lessons = h.deps.store.memory().unwrap();
+    assert_eq!(lessons.len(), 1, "{lessons:?}");
+    let id = lessons[0].id;
+    // A later task: its developer prompt carries the lesson in its own block.
+    let (mut run, mut rx) = start(&h, None);
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    let prompt = h.dev_prompts.lock().unwrap().last().unwrap().clone();
+    assert!(
+        prompt.contains(&format!("{}\n- {LESSON}\n\n", crate::roles::MEMORY_LINE)),
+        "{prompt}"
+    );
+    let label = format!("lesson {id} (task {first}): {LESSON}");
+    assert_eq!(p.memory, vec![label.clone()]);
+    assert!(
+        p.explanation().contains(&format!("remembered {label}")),
+        "{:?}",
+        p.explanation()
+    );
+    assert!(p
+        .notes
+        .iter()
+        .any(|n| n.contains("remembered from this workspace: 1 lesson(s)")));
+    let report = std::fs::read_to_string(p.dir.unwrap().join("report.md")).unwrap();
+    assert!(
+        report.contains(&format!("## Remembered from this workspace\n\nShown to the model with the stub (`docsmith memory forget ID` removes one):\n\n- {label}\n")),
+        "{report}"
+    );
+    // Forgotten, it is shown no more.
+    h.deps.store.forget(id).unwrap();
+    let (mut run, mut rx) = start(&h, None);
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    let prompt = h.dev_prompts.lock().unwrap().last().unwrap().clone();
+    assert!(!prompt.contains(crate::roles::MEMORY_LINE), "{prompt}");
+    assert!(p.memory.is_empty());
+}
+
+#[tokio::test]
+async fn with_memory_off_nothing_is_shown_but_the_lesson_is_kept() {
+    let h = harness(
+        script(&[GOOD, HINTED]),
+        Settings {
+            memory: false,
+            ..k(1)
+        },
+    );
+    task_taught_a_lesson(&h).await;
+    let (mut run, mut rx) = start(&h, None);
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    let prompt = h.dev_prompts.lock().unwrap().last().unwrap().clone();
+    assert!(!prompt.contains(crate::roles::MEMORY_LINE), "{prompt}");
+    assert!(!prompt.contains(LESSON), "{prompt}");
+    assert!(p.memory.is_empty());
+    assert!(
+        p.explanation().iter().all(|l| !l.starts_with("remembered")),
+        "{:?}",
+        p.explanation()
+    );
+    let kept = h.deps.store.memory().unwrap();
+    assert_eq!(kept.len(), 1, "still recorded: {kept:?}");
+    assert_eq!(kept[0].text, LESSON);
+}
+
+#[tokio::test]
+async fn a_fixed_failure_is_remembered_on_accept_and_shown_to_the_next_task() {
+    let h = harness(script(&[WRONG, GOOD, GOOD2]), k(3));
+    let (mut run, mut rx) = start(&h, None);
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    assert!(p.passing);
+    assert!(
+        h.deps.store.memory().unwrap().is_empty(),
+        "nothing before the accept"
+    );
+    run.reply(Reply::Accept).unwrap();
+    run.advance(&CancellationToken::new()).await.unwrap();
+    let kept = h.deps.store.memory().unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].kind, crate::store::memory::MemoryKind::Failure);
+    let fix = if p.new_source.contains("return a + b") {
+        "`return a + b`"
+    } else {
+        "`return b + a`"
+    };
+    let want = format!("`add(2, 3)` expected 5 but got -1; the fix: {fix}");
+    assert_eq!(kept[0].text, want);
+    let (mut run, mut rx) = start(&h, None);
+    let (p, _) = to_review(&mut run, &mut rx).await;
+    let prompt = h.dev_prompts.lock().unwrap().last().unwrap().clone();
+    assert!(
+        prompt.contains(&format!("- earlier failure of `add`: {want}\n")),
+        "{prompt}"
+    );
+    assert_eq!(p.memory.len(), 1);
+}

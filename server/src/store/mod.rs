@@ -22,6 +22,8 @@ mod read;
 mod rows;
 mod write;
 
+pub mod memory;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_candidates.sql"),
     include_str!("migrations/0004_real_code.sql"),
     include_str!("migrations/0005_user_tests.sql"),
+    include_str!("migrations/0006_memory.sql"),
 ];
 
 /// How long a statement waits for another connection's write lock, ms.
