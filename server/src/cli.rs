@@ -211,6 +211,10 @@ struct BenchArgs {
     /// Skip task/mode pairs already in OUT/results.jsonl.
     #[arg(long)]
     resume: bool,
+    /// One SQLite store for every loop task (created if missing), so later
+    /// tasks see what earlier ones remembered; default: a fresh store per task.
+    #[arg(long)]
+    memory_store: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -306,6 +310,7 @@ async fn bench(a: BenchArgs) -> i32 {
         jobs: a.jobs,
         out: out.clone(),
         resume: a.resume,
+        memory_store: a.memory_store,
         command_line: crate::bench::command_line(
             &std::env::args().collect::<Vec<_>>(),
             &std::env::vars_os()

@@ -209,6 +209,11 @@ pub struct BenchOptions {
     pub out: PathBuf,
     /// Keep the rows already in `out/results.jsonl` and skip their task/mode pairs.
     pub resume: bool,
+    /// One store (this SQLite file) for every loop task, so a later task sees
+    /// what earlier ones remembered (workspace memory: the loop's own fixed
+    /// failures; a bench gives no feedback, and the hidden tests never reach
+    /// the store). `None`: a fresh store per task, as before.
+    pub memory_store: Option<PathBuf>,
     /// The command line, written to `command.txt`.
     pub command_line: String,
 }
@@ -313,6 +318,12 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
     }
     let routers = Arc::new(std::sync::Mutex::new(routers));
     let sandbox = Arc::new(runtime::sandbox(&cfg).map_err(|e| e.to_string())?);
+    let shared = match &opts.memory_store {
+        Some(p) => Some(Arc::new(
+            crate::store::Store::open(p).map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
     let bar = indicatif::ProgressBar::new(todo.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -331,13 +342,14 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
     let mut handles = Vec::new();
     let file = Arc::new(file);
     for (task, hidden, mode) in todo.into_iter().map(|(t, h, m)| (t.clone(), h.clone(), m)) {
-        let (routers, sandbox, cfg, sem, bar, file) = (
+        let (routers, sandbox, cfg, sem, bar, file, shared) = (
             routers.clone(),
             sandbox.clone(),
             cfg.clone(),
             sem.clone(),
             bar.clone(),
             file.clone(),
+            shared.clone(),
         );
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
@@ -348,7 +360,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, String> {
                 .pop()
                 .expect("a free router per permit");
             bar.set_message(format!("{} {mode}", task.task_id));
-            let row = run_one(&task, &hidden, mode, &cfg, router.clone(), sandbox).await;
+            let row = run_one(&task, &hidden, mode, &cfg, router.clone(), sandbox, shared).await;
             routers.lock().expect("router pool lock").push(router);
             let mut f = file.lock().expect("results lock");
             let _ = writeln!(
@@ -415,6 +427,7 @@ async fn run_one(
     cfg: &Config,
     router: Arc<Router>,
     sandbox: Arc<Sandbox>,
+    shared: Option<Arc<crate::store::Store>>,
 ) -> Row {
     let ws = tempfile::tempdir().expect("temp dir");
     let root = ws.path().to_path_buf();
@@ -444,7 +457,15 @@ async fn run_one(
     let (code, made) = if mode == "single" {
         (single(task, &router, cfg, &mut row).await, Vec::new())
     } else {
-        looped(task, &root, &file, cfg, router, sandbox.clone(), &mut row).await
+        looped(
+            task,
+            &root,
+            &file,
+            cfg,
+            (router, sandbox.clone(), shared),
+            &mut row,
+        )
+        .await
     };
     row.wall_ms = started.elapsed().as_millis() as u64;
     let (passed, err) = score(&sandbox, &code, task, hidden).await;
@@ -514,12 +535,15 @@ async fn looped(
     root: &Path,
     file: &Path,
     cfg: &Config,
-    router: Arc<Router>,
-    sandbox: Arc<Sandbox>,
+    (router, sandbox, shared): (Arc<Router>, Arc<Sandbox>, Option<Arc<crate::store::Store>>),
     row: &mut Row,
 ) -> (String, Vec<(u32, u32, u32, bool, String)>) {
-    let store = match runtime::open_store(root) {
-        Ok(s) => Arc::new(s),
+    let opened = match shared {
+        Some(s) => Ok(s),
+        None => runtime::open_store(root).map(Arc::new),
+    };
+    let store = match opened {
+        Ok(s) => s,
         Err(e) => {
             row.loop_status = "failed".into();
             row.reason = Some(e.to_string());
