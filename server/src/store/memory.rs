@@ -332,8 +332,13 @@ impl Store {
     /// first. Relevance is FTS5's BM25 (`bm25()`, lower is better; see
     /// <https://sqlite.org/fts5.html#the_bm25_function>) of [`fts_query`]
     /// over the item's text, function name (weight 2) and docstring
-    /// (weights 1). Items of `exclude` (the task asking) and a text already
-    /// shown are left out. Stops at the first item that does not fit.
+    /// (weights 1). A fixed failure is recalled only for the same function
+    /// (`function` as recorded): on the dev set, failures of other functions
+    /// that merely shared words (`remove_duplicates`' shown to `unique`)
+    /// misled the 1.5B model's first candidate, costing rounds and never
+    /// gaining a task (`bench/results/dev-memory-on/`). Items of `exclude`
+    /// (the task asking) and a text already shown are left out. Stops at the
+    /// first item that does not fit.
     pub fn recall(
         &self,
         function: &str,
@@ -359,11 +364,12 @@ impl Store {
                 "SELECT {ITEM_COLUMNS} FROM memory_fts JOIN memory m ON m.id = memory_fts.rowid
                  WHERE memory_fts MATCH ?1 AND m.kind != 'lesson'
                    AND (?2 IS NULL OR m.task IS NULL OR m.task != ?2)
+                   AND (m.kind != 'failure' OR m.function = ?4)
                  ORDER BY bm25(memory_fts, 1.0, 2.0, 1.0), m.id DESC
                  LIMIT ?3"
             ))?;
             let ranked = stmt
-                .query_map(params![q, exclude, MAX_CANDIDATES], read_item)?
+                .query_map(params![q, exclude, MAX_CANDIDATES, function], read_item)?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.extend(ranked);
         }
@@ -611,6 +617,39 @@ mod tests {
         assert!(all[0]
             .prompt_line()
             .starts_with("- earlier failure of `mean`: `mean(["));
+    }
+
+    #[test]
+    fn a_failure_is_recalled_for_its_own_function_only() {
+        let store = Store::open_in_memory().unwrap();
+        let t = task(
+            &store,
+            "remove_duplicates",
+            "Remove all elements that occur more than once.",
+        );
+        store
+            .remember_failure(t, "`remove_duplicates([1, 2, 2])` expected [1], got [1, 2]")
+            .unwrap();
+        // Another function whose docstring shares words: not shown.
+        let other = store
+            .recall(
+                "unique",
+                "Return sorted unique elements that occur in a list",
+                None,
+                256,
+            )
+            .unwrap();
+        assert!(other.is_empty(), "{other:?}");
+        let same = store
+            .recall(
+                "remove_duplicates",
+                "Remove all elements that occur more than once.",
+                None,
+                256,
+            )
+            .unwrap();
+        assert_eq!(same.len(), 1);
+        assert_eq!(same[0].kind, MemoryKind::Failure);
     }
 
     #[test]
