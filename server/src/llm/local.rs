@@ -848,6 +848,11 @@ mod tests {
         PathBuf::from(home).join(".cache/docsmith/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
     }
 
+    /// One real-model test at a time: they share one provider, whose
+    /// generations queue on its mutex, so a test timing its own call (the
+    /// cancel test) would otherwise count the others' generations too.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// One provider shared by the tests (one load; generations serialise on its mutex).
     fn provider() -> &'static LocalProvider {
         static P: OnceLock<LocalProvider> = OnceLock::new();
@@ -913,6 +918,7 @@ mod tests {
 
     #[tokio::test]
     async fn real_model_writes_python() {
+        let _one = ONE_AT_A_TIME.lock().await;
         let c = provider()
             .complete(
                 &ask(
@@ -942,6 +948,7 @@ mod tests {
 
     #[tokio::test]
     async fn real_model_follows_json_schema() {
+        let _one = ONE_AT_A_TIME.lock().await;
         let mut r = ask(
             "Plan a Python function that reverses a string. Reply with a plan and your assumptions.",
             300,
@@ -966,6 +973,7 @@ mod tests {
 
     #[tokio::test]
     async fn real_model_stop_sequence_and_length() {
+        let _one = ONE_AT_A_TIME.lock().await;
         let mut r = ask(
             "Write a Python function add(a, b) that returns their sum.",
             200,
@@ -997,6 +1005,7 @@ mod tests {
 
     #[tokio::test]
     async fn real_model_cancel_and_overflow() {
+        let _one = ONE_AT_A_TIME.lock().await;
         let tok = CancellationToken::new();
         tok.cancel();
         let err = provider().complete(&ask("hi", 50), &tok).await.unwrap_err();
@@ -1034,6 +1043,7 @@ mod tests {
 
     #[tokio::test]
     async fn real_model_keeps_multibyte_characters() {
+        let _one = ONE_AT_A_TIME.lock().await;
         let mut r = ask(
             "Reply with exactly this text and nothing else: héllo wörld ✓ 日本語",
             40,
