@@ -258,7 +258,9 @@ struct Ready {
 /// it in the workspace (`shop.inventory`), or the file's stem.
 fn tests_module(inner: &ServerState, file: &std::path::Path) -> String {
     match inner.session() {
-        Ok(s) => crate::python::project::tests_file_for(file, &s.root).module,
+        // Only the module name: `locate`, not `tests_file_for`, which also
+        // searches the workspace for existing test files.
+        Ok(s) => crate::python::project::locate(file, &s.root).module,
         Err(_) => file
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
