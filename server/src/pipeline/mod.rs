@@ -658,9 +658,12 @@ impl TaskRun {
             enclosing: stub.class_name.clone().zip(gathered.enclosing.clone()),
             memory: String::new(),
         };
+        // Recorded absolute (the CLI's path may be relative to its working
+        // folder), so later tasks find this one's file from anywhere.
+        let recorded_file = std::path::absolute(&spec.file).unwrap_or_else(|_| spec.file.clone());
         let task = deps.store.create_task(&NewTask {
             workspace: spec.workspace.display().to_string(),
-            file: spec.file.display().to_string(),
+            file: recorded_file.display().to_string(),
             function: stub.qualname(),
             kind: spec.kind,
             stub_source: view.source.clone(),
@@ -701,11 +704,9 @@ impl TaskRun {
         let mut tests = python::extract_examples(&stub);
         // Cases the user stated in feedback on this function before, and in
         // this task's own feedback: ground truth too.
-        let earlier = deps.store.user_test_cases(
-            &spec.workspace.display().to_string(),
-            &spec.file.display().to_string(),
-            &stub.qualname(),
-        )?;
+        let earlier = deps
+            .store
+            .user_test_cases(&recorded_file, &stub.qualname())?;
         if !earlier.is_empty() {
             notes.push(format!(
                 "{} test case(s) from your earlier feedback on `{}` apply: {}",

@@ -1,6 +1,8 @@
 //! Queries: each row is read straight into its struct (`from_row` in
 //! `rows.rs`); a task's detail is read in one transaction.
 
+use std::path::Path;
+
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::rows::{FromRow, RunRow};
@@ -25,37 +27,56 @@ impl Store {
     }
 
     /// The test cases the user stated in feedback (origin `user`) on earlier
-    /// tasks of `function` (a qualname) in `file` of `workspace` (both as
-    /// the tasks recorded them), oldest first, each distinct (call,
-    /// expected, raises) once, numbered `user1`, `user2`... in that order:
-    /// ground truth for a new task on that function.
+    /// tasks of `function` (a qualname) in `file`, oldest first, each
+    /// distinct (call, expected, raises) once, numbered `user1`, `user2`...
+    /// in that order: ground truth for a new task on that function.
+    ///
+    /// A task recorded `file` as its front end named it (the CLI: as typed,
+    /// maybe relative to the workspace it recorded; the server: the path of
+    /// the document's URI), so the same file may be recorded as different
+    /// strings: a recorded file counts when its path, resolved against its
+    /// task's workspace, is `file`'s path or, both canonicalised, the same
+    /// file on disk.
     pub fn user_test_cases(
         &self,
-        workspace: &str,
-        file: &str,
+        file: &Path,
         function: &str,
     ) -> Result<Vec<TestCase>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT c.test_id, c.call, c.expected, c.raises, c.note
+            "SELECT c.test_id, c.call, c.expected, c.raises, c.note, t.workspace, t.file
              FROM test_cases c JOIN tasks t ON t.id = c.task
-             WHERE c.origin = 'user' AND t.workspace = ?1 AND t.file = ?2 AND t.function = ?3
+             WHERE c.origin = 'user' AND t.function = ?1
              ORDER BY c.id",
         )?;
-        let rows = stmt.query_map(params![workspace, file, function], |r| {
-            Ok(TestCase {
-                id: r.get(0)?,
-                origin: TestOrigin::User,
-                call: r.get(1)?,
-                expected: r.get(2)?,
-                raises: r.get(3)?,
-                note: r.get(4)?,
-                options: Vec::new(),
-            })
+        let rows = stmt.query_map(params![function], |r| {
+            let recorded = Path::new(&r.get::<_, String>(5)?).join(r.get::<_, String>(6)?);
+            Ok((
+                recorded,
+                TestCase {
+                    id: r.get(0)?,
+                    origin: TestOrigin::User,
+                    call: r.get(1)?,
+                    expected: r.get(2)?,
+                    raises: r.get(3)?,
+                    note: r.get(4)?,
+                    options: Vec::new(),
+                },
+            ))
         })?;
+        let canonical = std::fs::canonicalize(file).ok();
+        let same_file = |recorded: &Path| {
+            recorded == file
+                || canonical
+                    .as_ref()
+                    .is_some_and(|c| std::fs::canonicalize(recorded).is_ok_and(|r| &r == c))
+        };
         let mut out: Vec<TestCase> = Vec::new();
-        for c in rows {
-            let mut c = c?;
+        for r in rows {
+            let (recorded, mut c) = r?;
+            if !same_file(&recorded) {
+                continue;
+            }
             if !out
                 .iter()
                 .any(|o| (&o.call, &o.expected, &o.raises) == (&c.call, &c.expected, &c.raises))

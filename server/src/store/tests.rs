@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::Connection;
@@ -757,4 +758,53 @@ fn live_tasks_become_interrupted() {
     assert_eq!(status(review).status, TaskStatus::AwaitingReview);
     assert_eq!(status(done).status, TaskStatus::Accepted);
     assert_eq!(store.mark_running_as_interrupted().unwrap(), 0);
+}
+
+#[test]
+fn user_cases_follow_the_file_however_a_task_recorded_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(ws.join("pkg")).unwrap();
+    let file = ws.join("pkg/m.py");
+    std::fs::write(&file, "").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&ws, &link).unwrap();
+    let store = Store::open_in_memory().unwrap();
+    let user = |call: &str| TestCase {
+        call: call.into(),
+        ..case("x", TestOrigin::User)
+    };
+    // The same file as three tasks recorded it: relative to the workspace,
+    // through a symlinked folder, and absolute; then another file.
+    for (workspace, recorded, call) in [
+        (ws.clone(), PathBuf::from("pkg/m.py"), "add(1, 1)"),
+        (link.clone(), link.join("pkg/m.py"), "add(2, 2)"),
+        (ws.clone(), file.clone(), "add(3, 3)"),
+        (ws.clone(), ws.join("pkg/other.py"), "add(4, 4)"),
+    ] {
+        let t = store
+            .create_task(&NewTask {
+                workspace: workspace.display().to_string(),
+                file: recorded.display().to_string(),
+                ..new_task("add")
+            })
+            .unwrap();
+        store.add_test_cases(t, &[user(call)]).unwrap();
+    }
+    let calls = |f: &Path, name: &str| {
+        store
+            .user_test_cases(f, name)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.id, c.call))
+            .collect::<Vec<_>>()
+    };
+    let want = vec![
+        ("user1".to_string(), "add(1, 1)".to_string()),
+        ("user2".into(), "add(2, 2)".into()),
+        ("user3".into(), "add(3, 3)".into()),
+    ];
+    assert_eq!(calls(&file, "add"), want);
+    assert_eq!(calls(&link.join("pkg/m.py"), "add"), want);
+    assert!(calls(&file, "sub").is_empty());
 }
