@@ -33,7 +33,7 @@ impl Store {
     ///
     /// Only the pipeline calls this (`pipeline::TaskRun` and
     /// `pipeline::end_stored_task`): it is the one writer of task status.
-    pub fn set_task_status(
+    pub(crate) fn set_task_status(
         &self,
         task: TaskId,
         status: TaskStatus,
@@ -381,7 +381,7 @@ impl Store {
     /// Returns how many tasks were marked.
     /// Called through `pipeline::interrupt_left_over` (the pipeline writes
     /// every task status).
-    pub fn mark_running_as_interrupted(&self) -> Result<usize, StoreError> {
+    pub(crate) fn mark_running_as_interrupted(&self) -> Result<usize, StoreError> {
         let n = self.conn().execute(
             "UPDATE tasks SET status = 'interrupted',
                status_reason = 'the server stopped while the task was ' || replace(status, '_', ' '),
