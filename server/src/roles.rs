@@ -39,6 +39,10 @@ pub struct StubView {
     /// For a method: its class's outline with the method whole, shown
     /// instead of `source`; and the class's name.
     pub enclosing: Option<(String, String)>,
+    /// The function without its body (`python::function_head`: decorators,
+    /// signature, docstring, at column 0); a method's developer reply is
+    /// prefilled with it ([`code_request`]). Empty: unknown.
+    pub head: String,
     /// What the workspace remembers for this task (lessons, past feedback,
     /// fixed failures; one `- ` line each, `store::memory`), shown to the
     /// developer and the planner in a block of its own after the stub
@@ -489,9 +493,10 @@ pub fn code_request(
             ),
         };
         let ins = memory_block(stub) + &ins;
-        let mut req = request(messages(stub, guide, ins), CODE_MAX_TOKENS, None);
-        req.stop = vec![CODE_STOP.to_string()];
-        return req;
+        return code_reply(
+            stub,
+            request(messages(stub, guide, ins), CODE_MAX_TOKENS, None),
+        );
     };
     // With feedback the user speaks about that code, so it is shown. Without,
     // only the facts: shown the wrong code, the 1.5B model copied it back in
@@ -516,8 +521,27 @@ pub fn code_request(
     ins.push_str(&format!(
         "\n{mark}{target}` correctly, following the docstring. {reply}"
     ));
-    let mut req = request(messages(stub, "", ins), CODE_MAX_TOKENS, None);
+    code_reply(
+        stub,
+        request(messages(stub, "", ins), CODE_MAX_TOKENS, None),
+    )
+}
+
+/// A developer request's reply shape: it ends at the code block's closing
+/// fence ([`CODE_STOP`]), and for a method it starts prefilled with the
+/// method's head (`StubView::head`) in a ```` ```python ```` block. Asked for
+/// the method alone, the 1.5B model still rewrote the whole class in all 5
+/// method calls recorded here (298 to 510 tokens, 56 to 71 s each: other
+/// methods' docstrings copied back); begun at the method's `def`, it writes
+/// the body. On the shop fixture's four methods (2026-12-08, 2 cores) the
+/// developer's completion tokens per task went from 298-4722 to 9-327 and
+/// the wall time from 20-145 s to 10-37 s, with the same outcomes. The same
+/// head is kept by `python::splice` anyway.
+fn code_reply(stub: &StubView, mut req: CompletionRequest) -> CompletionRequest {
     req.stop = vec![CODE_STOP.to_string()];
+    if stub.enclosing.is_some() && !stub.head.is_empty() {
+        req.prefill = format!("```python\n{}\n", stub.head);
+    }
     req
 }
 
@@ -710,6 +734,7 @@ mod tests {
         StubView {
             context: String::new(),
             enclosing: None,
+            head: "def add(a, b):\n    \"\"\"Add.\n    >>> add(1, 2)\n    3\n    \"\"\"".into(),
             memory: String::new(),
             name: "add".into(),
             source: "def add(a, b):\n    \"\"\"Add.\n    >>> add(1, 2)\n    3\n    \"\"\"\n".into(),

@@ -49,14 +49,20 @@ impl BenchTask {
     /// prompt's other functions within `context_tokens` (the configured
     /// budget), so the single call is as informed as the loop.
     pub fn stub_view(&self, context_tokens: usize) -> StubView {
-        let context = python::find_function(&self.prompt, &self.entry_point)
+        let f = python::find_function(&self.prompt, &self.entry_point).ok();
+        let context = f
+            .as_ref()
             .map(|f| {
-                python::context::gather(&self.prompt, &f, None, context_tokens)
+                python::context::gather(&self.prompt, f, None, context_tokens)
                     .context
                     .text
             })
             .unwrap_or_default();
         StubView {
+            head: f
+                .as_ref()
+                .map(|f| python::function_head(&self.prompt, f))
+                .unwrap_or_default(),
             name: self.entry_point.clone(),
             source: python::function_source(&self.prompt, &self.entry_point).unwrap_or_default(),
             imports: python::module_imports(&self.prompt),

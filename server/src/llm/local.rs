@@ -331,7 +331,8 @@ struct Generated {
     phases: PhaseTimes,
 }
 
-/// Renders `req.messages` with the model's chat template, assistant turn opened.
+/// Renders `req.messages` with the model's chat template, assistant turn
+/// opened and begun with `req.prefill`.
 fn render_prompt(loaded: &Loaded, req: &CompletionRequest) -> Result<String, LlmError> {
     let msgs = req
         .messages
@@ -342,6 +343,7 @@ fn render_prompt(loaded: &Loaded, req: &CompletionRequest) -> Result<String, Llm
     loaded
         .model
         .apply_chat_template(&loaded.template, &msgs, true)
+        .map(|prompt| prompt + &req.prefill)
         .map_err(|e| LlmError::Config(format!("cannot apply the model's chat template: {e}")))
 }
 
@@ -818,7 +820,7 @@ fn generate(
         // tokens decode whole; only a truncated final character is replaced.
         let (text, _) = encoding_rs::UTF_8.decode_without_bom_handling(&s.bytes);
         out[s.req].choices.push(Choice {
-            text: text.into_owned(),
+            text: reqs[s.req].prefill.clone() + &text,
             completion_tokens: s.completion_tokens,
             finish_reason: s.finish.unwrap_or(FinishReason::Length),
         });
@@ -834,7 +836,7 @@ fn ms_since(t: Instant) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::ChatMessage;
+    use crate::llm::{ChatMessage, Samples};
 
     const INSTALL_HINT: &str = "the real-model tests need Qwen2.5-Coder-0.5B-Instruct Q4_K_M at \
         ~/.cache/docsmith/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (or DOCSMITH_TEST_MODEL=<path>); \
@@ -944,6 +946,36 @@ mod tests {
             (c.provider.as_str(), c.model.as_str()),
             ("local", "qwen2.5-coder-0.5b")
         );
+    }
+
+    #[tokio::test]
+    async fn real_model_continues_a_prefilled_reply() {
+        let _one = ONE_AT_A_TIME.lock().await;
+        let mut r = ask(
+            "Write a Python function add(a, b) that returns their sum, in one ```python block.",
+            60,
+        );
+        r.prefill = "```python\ndef add(a, b):\n    \"\"\"Return a + b.\"\"\"\n".into();
+        r.stop = vec!["\n```".into()];
+        r.samples = Some(Samples {
+            n: 1,
+            temperature: 0.8,
+            top_p: 0.95,
+        });
+        let plain = ask(&r.messages[1].content, 60);
+        let p = provider();
+        let c = p.complete(&r, &CancellationToken::new()).await.unwrap();
+        let c0 = p.complete(&plain, &CancellationToken::new()).await.unwrap();
+        // Every choice begins with the prefill and goes on with the body,
+        // not with a new `def` line; its tokens are prompt tokens.
+        for text in std::iter::once(&c.text).chain(c.alternatives.iter().map(|a| &a.text)) {
+            let body = text
+                .strip_prefix(&r.prefill)
+                .unwrap_or_else(|| panic!("{text}"));
+            assert!(!body.contains("def add"), "{text}");
+            assert!(body.contains("return"), "{text}");
+        }
+        assert!(c.prompt_tokens >= c0.prompt_tokens + 10, "{c:?} vs {c0:?}");
     }
 
     #[tokio::test]

@@ -100,6 +100,14 @@ pub struct CompletionRequest {
     /// decides the first completion ([`Completion::text`]); these go to
     /// [`Completion::alternatives`].
     pub samples: Option<Samples>,
+    /// The start of the model's reply, already written (empty: none). The
+    /// local provider ends the chat-templated prompt with it, after the
+    /// opened assistant turn, and every returned text (first completion and
+    /// alternatives) begins with it; its tokens count as prompt tokens.
+    /// OpenAI-compatible providers do not send it (the API has no portable
+    /// way to continue an assistant turn), so callers must parse a reply
+    /// that starts either way.
+    pub prefill: String,
 }
 
 /// How to sample extra completions of one prompt.
@@ -139,6 +147,7 @@ impl CompletionRequest {
             json_schema: None,
             seed: 0,
             samples: None,
+            prefill: String::new(),
         }
     }
 

@@ -656,6 +656,7 @@ impl TaskRun {
             imports,
             context: gathered.context.text.clone(),
             enclosing: stub.class_name.clone().zip(gathered.enclosing.clone()),
+            head: python::function_head(&spec.source, &stub),
             memory: String::new(),
         };
         // Recorded absolute (the CLI's path may be relative to its working

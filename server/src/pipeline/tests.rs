@@ -90,10 +90,12 @@ fn harness(script: Script, settings: Settings) -> Harness {
         if *k == 0 {
             log.lock().unwrap().push(role);
             if role == "developer" {
-                prompts
-                    .lock()
-                    .unwrap()
-                    .push(req.messages.last().unwrap().content.clone());
+                // Like an endpoint, the script ignores a prefill; it is logged.
+                let mut p = req.messages.last().unwrap().content.clone();
+                if !req.prefill.is_empty() {
+                    p = format!("{p}\n<prefill>\n{}", req.prefill);
+                }
+                prompts.lock().unwrap().push(p);
             }
         }
         *k = (*k + 1) % req.n_choices();
@@ -312,6 +314,10 @@ async fn without_a_passing_candidate_a_repair_round_gets_the_failing_facts() {
     assert!(stages.contains(&Stage::Critique));
     assert_eq!(h.calls_to("developer"), 3);
     let prompts = h.dev_prompts.lock().unwrap().clone();
+    assert!(
+        prompts.iter().all(|p| !p.contains("<prefill>")),
+        "a function's reply is not prefilled"
+    );
     assert!(
         !prompts[2].contains("return a - b")
             && prompts[2].contains("`add(2, 3)` expected 5 but got -1"),
@@ -866,6 +872,16 @@ async fn a_method_sees_its_class_and_module_and_is_edited_in_place() {
     assert!(
         !prompt.contains("return self.items.get"),
         "bodies are elided:\n{prompt}"
+    );
+    // The reply is begun at the method's `def`, its docstring included.
+    let prefill = prompt.split_once("\n<prefill>\n").map(|(_, p)| p);
+    assert!(
+        prefill.is_some_and(|p| p.starts_with(
+            "```python\ndef add(self, name: str, qty: int) -> int:\n    \"\"\"Adds qty"
+        ) && p.ends_with(
+            "    ValueError: too much stock\n    >>> inv.count(\"apple\")\n    5\n    \"\"\"\n"
+        )),
+        "{prefill:?}"
     );
     // In place: the body replaced with the class's indentation, everything
     // before the method's docstring end and after its body byte-for-byte.

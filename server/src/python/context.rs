@@ -19,7 +19,8 @@ use tree_sitter::Node;
 
 use super::project::{project_imports, ModulePath};
 use super::{
-    docstring_node, is_import, line_start, named_children, parse, statements, text, FunctionInfo,
+    dedent, docstring_node, is_import, line_start, named_children, parse, statements, text,
+    FunctionInfo,
 };
 
 /// Tokens of a text, estimated as one token per 4 bytes (the usual rule of
@@ -99,19 +100,6 @@ fn indent_lines(s: &str, indent: &str) -> String {
             } else {
                 format!("{indent}{l}")
             }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// `raw` with its first line's indentation removed from every line (as far
-/// as each line has it).
-fn dedent(raw: &str) -> String {
-    let margin = raw.len() - raw.trim_start_matches([' ', '\t']).len();
-    raw.lines()
-        .map(|l| {
-            let ws = l.len() - l.trim_start_matches([' ', '\t']).len();
-            &l[ws.min(margin)..]
         })
         .collect::<Vec<_>>()
         .join("\n")

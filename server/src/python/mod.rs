@@ -880,6 +880,30 @@ pub fn function_source(source: &str, name: &str) -> Option<String> {
     Some(source[line_start(source, f.def_range.start)..f.def_range.end].to_string())
 }
 
+/// `raw` with its first line's indentation removed from every line (as far
+/// as each line has it).
+pub(crate) fn dedent(raw: &str) -> String {
+    let margin = raw.len() - raw.trim_start_matches([' ', '\t']).len();
+    raw.lines()
+        .map(|l| {
+            let ws = l.len() - l.trim_start_matches([' ', '\t']).len();
+            &l[ws.min(margin)..]
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `func` without its body: decorators, signature and docstring (when it
+/// has one), dedented to column 0, no trailing newline. For a method, the
+/// start of a reply that writes that method alone.
+pub fn function_head(source: &str, func: &FunctionInfo) -> String {
+    let end = func
+        .docstring_range
+        .as_ref()
+        .map_or(func.body_range.start, |d| d.end);
+    dedent(source[line_start(source, func.def_range.start)..end].trim_end())
+}
+
 /// The smallest module holding `func`: the file's `imports`, then the
 /// function's text; for a method, inside bare `class Name:` headers of its
 /// enclosing classes (outermost first, no bases or decorators). Used as the
@@ -1182,6 +1206,16 @@ pub fn splice(
         None => (def_line_start, def_indent.clone()),
     };
     let mut added_helpers = Vec::new();
+    // A method's siblings: a reply that also rewrites them (inside a class,
+    // or at column 0 after the method) does not add them again.
+    let have_methods: Vec<String> = match func.class_name {
+        Some(_) => list_functions(source)
+            .into_iter()
+            .filter(|f| f.class_name == func.class_name)
+            .map(|f| f.name)
+            .collect(),
+        None => Vec::new(),
+    };
     if func.class_name.is_some() {
         let gen_class = {
             let mut up = target_outer.parent();
@@ -1193,11 +1227,6 @@ pub fn splice(
             }
             up
         };
-        let have_methods: Vec<String> = list_functions(source)
-            .into_iter()
-            .filter(|f| f.class_name == func.class_name)
-            .map(|f| f.name)
-            .collect();
         let mut methods = Vec::new();
         if let Some(body) = gen_class.and_then(|c| c.child_by_field_name("body")) {
             for node in statements(body) {
@@ -1240,7 +1269,7 @@ pub fn splice(
         let Some(name) = helper_name(node, generated) else {
             continue;
         };
-        if existing.contains(&name) || name == func.name {
+        if existing.contains(&name) || name == func.name || have_methods.contains(&name) {
             continue;
         }
         let mut prot = std::collections::HashSet::new();
@@ -1419,6 +1448,19 @@ pub fn extract_code_block(reply: &str) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_function_head_is_its_decorators_signature_and_docstring_at_column_0() {
+        let src = "class A:\n    @property\n    def total(\n        self,\n    ) -> int:\n        \"\"\"Sum.\n\n        >>> A().total\n        0\n        \"\"\"\n        ...\n\n\ndef f(x): return x\n";
+        let m = super::find_function(src, "A.total").unwrap();
+        assert_eq!(
+            super::function_head(src, &m),
+            "@property\ndef total(\n    self,\n) -> int:\n    \"\"\"Sum.\n\n    >>> A().total\n    0\n    \"\"\""
+        );
+        // No docstring, body on the header's line: the header alone.
+        let f = super::find_function(src, "f").unwrap();
+        assert_eq!(super::function_head(src, &f), "def f(x):");
+    }
+
+    #[test]
     fn normalized_code_ignores_comments_docstrings_and_spacing() {
         let a = "def f(x):\n    \"\"\"Doc.\"\"\"\n    # add one\n    return x+1\n";
         let b = "def f( x ):\n  return x + 1  # the answer\n\n";
@@ -1546,6 +1588,14 @@ def s(:
             "{}",
             out.source
         );
+        // Going on at column 0 with a sibling (as a prefilled reply may): the
+        // sibling is not added to the module; a real helper is.
+        let more = format!(
+            "{alone}\n\ndef other(self):\n    return 3\n\n\ndef _half(x):\n    return x / 2\n"
+        );
+        let out = splice(src, &f, &more).unwrap();
+        assert_eq!(out.added_helpers, ["_half"]);
+        assert!(!out.source.contains("return 3"), "{}", out.source);
     }
 
     #[test]
