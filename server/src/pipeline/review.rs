@@ -75,7 +75,7 @@ impl TaskRun {
                 "{what} {} `{}` fails: {}",
                 c.id,
                 c.call.replace('\n', "; "),
-                r.message.clone().unwrap_or_default()
+                what_went_wrong(r)
             ));
         }
         for f in best
@@ -162,6 +162,68 @@ impl TaskRun {
         self.deps.store.set_task_final(self.task, &p.code, wall)?;
         self.end(Ending::Accepted, None)?;
         Ok(Stage::Done)
+    }
+}
+
+/// One line on a failed test case for the review's reasons: the message
+/// (`expected 5, got 6`), prefixed by the exception's class when the call
+/// raised (`ValueError: bad qty`), or the class alone when the exception had
+/// no message (`raised NotImplementedError`, from a stub the function
+/// calls); the harness's own `expected X, got Y: ...` stays as it is.
+fn what_went_wrong(r: &crate::types::TestResult) -> String {
+    let msg = r.message.as_deref().unwrap_or("").trim();
+    match r.error_type.as_deref() {
+        Some(t) if t != "AssertionError" && msg.is_empty() => format!("raised {t}"),
+        Some(t)
+            if t != "AssertionError" && !msg.starts_with(t) && !msg.starts_with("expected ") =>
+        {
+            format!("{t}: {msg}")
+        }
+        _ if msg.is_empty() => "failed".to_string(),
+        _ => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod what_went_wrong_tests {
+    use super::what_went_wrong;
+    use crate::types::TestResult;
+
+    fn result(error_type: Option<&str>, message: &str) -> TestResult {
+        TestResult {
+            test_id: "ex1".into(),
+            passed: false,
+            error_type: error_type.map(str::to_string),
+            message: Some(message.into()),
+            traceback: None,
+            actual: None,
+            duration_ms: 1,
+            outcome: None,
+        }
+    }
+
+    #[test]
+    fn a_failure_names_what_was_raised_even_without_a_message() {
+        // The shop's from_pairs calling a still-stubbed add: the reason read
+        // "fails: " with nothing after it.
+        assert_eq!(
+            what_went_wrong(&result(Some("NotImplementedError"), "")),
+            "raised NotImplementedError"
+        );
+        assert_eq!(
+            what_went_wrong(&result(Some("ValueError"), "bad qty")),
+            "ValueError: bad qty"
+        );
+        assert_eq!(
+            what_went_wrong(&result(Some("AssertionError"), "expected 5, got 6")),
+            "expected 5, got 6"
+        );
+        let wrong_raise = "expected ValueError, got KeyError: 'a'";
+        assert_eq!(
+            what_went_wrong(&result(Some("KeyError"), wrong_raise)),
+            wrong_raise
+        );
+        assert_eq!(what_went_wrong(&result(None, "")), "failed");
     }
 }
 
