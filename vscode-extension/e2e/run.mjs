@@ -1,7 +1,7 @@
 // End to end in real VS Code (code-server 4.100.3 = VS Code 1.100.3) driven by
 // playwright-core with Debian's chromium, on the real embedded model:
-// open a stub, run the code action, see progress in the status bar, reject
-// the first proposal with feedback typed in the input box (a second round
+// open a stub, run the code action, see progress in the status bar, show the
+// first proposal's diff with its review beside it, reject it with feedback typed in the input box (a second round
 // runs), accept the second, save, and check the file passes the stub's own
 // doctests. Screenshots of each step go to e2e/artifacts/.
 //
@@ -117,14 +117,32 @@ async function main() {
     log('screenshot', p);
   };
   const result = { steps: {} };
+  /**
+   * Quick Open (a `>` prefix: the command palette), pick the row showing
+   * `row` once the filtered list has it focused (until then the focused row
+   * may be a recently opened file, and Enter would open that).
+   */
+  const quickOpen = async (text, row) => {
+    await page.keyboard.press('Control+P');
+    await page.locator('.quick-input-widget input').fill(text);
+    await page.locator('.quick-input-list .monaco-list-row.focused', { hasText: row }).first().waitFor({ timeout: 30000 });
+    await page.keyboard.press('Enter');
+  };
+  /** The text of the first frame (webviews are nested iframes) that contains `needle`. */
+  const frameText = async (needle, timeout) => {
+    for (const end = Date.now() + timeout; Date.now() < end; await page.waitForTimeout(500)) {
+      for (const f of page.frames()) {
+        const t = await f.evaluate(() => document.body?.innerText ?? '').catch(() => '');
+        if (t.includes(needle)) return t;
+      }
+    }
+    throw new Error(`no frame shows ${JSON.stringify(needle)}`);
+  };
   try {
     await page.goto(url);
     await page.locator('.monaco-workbench').waitFor({ timeout: 120000 });
     // Open the stub with Quick Open.
-    await page.keyboard.press('Control+P');
-    await page.locator('.quick-input-widget input').fill('text_tools.py');
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'text_tools.py' }).first().waitFor({ timeout: 30000 });
-    await page.keyboard.press('Enter');
+    await quickOpen('text_tools.py', 'text_tools.py');
     const editor = page.locator('.monaco-editor .view-lines').first();
     await editor.waitFor({ timeout: 60000 });
     await editor.click();
@@ -158,14 +176,41 @@ async function main() {
     await toast(0).waitFor({ timeout: timeoutMs });
     result.firstReviewMs = Date.now() - tAction;
     await shot('3-review-prompt');
-    await toast(0).getByRole('button', { name: 'Reject with feedback…' }).click();
+    // Show diff: the diff editor, and beside it the review (report.md rendered).
+    await toast(0).getByRole('button', { name: 'Show diff' }).click();
+    await page.locator('.monaco-diff-editor').first().waitFor({ timeout: 30000 });
+    await page.locator('.tab', { hasText: 'before ↔ proposal' }).first().waitFor({ timeout: 30000 });
+    await page.locator('.tab', { hasText: 'report.md' }).first().waitFor({ timeout: 30000 });
+    const review = await frameText('How it was chosen', 30000);
+    result.review = review;
+    for (const want of ['Tests', 'docstring', 'Findings', 'count_vowels("hello")']) {
+      if (!review.includes(want)) throw new Error(`the review beside the diff lacks ${JSON.stringify(want)}:\n${review}`);
+    }
+    await shot('3b-diff-and-review');
+    result.steps.diffAndReview = true;
+    // Close the diff and the review, back to the stub; the review prompt comes again.
+    await quickOpen('>View: Close All Editor Groups', 'Close All Editor Groups');
+    await page.locator('.monaco-diff-editor').first().waitFor({ state: 'detached', timeout: 30000 });
+    await quickOpen('text_tools.py', 'text_tools.py');
+    await editor.waitFor({ timeout: 60000 });
+    // The prompt was shown again after Show diff, but an info toast hides
+    // itself after 15 s (VS Code's purge timeout): reject from the toast
+    // while it is there, else through the command "docsmith: Review proposal".
+    const viaToast = await toast(0).waitFor({ timeout: 5000 }).then(() => true, () => false);
+    if (viaToast) {
+      await toast(0).getByRole('button', { name: 'Reject with feedback…' }).click();
+    } else {
+      await quickOpen('>docsmith: Review proposal', 'Review proposal');
+      await page.locator('.quick-input-list .monaco-list-row', { hasText: 'Reject with feedback' }).first().click({ timeout: 30000 });
+    }
+    result.steps.rejectedVia = viaToast ? 'toast' : 'command';
+    await page.locator('.quick-input-widget', { hasText: 'What should change?' }).waitFor({ timeout: 30000 });
     const input = page.locator('.quick-input-widget input');
-    await input.waitFor({ timeout: 30000 });
     await input.fill('Use sum() over a generator expression and keep it to one line.');
     await shot('4-reject-feedback');
     await page.keyboard.press('Enter');
     // The first prompt must be gone before waiting for the second one.
-    await page.locator('.notification-toast', { hasText: 'proposal for `count_vowels` ready' }).first().waitFor({ state: 'detached', timeout: 30000 });
+    if (viaToast) await page.locator('.notification-toast', { hasText: 'proposal for `count_vowels` ready' }).first().waitFor({ state: 'detached', timeout: 30000 });
     await running.waitFor({ timeout: 60000 });
     result.steps.rejected = true;
     await shot('5-second-round');

@@ -99,6 +99,11 @@ async function askFeedback(name: string, what: string): Promise<string | undefin
   return fb && fb.trim() ? fb.trim() : undefined;
 }
 
+/**
+ * The proposal's diff, with its review (report.md: how the code was chosen,
+ * the planner's understanding and assumptions, the tests by source and
+ * result, dropped tests, findings) rendered beside it.
+ */
 async function showDiff(task: number) {
   const files: P.ProposalFiles = await run(P.SHOW_DIFF, { task, open: false } satisfies P.ShowDiffArgs);
   const name = tasks.get(task)?.name ?? `task ${task}`;
@@ -108,6 +113,18 @@ async function showDiff(task: number) {
     vscode.Uri.file(files.code),
     `docsmith: ${name} (before ↔ proposal)`,
   );
+  if (!fs.existsSync(files.report)) {
+    output.warn(`docsmith: no review beside the diff: ${files.report} does not exist`);
+    return;
+  }
+  const report = vscode.Uri.file(files.report);
+  try {
+    // The built-in Markdown extension; a VS Code without it gets the source.
+    await vscode.commands.executeCommand('markdown.showPreviewToSide', report);
+  } catch (e) {
+    output.warn(`docsmith: markdown preview unavailable (${e}); showing ${files.report} as text`);
+    await vscode.window.showTextDocument(report, { viewColumn: vscode.ViewColumn.Beside, preview: true, preserveFocus: true });
+  }
 }
 
 async function reject(t: P.TaskChangedParams): Promise<boolean> {
