@@ -337,17 +337,23 @@ fn content_mark(i: usize) -> String {
     format!("\u{F8F0}{i}\u{F8F1}")
 }
 
-/// A request's prompt in pieces: the chat template rendered with every
-/// message's content replaced by [`content_mark`], split at the marks.
-/// Returns `(template, contents)` with `template.len() == contents.len() + 1`:
-/// the prompt is `template[0] + contents[0] + template[1] + ...`, the last
-/// content being `req.prefill` (the assistant turn is opened, then begun
-/// with it). `None` when the template did not keep each mark once, in order
-/// (a template that rewrites contents).
+/// A request's prompt in pieces: the prompt is `template[0] + contents[0] +
+/// template[1] + ...`, `template.len() == contents.len() + 1`.
+struct PromptParts {
+    /// The chat template's own text around the contents.
+    template: Vec<String>,
+    /// The messages' contents, then `req.prefill` (the assistant turn is
+    /// opened, then begun with it).
+    contents: Vec<String>,
+}
+
+/// The chat template rendered with every message's content replaced by
+/// [`content_mark`], split at the marks. `None` when the template did not
+/// keep each mark once, in order (a template that rewrites contents).
 fn render_prompt_parts(
     loaded: &Loaded,
     req: &CompletionRequest,
-) -> Result<Option<(Vec<String>, Vec<String>)>, LlmError> {
+) -> Result<Option<PromptParts>, LlmError> {
     let marked = req
         .messages
         .iter()
@@ -376,7 +382,7 @@ fn render_prompt_parts(
     template.push(String::new());
     let mut contents: Vec<String> = req.messages.iter().map(|m| m.content.clone()).collect();
     contents.push(req.prefill.clone());
-    Ok(Some((template, contents)))
+    Ok(Some(PromptParts { template, contents }))
 }
 
 /// Renders `req.messages` with the model's chat template, assistant turn
@@ -635,7 +641,7 @@ fn prompt_tokens(loaded: &Loaded, req: &CompletionRequest) -> Result<Vec<LlamaTo
     let vocab = loaded.model.vocab();
     let mut tokens = Vec::new();
     match render_prompt_parts(loaded, req)? {
-        Some((template, contents)) => {
+        Some(PromptParts { template, contents }) => {
             for (i, t) in template.iter().enumerate() {
                 if !t.is_empty() || i == 0 {
                     tokens.extend(vocab.tokenize(t.as_bytes(), i == 0, true));

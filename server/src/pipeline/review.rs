@@ -184,49 +184,6 @@ fn what_went_wrong(r: &crate::types::TestResult) -> String {
     }
 }
 
-#[cfg(test)]
-mod what_went_wrong_tests {
-    use super::what_went_wrong;
-    use crate::types::TestResult;
-
-    fn result(error_type: Option<&str>, message: &str) -> TestResult {
-        TestResult {
-            test_id: "ex1".into(),
-            passed: false,
-            error_type: error_type.map(str::to_string),
-            message: Some(message.into()),
-            traceback: None,
-            actual: None,
-            duration_ms: 1,
-            outcome: None,
-        }
-    }
-
-    #[test]
-    fn a_failure_names_what_was_raised_even_without_a_message() {
-        // The shop's from_pairs calling a still-stubbed add: the reason read
-        // "fails: " with nothing after it.
-        assert_eq!(
-            what_went_wrong(&result(Some("NotImplementedError"), "")),
-            "raised NotImplementedError"
-        );
-        assert_eq!(
-            what_went_wrong(&result(Some("ValueError"), "bad qty")),
-            "ValueError: bad qty"
-        );
-        assert_eq!(
-            what_went_wrong(&result(Some("AssertionError"), "expected 5, got 6")),
-            "expected 5, got 6"
-        );
-        let wrong_raise = "expected ValueError, got KeyError: 'a'";
-        assert_eq!(
-            what_went_wrong(&result(Some("KeyError"), wrong_raise)),
-            wrong_raise
-        );
-        assert_eq!(what_went_wrong(&result(None, "")), "failed");
-    }
-}
-
 /// Unified diff (3 lines of context) with `a/` and `b/` headers.
 pub fn unified_diff(old: &str, new: &str, file: &Path) -> String {
     let shown = file.display().to_string();
@@ -443,4 +400,47 @@ pub fn write_proposal_files(workspace: &Path, p: &Proposal) -> std::io::Result<P
     std::fs::write(dir.join("original.py"), &p.original)?;
     std::fs::write(dir.join("report.md"), render_report(p))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod what_went_wrong_tests {
+    use super::what_went_wrong;
+    use crate::types::TestResult;
+
+    fn result(error_type: Option<&str>, message: &str) -> TestResult {
+        TestResult {
+            test_id: "ex1".into(),
+            passed: false,
+            error_type: error_type.map(str::to_string),
+            message: Some(message.into()),
+            traceback: None,
+            actual: None,
+            duration_ms: 1,
+            outcome: None,
+        }
+    }
+
+    #[test]
+    fn a_failure_names_what_was_raised_even_without_a_message() {
+        // The shop's from_pairs calling a still-stubbed add: the reason read
+        // "fails: " with nothing after it.
+        assert_eq!(
+            what_went_wrong(&result(Some("NotImplementedError"), "")),
+            "raised NotImplementedError"
+        );
+        assert_eq!(
+            what_went_wrong(&result(Some("ValueError"), "bad qty")),
+            "ValueError: bad qty"
+        );
+        assert_eq!(
+            what_went_wrong(&result(Some("AssertionError"), "expected 5, got 6")),
+            "expected 5, got 6"
+        );
+        let wrong_raise = "expected ValueError, got KeyError: 'a'";
+        assert_eq!(
+            what_went_wrong(&result(Some("KeyError"), wrong_raise)),
+            wrong_raise
+        );
+        assert_eq!(what_went_wrong(&result(None, "")), "failed");
+    }
 }
