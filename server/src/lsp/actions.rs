@@ -26,18 +26,18 @@ enum FnState {
     Idle,
 }
 
-fn state_of(inner: &ServerState, uri: &Uri, name: &str) -> FnState {
-    if let Some(id) = inner
+fn state_of(state: &ServerState, uri: &Uri, name: &str) -> FnState {
+    if let Some(id) = state
         .active
         .get(&(uri.clone(), name.to_string()))
         .map(|r| *r)
     {
-        if let Some(e) = inner.tasks.get(&id) {
+        if let Some(e) = state.tasks.get(&id) {
             let v = e.view();
             return FnState::Live(id, v.phase, v.message);
         }
     }
-    let restored: Option<Restored> = inner
+    let restored: Option<Restored> = state
         .restored
         .iter()
         .find(|r| &r.uri == uri && r.row.function == name)
@@ -58,13 +58,13 @@ fn state_of(inner: &ServerState, uri: &Uri, name: &str) -> FnState {
 /// The functions of `uri` (by qualname) that [`state_of`] would not find
 /// idle: a live task or a restored one. Collected once per request, so the
 /// code lens listing tests each function with a set lookup.
-fn names_with_state(inner: &ServerState, uri: &Uri) -> std::collections::HashSet<String> {
-    let live = inner
+fn names_with_state(state: &ServerState, uri: &Uri) -> std::collections::HashSet<String> {
+    let live = state
         .active
         .iter()
         .filter(|e| &e.key().0 == uri)
         .map(|e| e.key().1.clone());
-    let restored = inner
+    let restored = state
         .restored
         .iter()
         .filter(|r| &r.uri == uri)
@@ -83,7 +83,7 @@ fn lsp_command(title: String, c: proto::Command) -> Command {
 
 /// The commands that apply to `f` in `uri` now, most useful first, each with
 /// its title.
-fn commands_for(inner: &ServerState, uri: &Uri, f: &FunctionInfo) -> Vec<(String, proto::Command)> {
+fn commands_for(state: &ServerState, uri: &Uri, f: &FunctionInfo) -> Vec<(String, proto::Command)> {
     // `Class.method` for a method: the name that finds it again.
     let name = &f.qualname();
     let function = || FunctionArgs {
@@ -114,7 +114,7 @@ fn commands_for(inner: &ServerState, uri: &Uri, f: &FunctionInfo) -> Vec<(String
             ),
         ]
     };
-    match state_of(inner, uri, name) {
+    match state_of(state, uri, name) {
         FnState::Live(task, TaskPhase::Review, _) | FnState::RestoredReview(task, _) => {
             review(task)
         }
@@ -158,7 +158,7 @@ fn commands_for(inner: &ServerState, uri: &Uri, f: &FunctionInfo) -> Vec<(String
 }
 
 /// `textDocument/codeAction`: the actions for the function at the start of the range.
-pub fn code_actions(inner: &ServerState, p: &CodeActionParams) -> CodeActionResponse {
+pub fn code_actions(state: &ServerState, p: &CodeActionParams) -> CodeActionResponse {
     let kind = CodeActionKind::REFACTOR_REWRITE;
     if let Some(only) = &p.context.only {
         if !only.iter().any(|k| kind.as_str().starts_with(k.as_str())) {
@@ -166,18 +166,18 @@ pub fn code_actions(inner: &ServerState, p: &CodeActionParams) -> CodeActionResp
         }
     }
     let uri = &p.text_document.uri;
-    let Some(f) = function_at(inner, uri, p.range.start.line as usize) else {
+    let Some(f) = function_at(state, uri, p.range.start.line as usize) else {
         return Vec::new();
     };
     // A `@x.setter` after its getter: `Class.x` names the getter.
-    if inner
+    if state
         .docs
         .get(uri)
         .is_some_and(|d| python::is_later_namesake(d.tree(), &d.text(), &f))
     {
         return Vec::new();
     }
-    commands_for(inner, uri, &f)
+    commands_for(state, uri, &f)
         .into_iter()
         .map(|(title, c)| {
             CodeActionOrCommand::CodeAction(CodeAction {
@@ -190,8 +190,8 @@ pub fn code_actions(inner: &ServerState, p: &CodeActionParams) -> CodeActionResp
         .collect()
 }
 
-fn function_at(inner: &ServerState, uri: &Uri, line: usize) -> Option<FunctionInfo> {
-    let doc = inner.docs.get(uri)?;
+fn function_at(state: &ServerState, uri: &Uri, line: usize) -> Option<FunctionInfo> {
+    let doc = state.docs.get(uri)?;
     let text = doc.text();
     python::function_at_line_in_tree(doc.tree(), &text, line, doc.line_start_byte(line))
 }
@@ -203,13 +203,13 @@ fn function_at(inner: &ServerState, uri: &Uri, line: usize) -> Option<FunctionIn
 /// bodies and builds a function's full info only when it gets a lens, so a
 /// 50,000-line file costs a walk of its top-level and class statements
 /// (`cargo bench --bench lsp`).
-pub fn code_lenses(inner: &ServerState, uri: &Uri) -> Vec<CodeLens> {
+pub fn code_lenses(state: &ServerState, uri: &Uri) -> Vec<CodeLens> {
     let functions: Vec<FunctionInfo> = {
-        let Some(doc) = inner.docs.get(uri) else {
+        let Some(doc) = state.docs.get(uri) else {
             return Vec::new();
         };
         let text = doc.text();
-        let with_state = names_with_state(inner, uri);
+        let with_state = names_with_state(state, uri);
         python::lens_functions_in_tree(doc.tree(), &text, |q| with_state.contains(q))
             .into_iter()
             .filter(|f| !python::is_later_namesake(doc.tree(), &text, f))
@@ -224,11 +224,11 @@ pub fn code_lenses(inner: &ServerState, uri: &Uri) -> Vec<CodeLens> {
             command: Some(c),
             data: None,
         };
-        match state_of(inner, uri, &f.qualname()) {
+        match state_of(state, uri, &f.qualname()) {
             FnState::Idle => {
                 if f.is_stub && f.docstring.is_some() {
                     out.extend(
-                        commands_for(inner, uri, &f)
+                        commands_for(state, uri, &f)
                             .into_iter()
                             .take(1)
                             .map(|(title, c)| lens(lsp_command(title, c))),
@@ -240,7 +240,7 @@ pub fn code_lenses(inner: &ServerState, uri: &Uri) -> Vec<CodeLens> {
                     format!("docsmith: {}", msg.trim_start_matches("ready for review: ")),
                     proto::Command::ShowDiff(ShowDiffArgs { task, open: None }),
                 )));
-                for (_, c) in commands_for(inner, uri, &f) {
+                for (_, c) in commands_for(state, uri, &f) {
                     let short = match c {
                         proto::Command::Accept(_) => "Accept",
                         proto::Command::Reject(_) => "Reject…",
@@ -258,7 +258,7 @@ pub fn code_lenses(inner: &ServerState, uri: &Uri) -> Vec<CodeLens> {
             }
             FnState::Interrupted => {
                 out.extend(
-                    commands_for(inner, uri, &f)
+                    commands_for(state, uri, &f)
                         .into_iter()
                         .map(|(title, c)| lens(lsp_command(title, c))),
                 );

@@ -22,18 +22,18 @@ use crate::store::{TaskKind, TaskStatus};
 /// Runs one command: parses it once into a [`Command`] (an unknown name or
 /// bad arguments is an `InvalidParams` error), then does it. Errors are
 /// returned to the client as JSON-RPC errors.
-pub async fn execute(inner: &Arc<ServerState>, p: ExecuteCommandParams) -> Result<Value, LspError> {
+pub async fn execute(state: &Arc<ServerState>, p: ExecuteCommandParams) -> Result<Value, LspError> {
     match Command::parse(&p)? {
-        Command::Generate(a) => Ok(json(&start(inner, a.uri, a.name, None)?)),
+        Command::Generate(a) => Ok(json(&start(state, a.uri, a.name, None)?)),
         Command::Refine(a) => {
             let fb = match a.feedback.filter(|f| !f.trim().is_empty()) {
                 Some(f) => f,
-                None => comment_feedback(inner, &a.uri, &a.name)?,
+                None => comment_feedback(state, &a.uri, &a.name)?,
             };
-            Ok(json(&start(inner, a.uri, a.name, Some(fb))?))
+            Ok(json(&start(state, a.uri, a.name, Some(fb))?))
         }
         Command::Answer(a) => {
-            let e = live(inner, a.task)?;
+            let e = live(state, a.task)?;
             if e.view().phase != TaskPhase::Question {
                 return Err(wrong_phase(&e, "there is no question to answer"));
             }
@@ -43,23 +43,23 @@ pub async fn execute(inner: &Arc<ServerState>, p: ExecuteCommandParams) -> Resul
             });
             Ok(Value::Null)
         }
-        Command::Accept(a) => Ok(json(&accept(inner, a.task).await?)),
+        Command::Accept(a) => Ok(json(&accept(state, a.task).await?)),
         Command::Reject(a) => {
-            reject(inner, a.task, a.feedback).await?;
+            reject(state, a.task, a.feedback).await?;
             Ok(Value::Null)
         }
         Command::Discard(a) => {
-            discard(inner, a.task).await?;
+            discard(state, a.task).await?;
             Ok(Value::Null)
         }
         Command::ShowDiff(a) => Ok(json(
-            &show_diff(inner, a.task, a.open.unwrap_or(true)).await?,
+            &show_diff(state, a.task, a.open.unwrap_or(true)).await?,
         )),
         Command::Cancel(a) => {
-            live(inner, a.task)?.cancel.cancel();
+            live(state, a.task)?.cancel.cancel();
             Ok(Value::Null)
         }
-        Command::WriteTests(a) => Ok(json(&write_tests(inner, a.task).await?)),
+        Command::WriteTests(a) => Ok(json(&write_tests(state, a.task).await?)),
     }
 }
 
@@ -67,8 +67,8 @@ fn json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn live(inner: &ServerState, task: i64) -> Result<Arc<TaskEntry>, LspError> {
-    inner
+fn live(state: &ServerState, task: i64) -> Result<Arc<TaskEntry>, LspError> {
+    state
         .tasks
         .get(&task)
         .map(|e| e.clone())
@@ -83,8 +83,8 @@ fn wrong_phase(e: &TaskEntry, wanted: &str) -> LspError {
     }
 }
 
-fn comment_feedback(inner: &ServerState, uri: &Uri, name: &str) -> Result<String, LspError> {
-    let (text, _) = inner.snapshot(uri)?;
+fn comment_feedback(state: &ServerState, uri: &Uri, name: &str) -> Result<String, LspError> {
+    let (text, _) = state.snapshot(uri)?;
     let f = crate::python::find_function(&text, name).map_err(pipeline::PipelineError::from)?;
     edits::feedback_comment(&text, &f).ok_or_else(|| {
         LspError::Feedback(format!(
@@ -96,19 +96,19 @@ fn comment_feedback(inner: &ServerState, uri: &Uri, name: &str) -> Result<String
 /// Starts a generate (`feedback` None) or refine task on the function as the
 /// editor has it now. Refused while the function already has a live task.
 pub fn start(
-    inner: &Arc<ServerState>,
+    state: &Arc<ServerState>,
     uri: Uri,
     name: String,
     feedback: Option<String>,
 ) -> Result<Started, LspError> {
-    let rt = inner.runtime()?;
-    let root = inner.session()?.root.clone();
+    let rt = state.runtime()?;
+    let root = state.session()?.root.clone();
     let key = (uri.clone(), name.clone());
     // Reserve the function first, atomically: two quick clicks start one task.
-    match inner.active.entry(key.clone()) {
+    match state.active.entry(key.clone()) {
         dashmap::Entry::Occupied(o) => {
             let task = *o.get();
-            let phase = inner
+            let phase = state
                 .tasks
                 .get(&task)
                 .map(|e| e.view().message)
@@ -120,7 +120,7 @@ pub fn start(
         }
     }
     let started = (|| {
-        let (text, _) = inner.snapshot(&uri)?;
+        let (text, _) = state.snapshot(&uri)?;
         let path = uri_path(&uri)?;
         let kind = if feedback.is_some() {
             TaskKind::Refine
@@ -143,23 +143,23 @@ pub fn start(
         let (entry, replies) = TaskEntry::new(id, uri.clone(), path, name.clone(), stub_source);
         // Tasks ahead in the queue: those already waiting, plus one running
         // task when no slot is free.
-        let waiting = inner
+        let waiting = state
             .tasks
             .iter()
             .filter(|t| t.view().phase == TaskPhase::Queued)
             .count();
-        let queued_behind = (waiting + 1).saturating_sub(inner.queue.available_permits());
-        inner.tasks.insert(id, entry.clone());
+        let queued_behind = (waiting + 1).saturating_sub(state.queue.available_permits());
+        state.tasks.insert(id, entry.clone());
         // A restored task for the same function is superseded.
-        let old: Vec<i64> = inner
+        let old: Vec<i64> = state
             .restored
             .iter()
             .filter(|r| r.uri == uri && r.row.function == name)
             .map(|r| *r.key())
             .collect();
         for o in old {
-            if let Some((_, r)) = inner.restored.remove(&o) {
-                if let Some(store) = inner.store() {
+            if let Some((_, r)) = state.restored.remove(&o) {
+                if let Some(store) = state.store() {
                     let _ = pipeline::end_stored_task(
                         &store,
                         r.row.id,
@@ -169,7 +169,7 @@ pub fn start(
                 }
             }
         }
-        tasks::spawn(inner.clone(), entry, run, replies, events, raise_prompt);
+        tasks::spawn(state.clone(), entry, run, replies, events, raise_prompt);
         Ok::<_, LspError>(Started {
             task: id,
             queued_behind,
@@ -177,10 +177,10 @@ pub fn start(
     })();
     match &started {
         Ok(s) => {
-            inner.active.insert(key, s.task);
+            state.active.insert(key, s.task);
         }
         Err(_) => {
-            inner.active.remove(&key);
+            state.active.remove(&key);
         }
     }
     started
@@ -188,13 +188,13 @@ pub fn start(
 
 /// The driver's [`tasks::Prompter`]: asks the question, or runs the review
 /// prompt, on a task of its own.
-fn raise_prompt(inner: Arc<ServerState>, e: Arc<TaskEntry>, prompt: Prompt, pause: u32) {
+fn raise_prompt(state: Arc<ServerState>, e: Arc<TaskEntry>, prompt: Prompt, pause: u32) {
     match prompt {
         Prompt::Question(q) => {
-            tokio::spawn(prompts::ask_question(inner, e, q, pause));
+            tokio::spawn(prompts::ask_question(state, e, q, pause));
         }
         Prompt::Review(p) => {
-            tokio::spawn(review(inner, e, p, pause));
+            tokio::spawn(review(state, e, p, pause));
         }
     }
 }
@@ -203,33 +203,33 @@ fn raise_prompt(inner: Arc<ServerState>, e: Arc<TaskEntry>, prompt: Prompt, paus
 /// Show diff, and a reject the server cannot make (no feedback), come back
 /// to the same prompt (4 prompts at most). Stops without acting once the
 /// task left pause `pause` (answered meanwhile through a command).
-async fn review(inner: Arc<ServerState>, e: Arc<TaskEntry>, p: Box<Proposal>, pause: u32) {
+async fn review(state: Arc<ServerState>, e: Arc<TaskEntry>, p: Box<Proposal>, pause: u32) {
     for _ in 0..4 {
-        let chosen = prompts::ask_review(&inner, &e, &p).await;
+        let chosen = prompts::ask_review(&state, &e, &p).await;
         if e.view().pause != pause {
             return; // answered meanwhile through a command
         }
         match chosen {
             Some(ReviewChoice::Accept) => {
-                if let Err(err) = accept(&inner, e.id).await {
-                    inner
+                if let Err(err) = accept(&state, e.id).await {
+                    state
                         .client
                         .show_message(MessageType::WARNING, format!("docsmith: {err}"))
                         .await;
                 }
                 return;
             }
-            Some(ReviewChoice::Reject) => match reject(&inner, e.id, None).await {
+            Some(ReviewChoice::Reject) => match reject(&state, e.id, None).await {
                 Ok(()) => return,
                 Err(err) => {
-                    inner
+                    state
                         .client
                         .show_message(MessageType::INFO, format!("docsmith: {err}"))
                         .await
                 }
             },
             Some(ReviewChoice::ShowDiff) => {
-                let _ = show_diff(&inner, e.id, true).await;
+                let _ = show_diff(&state, e.id, true).await;
             }
             Some(ReviewChoice::Discard) => {
                 let _ = e.replies.send(Tagged {
@@ -256,8 +256,8 @@ struct Ready {
 
 /// The module name a test module imports for `file`: the one Python gives
 /// it in the workspace (`shop.inventory`), or the file's stem.
-fn tests_module(inner: &ServerState, file: &std::path::Path) -> String {
-    match inner.session() {
+fn tests_module(state: &ServerState, file: &std::path::Path) -> String {
+    match state.session() {
         // Only the module name: `locate`, not `tests_file_for`, which also
         // searches the workspace for existing test files.
         Ok(s) => crate::python::project::locate(file, &s.root).module,
@@ -268,13 +268,13 @@ fn tests_module(inner: &ServerState, file: &std::path::Path) -> String {
     }
 }
 
-fn ready(inner: &ServerState, task: i64) -> Result<Ready, LspError> {
-    if let Some(e) = inner.tasks.get(&task).map(|e| e.clone()) {
+fn ready(state: &ServerState, task: i64) -> Result<Ready, LspError> {
+    if let Some(e) = state.tasks.get(&task).map(|e| e.clone()) {
         let v = e.view();
         let Some(p) = v.proposal.filter(|_| v.phase == TaskPhase::Review) else {
             return Err(wrong_phase(&e, "it has no proposal to review yet"));
         };
-        let module = tests_module(inner, &e.path);
+        let module = tests_module(state, &e.path);
         return Ok(Ready {
             uri: e.uri.clone(),
             name: e.name.clone(),
@@ -284,7 +284,7 @@ fn ready(inner: &ServerState, task: i64) -> Result<Ready, LspError> {
             live: Some(e),
         });
     }
-    let r = inner
+    let r = state
         .restored
         .get(&task)
         .map(|r| r.clone())
@@ -302,7 +302,7 @@ fn ready(inner: &ServerState, task: i64) -> Result<Ready, LspError> {
         ))
     })?;
     let tests_file = r.row.proposal_dir.as_ref().and_then(|d| {
-        let module = tests_module(inner, std::path::Path::new(&r.row.file));
+        let module = tests_module(state, std::path::Path::new(&r.row.file));
         let t = std::fs::read_to_string(
             std::path::Path::new(d).join(format!("test_{}.py", r.row.function)),
         )
@@ -325,14 +325,14 @@ fn ready(inner: &ServerState, task: i64) -> Result<Ready, LspError> {
 /// Applies a proposal as a versioned workspace edit against the document as
 /// it is now. Refuses (and offers a re-run) when the function changed since
 /// the task began; reports the client's refusal when the edit is not applied.
-pub async fn accept(inner: &Arc<ServerState>, task: i64) -> Result<Applied, LspError> {
-    let r = ready(inner, task)?;
-    let session = inner.session()?.clone();
-    let (text, version) = inner.snapshot(&r.uri)?;
+pub async fn accept(state: &Arc<ServerState>, task: i64) -> Result<Applied, LspError> {
+    let r = ready(state, task)?;
+    let session = state.session()?.clone();
+    let (text, version) = state.snapshot(&r.uri)?;
     let plan = match edits::plan_accept(&text, &r.name, &r.stub_source, &r.code) {
         Ok(p) => p,
         Err(stale) => {
-            offer_rerun(inner.clone(), r.uri.clone(), r.name.clone(), task, &stale);
+            offer_rerun(state.clone(), r.uri.clone(), r.name.clone(), task, &stale);
             return Ok(Applied {
                 applied: false,
                 reason: Some(stale.to_string()),
@@ -344,7 +344,7 @@ pub async fn accept(inner: &Arc<ServerState>, task: i64) -> Result<Applied, LspE
     let doc_positions = Document::new(version.unwrap_or(0), "python", &text);
     let enc = session.encoding;
     let annotate = session.flags.change_annotations
-        && inner
+        && state
             .runtime()
             .map(|rt| rt.config.confirm_edits)
             .unwrap_or(true);
@@ -399,7 +399,7 @@ pub async fn accept(inner: &Arc<ServerState>, task: i64) -> Result<Applied, LspE
             ..Default::default()
         }
     };
-    let resp = inner
+    let resp = state
         .client
         .apply_edit(edit)
         .await
@@ -408,7 +408,7 @@ pub async fn accept(inner: &Arc<ServerState>, task: i64) -> Result<Applied, LspE
         let reason = resp.failure_reason.unwrap_or_else(|| {
             "the editor did not apply the edit (the document may have changed meanwhile)".into()
         });
-        inner
+        state
             .client
             .show_message(
                 MessageType::WARNING,
@@ -423,8 +423,8 @@ pub async fn accept(inner: &Arc<ServerState>, task: i64) -> Result<Applied, LspE
     match &r.live {
         Some(e) => e.reply(Reply::Accept),
         None => {
-            inner.restored.remove(&task);
-            if let Some(store) = inner.store() {
+            state.restored.remove(&task);
+            if let Some(store) = state.store() {
                 let _ = pipeline::end_stored_task(
                     &store,
                     crate::store::TaskId(task),
@@ -432,17 +432,17 @@ pub async fn accept(inner: &Arc<ServerState>, task: i64) -> Result<Applied, LspE
                     None,
                 );
             }
-            inner.refresh_lenses().await;
+            state.refresh_lenses().await;
         }
     }
-    if inner
+    if state
         .runtime()
         .map(|rt| rt.config.write_tests)
         .unwrap_or(false)
         && r.tests_file.is_some()
     {
-        if let Err(e) = write_tests_text(inner, &r).await {
-            inner
+        if let Err(e) = write_tests_text(state, &r).await {
+            state
                 .client
                 .show_message(
                     MessageType::WARNING,
@@ -457,20 +457,20 @@ pub async fn accept(inner: &Arc<ServerState>, task: i64) -> Result<Applied, LspE
     })
 }
 
-fn offer_rerun(inner: Arc<ServerState>, uri: Uri, name: String, task: i64, stale: &StaleError) {
+fn offer_rerun(state: Arc<ServerState>, uri: Uri, name: String, task: i64, stale: &StaleError) {
     let msg = format!("docsmith: {stale}");
     tokio::spawn(async move {
-        if prompts::offer_rerun(&inner, msg).await {
-            let _ = discard(&inner, task).await;
+        if prompts::offer_rerun(&state, msg).await {
+            let _ = discard(&state, task).await;
             // Wait for the old task to end so the function is free again.
             for _ in 0..100 {
-                if !inner.tasks.contains_key(&task) {
+                if !state.tasks.contains_key(&task) {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            if let Err(e) = start(&inner, uri, name, None) {
-                inner
+            if let Err(e) = start(&state, uri, name, None) {
+                state
                     .client
                     .show_message(MessageType::ERROR, format!("docsmith: {e}"))
                     .await;
@@ -483,14 +483,14 @@ fn offer_rerun(inner: Arc<ServerState>, uri: Uri, name: String, task: i64, stale
 /// comment): a live task starts another round; a restored one is superseded
 /// by a new refine task.
 pub async fn reject(
-    inner: &Arc<ServerState>,
+    state: &Arc<ServerState>,
     task: i64,
     feedback: Option<String>,
 ) -> Result<(), LspError> {
-    let r = ready(inner, task)?;
+    let r = ready(state, task)?;
     let feedback = match feedback.filter(|f| !f.trim().is_empty()) {
         Some(f) => f,
-        None => comment_feedback(inner, &r.uri, &r.name).map_err(|_| {
+        None => comment_feedback(state, &r.uri, &r.name).map_err(|_| {
             LspError::Feedback(format!(
                 "rejecting needs feedback: pass `feedback` to docsmith.reject, or write `# docsmith: <what to change>` directly above `{}` and reject again (Discard drops the proposal without feedback)",
                 r.name
@@ -500,7 +500,7 @@ pub async fn reject(
     match r.live {
         Some(e) => e.reply(Reply::Reject(feedback)),
         None => {
-            if let Some(store) = inner.store() {
+            if let Some(store) = state.store() {
                 let _ = store.add_feedback(crate::store::TaskId(task), None, &feedback);
                 let _ = pipeline::end_stored_task(
                     &store,
@@ -509,27 +509,27 @@ pub async fn reject(
                     Some("rejected with feedback after a restart; continued as a new task"),
                 );
             }
-            inner.restored.remove(&task);
-            start(inner, r.uri, r.name, Some(feedback))?;
+            state.restored.remove(&task);
+            start(state, r.uri, r.name, Some(feedback))?;
         }
     }
     Ok(())
 }
 
 /// Drops a proposal (or ends a task waiting for an answer).
-pub async fn discard(inner: &Arc<ServerState>, task: i64) -> Result<(), LspError> {
-    if let Some(e) = inner.tasks.get(&task).map(|e| e.clone()) {
+pub async fn discard(state: &Arc<ServerState>, task: i64) -> Result<(), LspError> {
+    if let Some(e) = state.tasks.get(&task).map(|e| e.clone()) {
         match e.view().phase {
             TaskPhase::Review => e.reply(Reply::Discard),
             _ => e.cancel.cancel(),
         }
         return Ok(());
     }
-    let (_, r) = inner
+    let (_, r) = state
         .restored
         .remove(&task)
         .ok_or(LspError::UnknownTask(task))?;
-    if let Some(store) = inner.store() {
+    if let Some(store) = state.store() {
         let _ = pipeline::end_stored_task(
             &store,
             r.row.id,
@@ -537,18 +537,18 @@ pub async fn discard(inner: &Arc<ServerState>, task: i64) -> Result<(), LspError
             Some("discarded by the user"),
         );
     }
-    inner.refresh_lenses().await;
+    state.refresh_lenses().await;
     Ok(())
 }
 
 /// The proposal's files; opens the diff with `window/showDocument` when the
 /// client can, else logs the diff to the client's log.
 pub async fn show_diff(
-    inner: &Arc<ServerState>,
+    state: &Arc<ServerState>,
     task: i64,
     open: bool,
 ) -> Result<ProposalFiles, LspError> {
-    let (dir, name) = if let Some(e) = inner.tasks.get(&task).map(|e| e.clone()) {
+    let (dir, name) = if let Some(e) = state.tasks.get(&task).map(|e| e.clone()) {
         let v = e.view();
         let dir = v
             .proposal
@@ -557,7 +557,7 @@ pub async fn show_diff(
             .ok_or_else(|| wrong_phase(&e, "it has no proposal files yet"))?;
         (dir, e.name.clone())
     } else {
-        let r = inner
+        let r = state
             .restored
             .get(&task)
             .map(|r| r.clone())
@@ -580,9 +580,9 @@ pub async fn show_diff(
     if !open {
         return Ok(files);
     }
-    let shown = if inner.session()?.flags.show_document {
+    let shown = if state.session()?.flags.show_document {
         match Uri::from_file_path(&files.diff) {
-            Some(uri) => inner
+            Some(uri) => state
                 .client
                 .show_document(ShowDocumentParams {
                     uri,
@@ -599,14 +599,14 @@ pub async fn show_diff(
     };
     if !shown {
         let diff = std::fs::read_to_string(&files.diff).unwrap_or_default();
-        inner
+        state
             .client
             .log_message(
                 MessageType::INFO,
                 format!("docsmith: proposal diff ({}):\n{diff}", files.diff),
             )
             .await;
-        inner
+        state
             .client
             .show_message(
                 MessageType::INFO,
@@ -623,13 +623,13 @@ pub async fn show_diff(
 /// Writes the proposal's tests where the project keeps its tests
 /// ([`crate::python::project::tests_file_for`]; `tests/test_<module>.py`
 /// under the workspace when it has none).
-pub async fn write_tests(inner: &Arc<ServerState>, task: i64) -> Result<Applied, LspError> {
-    let r = ready(inner, task)?;
-    write_tests_text(inner, &r).await
+pub async fn write_tests(state: &Arc<ServerState>, task: i64) -> Result<Applied, LspError> {
+    let r = ready(state, task)?;
+    write_tests_text(state, &r).await
 }
 
-async fn write_tests_text(inner: &Arc<ServerState>, r: &Ready) -> Result<Applied, LspError> {
-    let session = inner.session()?.clone();
+async fn write_tests_text(state: &Arc<ServerState>, r: &Ready) -> Result<Applied, LspError> {
+    let session = state.session()?.clone();
     let text = r
         .tests_file
         .clone()
@@ -651,7 +651,7 @@ async fn write_tests_text(inner: &Arc<ServerState>, r: &Ready) -> Result<Applied
         });
     }
     let (insert_at, new_text) = if exists {
-        let (cur, _) = inner.snapshot(&uri)?;
+        let (cur, _) = state.snapshot(&uri)?;
         let d = Document::new(0, "python", &cur);
         (
             d.byte_to_position(cur.len(), session.encoding),
@@ -676,14 +676,14 @@ async fn write_tests_text(inner: &Arc<ServerState>, r: &Ready) -> Result<Applied
     ops.push(DocumentChangeOperation::Edit(TextDocumentEdit {
         text_document: OptionalVersionedTextDocumentIdentifier {
             uri: uri.clone(),
-            version: inner.docs.get(&uri).map(|d| d.version),
+            version: state.docs.get(&uri).map(|d| d.version),
         },
         edits: vec![OneOf::Left(TextEdit::new(
             Range::new(insert_at, insert_at),
             new_text,
         ))],
     }));
-    let resp = inner
+    let resp = state
         .client
         .apply_edit(WorkspaceEdit {
             document_changes: Some(DocumentChanges::Operations(ops)),

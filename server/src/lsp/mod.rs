@@ -395,7 +395,7 @@ pub fn uri_path(uri: &Uri) -> Result<PathBuf, LspError> {
 
 /// The tower-lsp-server backend: a thin shell over [`ServerState`].
 pub struct Backend {
-    inner: Arc<ServerState>,
+    state: Arc<ServerState>,
 }
 
 impl LanguageServer for Backend {
@@ -424,25 +424,25 @@ impl LanguageServer for Backend {
         let flags = ClientFlags::from_capabilities(&params.capabilities);
         tracing::info!(?encoding, root = %root.display(), ?flags, process_id = ?params.process_id, "initialize");
         if let Some(pid) = params.process_id {
-            if self.inner.session.get().is_none() {
-                watch_parent(pid, self.inner.gone.clone());
+            if self.state.session.get().is_none() {
+                watch_parent(pid, self.state.gone.clone());
             }
         }
-        let _ = self.inner.session.set(Session {
+        let _ = self.state.session.set(Session {
             encoding,
             flags,
             root,
         });
-        *self.inner.init_options.lock().expect("init options lock") =
+        *self.state.init_options.lock().expect("init options lock") =
             params.initialization_options.clone();
-        if let Err(e) = self.inner.configure(None) {
+        if let Err(e) = self.state.configure(None) {
             *self
-                .inner
+                .state
                 .runtime_error
                 .write()
                 .expect("runtime error lock") = Some(e.to_string());
         }
-        self.inner.restore();
+        self.state.restore();
         Ok(InitializeResult {
             capabilities: ServerCapabilities {
                 position_encoding: Some(encoding.kind()),
@@ -481,43 +481,43 @@ impl LanguageServer for Backend {
     }
 
     async fn initialized(&self, _: InitializedParams) {
-        let inner = &self.inner;
-        let config_error = inner.runtime_error.read().expect("lock").clone();
-        if inner.session.get().is_some_and(|s| s.flags.configuration) {
-            pull_configuration(inner).await;
+        let state = &self.state;
+        let config_error = state.runtime_error.read().expect("lock").clone();
+        if state.session.get().is_some_and(|s| s.flags.configuration) {
+            pull_configuration(state).await;
         } else {
-            inner.show_config_problems(config_error).await;
+            state.show_config_problems(config_error).await;
         }
-        let n = inner.restored.len();
+        let n = state.restored.len();
         if n > 0 {
-            inner
+            state
                 .client
                 .log_message(
                     MessageType::INFO,
                     format!("docsmith: restored {n} task(s) from the previous session"),
                 )
                 .await;
-            inner.refresh_lenses().await;
+            state.refresh_lenses().await;
         }
     }
 
     async fn shutdown(&self) -> RpcResult<()> {
-        self.inner.wind_down(SHUTDOWN_WAIT).await;
+        self.state.wind_down(SHUTDOWN_WAIT).await;
         Ok(())
     }
 
     async fn did_open(&self, p: DidOpenTextDocumentParams) {
         let d = p.text_document;
-        self.inner
+        self.state
             .docs
             .insert(d.uri, Document::new(d.version, &d.language_id, &d.text));
     }
 
     async fn did_change(&self, p: DidChangeTextDocumentParams) {
-        let Ok(enc) = self.inner.session().map(|s| s.encoding) else {
+        let Ok(enc) = self.state.session().map(|s| s.encoding) else {
             return;
         };
-        match self.inner.docs.get_mut(&p.text_document.uri) {
+        match self.state.docs.get_mut(&p.text_document.uri) {
             Some(mut d) => d.apply_changes(p.text_document.version, p.content_changes, enc),
             None => tracing::warn!(
                 uri = p.text_document.uri.as_str(),
@@ -527,34 +527,34 @@ impl LanguageServer for Backend {
     }
 
     async fn did_close(&self, p: DidCloseTextDocumentParams) {
-        self.inner.docs.remove(&p.text_document.uri);
+        self.state.docs.remove(&p.text_document.uri);
     }
 
     async fn did_change_configuration(&self, p: DidChangeConfigurationParams) {
-        let inner = &self.inner;
-        if inner.session.get().is_some_and(|s| s.flags.configuration) {
-            pull_configuration(inner).await;
+        let state = &self.state;
+        if state.session.get().is_some_and(|s| s.flags.configuration) {
+            pull_configuration(state).await;
         } else {
-            let error = inner.configure(Some(&p.settings)).err();
-            inner
+            let error = state.configure(Some(&p.settings)).err();
+            state
                 .show_config_problems(error.map(|e| e.to_string()))
                 .await;
         }
     }
 
     async fn code_action(&self, p: CodeActionParams) -> RpcResult<Option<CodeActionResponse>> {
-        Ok(Some(actions::code_actions(&self.inner, &p)))
+        Ok(Some(actions::code_actions(&self.state, &p)))
     }
 
     async fn code_lens(&self, p: CodeLensParams) -> RpcResult<Option<Vec<CodeLens>>> {
         Ok(Some(actions::code_lenses(
-            &self.inner,
+            &self.state,
             &p.text_document.uri,
         )))
     }
 
     async fn execute_command(&self, p: ExecuteCommandParams) -> RpcResult<Option<Value>> {
-        commands::execute(&self.inner, p)
+        commands::execute(&self.state, p)
             .await
             .map(Some)
             .map_err(Into::into)
@@ -565,7 +565,7 @@ impl Backend {
     /// `window/workDoneProgress/cancel` (tower-lsp-server has no trait method for it).
     async fn work_done_progress_cancel(&self, p: WorkDoneProgressCancelParams) {
         if let Some(task) = progress::task_of(&p.token) {
-            if let Some(t) = self.inner.tasks.get(&task) {
+            if let Some(t) = self.state.tasks.get(&task) {
                 tracing::info!(task, "cancelled from the progress UI");
                 t.cancel.cancel();
             }
@@ -573,12 +573,12 @@ impl Backend {
     }
 }
 
-async fn pull_configuration(inner: &ServerState) {
+async fn pull_configuration(state: &ServerState) {
     let items = vec![ConfigurationItem {
         scope_uri: None,
         section: Some("docsmith".into()),
     }];
-    let overlay = match inner.client.configuration(items).await {
+    let overlay = match state.client.configuration(items).await {
         Ok(mut v) if !v.is_empty() => Some(v.remove(0)),
         Ok(_) => None,
         Err(e) => {
@@ -586,14 +586,14 @@ async fn pull_configuration(inner: &ServerState) {
             None
         }
     };
-    let error = inner
+    let error = state
         .configure(overlay.as_ref())
         .err()
         .map(|e| e.to_string());
     if let Some(e) = &error {
-        *inner.runtime_error.write().expect("lock") = Some(e.clone());
+        *state.runtime_error.write().expect("lock") = Some(e.clone());
     }
-    inner.show_config_problems(error).await;
+    state.show_config_problems(error).await;
 }
 
 /// How long `shutdown` waits for live tasks to stop and record how they ended.
@@ -630,9 +630,9 @@ pub async fn serve() {
     let (service, socket) = LspService::build({
         let (slot, gone) = (slot.clone(), gone.clone());
         move |client| {
-            let inner = Arc::new(ServerState::new(client, gone));
-            let _ = slot.set(inner.clone());
-            Backend { inner }
+            let state = Arc::new(ServerState::new(client, gone));
+            let _ = slot.set(state.clone());
+            Backend { state }
         }
     })
     .custom_method(
@@ -647,8 +647,8 @@ pub async fn serve() {
     };
     // The server future is dropped here: requests to the client fail at once
     // instead of waiting for answers that will not come.
-    if let Some(inner) = slot.get() {
-        inner.wind_down(wait).await;
+    if let Some(state) = slot.get() {
+        state.wind_down(wait).await;
     }
     reader.abort();
     let _ = reader.await;

@@ -45,7 +45,7 @@ fn tagged_action(title: &str, task: i64, kind: &str) -> MessageActionItem {
 /// assumptions. Free text is left to the client when it prompts itself
 /// (`experimental.docsmith.prompts`); otherwise the user is told how to send
 /// `docsmith.answer`. Replies are tagged with `pause`.
-pub async fn ask_question(inner: Arc<ServerState>, e: Arc<TaskEntry>, q: Question, pause: u32) {
+pub async fn ask_question(state: Arc<ServerState>, e: Arc<TaskEntry>, q: Question, pause: u32) {
     let mut actions: Vec<MessageActionItem> = q
         .options
         .iter()
@@ -58,17 +58,17 @@ pub async fn ask_question(inner: Arc<ServerState>, e: Arc<TaskEntry>, q: Questio
     ));
     actions.push(tagged_action(QUESTION_CANCEL, e.id, PROMPT_KIND_QUESTION));
     let msg = format!("docsmith: `{}`: {}", e.name, q.text);
-    let chosen = inner
+    let chosen = state
         .client
         .show_message_request(MessageType::INFO, msg, Some(actions))
         .await;
     let reply = match chosen {
         Ok(Some(a)) if q.options.contains(&a.title) => Reply::Answer(a.title),
         Ok(Some(a)) if a.title == QUESTION_FREE_TEXT => {
-            if inner.session().is_ok_and(|s| s.flags.prompts_in_client) {
+            if state.session().is_ok_and(|s| s.flags.prompts_in_client) {
                 return; // the client prompts and sends docsmith.answer itself
             }
-            inner
+            state
                 .client
                 .show_message(
                     MessageType::INFO,
@@ -106,7 +106,7 @@ pub enum ReviewChoice {
 /// [`REVIEW_REJECT`], [`REVIEW_DIFF`], [`REVIEW_DISCARD`], in that order (a
 /// warning when the proposal is not passing). `None` when the prompt was
 /// dismissed or the request failed.
-pub async fn ask_review(inner: &ServerState, e: &TaskEntry, p: &Proposal) -> Option<ReviewChoice> {
+pub async fn ask_review(state: &ServerState, e: &TaskEntry, p: &Proposal) -> Option<ReviewChoice> {
     let typ = if p.passing {
         MessageType::INFO
     } else {
@@ -123,7 +123,7 @@ pub async fn ask_review(inner: &ServerState, e: &TaskEntry, p: &Proposal) -> Opt
         .into_iter()
         .map(|t| tagged_action(t, e.id, PROMPT_KIND_REVIEW))
         .collect();
-    let chosen = inner
+    let chosen = state
         .client
         .show_message_request(typ, msg, Some(actions))
         .await;
@@ -138,8 +138,8 @@ pub async fn ask_review(inner: &ServerState, e: &TaskEntry, p: &Proposal) -> Opt
 
 /// Warns with `message` (why a proposal cannot be applied) and offers
 /// [`RERUN`]; true when the user chose it.
-pub async fn offer_rerun(inner: &ServerState, message: String) -> bool {
-    let choice = inner
+pub async fn offer_rerun(state: &ServerState, message: String) -> bool {
+    let choice = state
         .client
         .show_message_request(
             MessageType::WARNING,

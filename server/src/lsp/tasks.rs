@@ -126,7 +126,7 @@ pub type Prompter = fn(Arc<ServerState>, Arc<TaskEntry>, Prompt, u32);
 /// Starts the driver for `run` on the runtime. Returns at once. `prompt`
 /// raises the task's questions and reviews.
 pub fn spawn(
-    inner: Arc<ServerState>,
+    state: Arc<ServerState>,
     entry: Arc<TaskEntry>,
     run: TaskRun,
     replies: UnboundedReceiver<Tagged>,
@@ -135,17 +135,17 @@ pub fn spawn(
 ) {
     tokio::spawn(async move {
         let id = entry.id;
-        drive(&inner, &entry, run, replies, events, prompt).await;
-        inner.tasks.remove(&id);
-        inner
+        drive(&state, &entry, run, replies, events, prompt).await;
+        state.tasks.remove(&id);
+        state
             .active
             .remove(&(entry.uri.clone(), entry.name.clone()));
-        inner.refresh_lenses().await;
+        state.refresh_lenses().await;
     });
 }
 
-async fn notify(inner: &ServerState, e: &TaskEntry, v: &TaskView) {
-    inner
+async fn notify(state: &ServerState, e: &TaskEntry, v: &TaskView) {
+    state
         .client
         .send_notification::<TaskChanged>(TaskChangedParams {
             task: e.id,
@@ -158,27 +158,27 @@ async fn notify(inner: &ServerState, e: &TaskEntry, v: &TaskView) {
         .await;
 }
 
-async fn acquire(inner: &ServerState, e: &TaskEntry) -> Option<OwnedSemaphorePermit> {
+async fn acquire(state: &ServerState, e: &TaskEntry) -> Option<OwnedSemaphorePermit> {
     tokio::select! {
-        p = inner.queue.clone().acquire_owned() => p.ok(),
+        p = state.queue.clone().acquire_owned() => p.ok(),
         _ = e.cancel.cancelled() => None,
     }
 }
 
 async fn drive(
-    inner: &Arc<ServerState>,
+    state: &Arc<ServerState>,
     e: &Arc<TaskEntry>,
     mut run: TaskRun,
     mut replies: UnboundedReceiver<Tagged>,
     events: UnboundedReceiver<Event>,
     prompt: Prompter,
 ) {
-    let flags = inner.session().map(|s| s.flags.clone()).unwrap_or_default();
+    let flags = state.session().map(|s| s.flags.clone()).unwrap_or_default();
     let title = format!("docsmith: {}", e.name);
     let mut round = 0u32;
     let reporter = Arc::new(tokio::sync::Mutex::new(
         Reporter::begin(
-            &inner.client,
+            &state.client,
             flags.progress,
             e.id,
             round,
@@ -188,26 +188,26 @@ async fn drive(
         .await,
     ));
     let v = e.view();
-    notify(inner, e, &v).await;
+    notify(state, e, &v).await;
     let forwarder = tokio::spawn(forward_events(
-        inner.clone(),
+        state.clone(),
         e.clone(),
         reporter.clone(),
         events,
     ));
 
-    let mut permit = acquire(inner, e).await;
+    let mut permit = acquire(state, e).await;
     let end_message: String;
     'run: loop {
         if permit.is_none() {
-            end_message = cancelled(inner, e, &mut run);
+            end_message = cancelled(state, e, &mut run);
             break;
         }
         let v = e.update(|v| {
             v.phase = TaskPhase::Running;
             v.question = None;
         });
-        notify(inner, e, &v).await;
+        notify(state, e, &v).await;
         let pause = run.advance(&e.cancel).await;
         match pause {
             Ok(Pause::Question(q)) => {
@@ -218,23 +218,23 @@ async fn drive(
                     v.question = Some(q.clone());
                     v.pause += 1;
                 });
-                notify(inner, e, &v).await;
+                notify(state, e, &v).await;
                 reporter
                     .lock()
                     .await
                     .report(v.message.clone(), v.percent)
                     .await;
                 if flags.message_request {
-                    prompt(inner.clone(), e.clone(), Prompt::Question(q), v.pause);
+                    prompt(state.clone(), e.clone(), Prompt::Question(q), v.pause);
                     if wait(e, &mut replies, &mut run, v.pause).await.is_none() {
-                        end_message = cancelled(inner, e, &mut run);
+                        end_message = cancelled(state, e, &mut run);
                         break 'run;
                     }
                 } else {
                     // A client that cannot ask gets the planner's assumptions.
                     let _ = run.reply(Reply::Assume);
                 }
-                permit = acquire(inner, e).await;
+                permit = acquire(state, e).await;
             }
             Ok(Pause::Review(p)) => {
                 permit = None;
@@ -247,13 +247,13 @@ async fn drive(
                     v.pause += 1;
                 });
                 reporter.lock().await.end(v.message.clone()).await;
-                notify(inner, e, &v).await;
-                inner.refresh_lenses().await;
+                notify(state, e, &v).await;
+                state.refresh_lenses().await;
                 if flags.message_request {
-                    prompt(inner.clone(), e.clone(), Prompt::Review(p), v.pause);
+                    prompt(state.clone(), e.clone(), Prompt::Review(p), v.pause);
                 }
                 if wait(e, &mut replies, &mut run, v.pause).await.is_none() {
-                    end_message = cancelled(inner, e, &mut run);
+                    end_message = cancelled(state, e, &mut run);
                     break 'run;
                 }
                 // After Accept the run packages; after Discard it is done;
@@ -265,7 +265,7 @@ async fn drive(
                 if rejected {
                     round += 1;
                     *reporter.lock().await = Reporter::begin(
-                        &inner.client,
+                        &state.client,
                         flags.progress,
                         e.id,
                         round,
@@ -279,10 +279,10 @@ async fn drive(
                         v.percent = 0;
                         v.message = "refining with your feedback".into();
                     });
-                    notify(inner, e, &v).await;
-                    inner.refresh_lenses().await;
+                    notify(state, e, &v).await;
+                    state.refresh_lenses().await;
                 }
-                permit = acquire(inner, e).await;
+                permit = acquire(state, e).await;
             }
             Ok(Pause::Finished(o)) => {
                 let phase = match o.status {
@@ -300,15 +300,15 @@ async fn drive(
                     v.phase = phase;
                     v.message = end_message.clone();
                 });
-                notify(inner, e, &v).await;
+                notify(state, e, &v).await;
                 break;
             }
             Err(err) => {
                 if matches!(err, crate::pipeline::PipelineError::Cancelled) {
-                    end_message = cancelled(inner, e, &mut run);
+                    end_message = cancelled(state, e, &mut run);
                 } else {
                     end_message = format!("failed: {err}");
-                    inner
+                    state
                         .client
                         .show_message(MessageType::ERROR, format!("docsmith: `{}`: {err}", e.name))
                         .await;
@@ -316,7 +316,7 @@ async fn drive(
                         v.phase = TaskPhase::Failed;
                         v.message = end_message.clone();
                     });
-                    notify(inner, e, &v).await;
+                    notify(state, e, &v).await;
                 }
                 break;
             }
@@ -332,8 +332,8 @@ async fn drive(
 /// row (its code and files are complete, so a restarted server offers Accept
 /// again); anything else (running, queued, waiting for an answer) was cut
 /// short and becomes interrupted.
-fn cancelled(inner: &ServerState, e: &TaskEntry, run: &mut TaskRun) -> String {
-    let stopping = inner.shutting_down.load(Ordering::SeqCst);
+fn cancelled(state: &ServerState, e: &TaskEntry, run: &mut TaskRun) -> String {
+    let stopping = state.shutting_down.load(Ordering::SeqCst);
     if stopping && run.stage() == crate::pipeline::Stage::Review {
         let why = "the server stopped; the proposal waits for review after a restart";
         e.update(|v| v.message = why.into());
@@ -384,7 +384,7 @@ async fn wait(
 }
 
 async fn forward_events(
-    inner: Arc<ServerState>,
+    state: Arc<ServerState>,
     e: Arc<TaskEntry>,
     reporter: Arc<tokio::sync::Mutex<Reporter>>,
     mut events: UnboundedReceiver<Event>,
@@ -399,11 +399,11 @@ async fn forward_events(
                     v.percent = percent;
                 });
                 reporter.lock().await.report(message, percent).await;
-                notify(&inner, &e, &v).await;
+                notify(&state, &e, &v).await;
                 // The lens above the function shows the stage too
                 // (`docsmith: running tests · Cancel`): ask the editor to
                 // re-read it, or it keeps the first stage until the review.
-                inner.refresh_lenses().await;
+                state.refresh_lenses().await;
             }
             Event::Tests {
                 passed,
@@ -416,7 +416,7 @@ async fn forward_events(
                 reporter.lock().await.report(msg, pct).await;
             }
             Event::Selected { reason, round, .. } => {
-                inner
+                state
                     .client
                     .log_message(
                         MessageType::INFO,
@@ -425,7 +425,7 @@ async fn forward_events(
                     .await;
             }
             Event::Note { message, .. } => {
-                inner
+                state
                     .client
                     .log_message(
                         MessageType::INFO,
@@ -436,7 +436,7 @@ async fn forward_events(
             Event::TestDropped {
                 test_id, reason, ..
             } => {
-                inner
+                state
                     .client
                     .log_message(
                         MessageType::INFO,
