@@ -394,8 +394,11 @@ pub fn parse_target(s: &str) -> (PathBuf, Option<usize>) {
 }
 
 /// The workspace root for a file: the nearest ancestor holding `.git`, `docsmith.toml`
-/// or `.docsmith`, else the file's own folder. Looked up from the folder the
-/// user named the file in (canonicalised), not from a symlink's target.
+/// or `.docsmith`; without one, the file's import root (the first folder
+/// from the file's up that is not a package, i.e. has no `__init__.py`), so
+/// a package's files share one `.docsmith` above the package instead of one
+/// inside it. Looked up from the folder the user named the file in
+/// (canonicalised), not from a symlink's target.
 pub fn find_workspace(file: &Path) -> PathBuf {
     let named = file
         .parent()
@@ -411,6 +414,10 @@ pub fn find_workspace(file: &Path) -> PathBuf {
         }
     }
     start
+        .ancestors()
+        .find(|d| !d.join("__init__.py").is_file())
+        .unwrap_or(&start)
+        .to_path_buf()
 }
 
 /// The exit code of a set-up error: the user's installation or configuration
@@ -1119,6 +1126,34 @@ async fn model(action: ModelAction) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_marker_the_workspace_is_the_import_root_not_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(root.join("shop/sub")).unwrap();
+        std::fs::create_dir_all(root.join("loose")).unwrap();
+        for f in [
+            "shop/__init__.py",
+            "shop/sub/__init__.py",
+            "shop/sub/m.py",
+            "loose/m.py",
+        ] {
+            std::fs::write(root.join(f), "").unwrap();
+        }
+        // A module of a package: the folder above the outermost package, so
+        // shop/ and shop/sub/ share one .docsmith.
+        assert_eq!(find_workspace(&root.join("shop/sub/m.py")), root);
+        assert_eq!(find_workspace(&root.join("shop/__init__.py")), root);
+        // A loose script: its own folder, as before.
+        assert_eq!(find_workspace(&root.join("loose/m.py")), root.join("loose"));
+        // A marker still wins, however deep.
+        std::fs::write(root.join("shop/docsmith.toml"), "").unwrap();
+        assert_eq!(
+            find_workspace(&root.join("shop/sub/m.py")),
+            root.join("shop")
+        );
+    }
 
     #[test]
     fn targets_split_on_a_trailing_line_number() {
