@@ -536,7 +536,9 @@ pub fn code_request(
 /// the body. On the shop fixture's four methods (2026-12-08, 2 cores) the
 /// developer's completion tokens per task went from 298-4722 to 9-327 and
 /// the wall time from 20-145 s to 10-37 s, with the same outcomes. The same
-/// head is kept by `python::splice` anyway.
+/// head is kept by `python::splice` anyway. Plain functions are not
+/// prefilled: on the dev set it was 21% faster but passed 70/82 against
+/// 72/82 (`bench/results/dev-loop-function-prefill`).
 fn code_reply(stub: &StubView, mut req: CompletionRequest) -> CompletionRequest {
     req.stop = vec![CODE_STOP.to_string()];
     if stub.enclosing.is_some() && !stub.head.is_empty() {
