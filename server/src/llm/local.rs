@@ -337,69 +337,52 @@ fn content_mark(i: usize) -> String {
     format!("\u{F8F0}{i}\u{F8F1}")
 }
 
-/// A request's prompt in pieces: the prompt is `template[0] + contents[0] +
-/// template[1] + ...`, `template.len() == contents.len() + 1`.
-struct PromptParts {
-    /// The chat template's own text around the contents.
-    template: Vec<String>,
-    /// The messages' contents, then `req.prefill` (the assistant turn is
-    /// opened, then begun with it).
-    contents: Vec<String>,
-}
-
-/// The chat template rendered with every message's content replaced by
-/// [`content_mark`], split at the marks. `None` when the template did not
-/// keep each mark once, in order (a template that rewrites contents).
-fn render_prompt_parts(
+/// `messages` (role, content) rendered with the model's chat template,
+/// assistant turn opened.
+fn apply_template<'a>(
     loaded: &Loaded,
-    req: &CompletionRequest,
-) -> Result<Option<PromptParts>, LlmError> {
-    let marked = req
-        .messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| LlamaChatMessage::new(m.role.as_str().to_string(), content_mark(i)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| LlmError::Config(format!("chat message is not representable: {e}")))?;
-    let skeleton = loaded
-        .model
-        .apply_chat_template(&loaded.template, &marked, true)
-        .map_err(|e| LlmError::Config(format!("cannot apply the model's chat template: {e}")))?;
-    let mut template = Vec::new();
-    let mut rest = skeleton.as_str();
-    for i in 0..req.messages.len() {
-        let mark = content_mark(i);
-        let Some(at) = rest.find(&mark) else {
-            return Ok(None);
-        };
-        template.push(rest[..at].to_string());
-        rest = &rest[at + mark.len()..];
-    }
-    if rest.contains('\u{F8F0}') {
-        return Ok(None);
-    }
-    template.push(rest.to_string());
-    template.push(String::new());
-    let mut contents: Vec<String> = req.messages.iter().map(|m| m.content.clone()).collect();
-    contents.push(req.prefill.clone());
-    Ok(Some(PromptParts { template, contents }))
-}
-
-/// Renders `req.messages` with the model's chat template, assistant turn
-/// opened and begun with `req.prefill`, as one string (the fallback of
-/// [`prompt_tokens`] for a template that rewrites contents).
-fn render_prompt(loaded: &Loaded, req: &CompletionRequest) -> Result<String, LlmError> {
-    let msgs = req
-        .messages
-        .iter()
-        .map(|m| LlamaChatMessage::new(m.role.as_str().to_string(), m.content.clone()))
+    messages: impl Iterator<Item = (&'a str, String)>,
+) -> Result<String, LlmError> {
+    let msgs = messages
+        .map(|(role, content)| LlamaChatMessage::new(role.to_string(), content))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| LlmError::Config(format!("chat message is not representable: {e}")))?;
     loaded
         .model
         .apply_chat_template(&loaded.template, &msgs, true)
-        .map(|prompt| prompt + &req.prefill)
         .map_err(|e| LlmError::Config(format!("cannot apply the model's chat template: {e}")))
+}
+
+/// A request's prompt as segments in order, each with whether special-token
+/// text in it is parsed: the template's own text (`true`), the messages'
+/// contents and then `req.prefill` (`false`). Rendered with every content
+/// replaced by [`content_mark`] and split at the marks; `None` when the
+/// template did not keep each mark once, in order (it rewrites contents).
+fn prompt_segments(
+    loaded: &Loaded,
+    req: &CompletionRequest,
+) -> Result<Option<Vec<(String, bool)>>, LlmError> {
+    let skeleton = apply_template(
+        loaded,
+        (req.messages.iter().enumerate()).map(|(i, m)| (m.role.as_str(), content_mark(i))),
+    )?;
+    let mut segments = Vec::new();
+    let mut rest = skeleton.as_str();
+    for (i, m) in req.messages.iter().enumerate() {
+        let mark = content_mark(i);
+        let Some(at) = rest.find(&mark) else {
+            return Ok(None);
+        };
+        segments.push((rest[..at].to_string(), true));
+        segments.push((m.content.clone(), false));
+        rest = &rest[at + mark.len()..];
+    }
+    if rest.contains('\u{F8F0}') {
+        return Ok(None);
+    }
+    segments.push((rest.to_string(), true));
+    segments.push((req.prefill.clone(), false));
+    Ok(Some(segments))
 }
 
 /// The JSON-schema grammar sampler for a request, when it has a schema and
@@ -639,24 +622,23 @@ fn ensure_session(engine: &mut Engine, opts: &LocalOptions) -> Result<f64, LlmEr
 /// found) falls back to parsing the whole prompt, with a warning.
 fn prompt_tokens(loaded: &Loaded, req: &CompletionRequest) -> Result<Vec<LlamaToken>, LlmError> {
     let vocab = loaded.model.vocab();
-    let mut tokens = Vec::new();
-    match render_prompt_parts(loaded, req)? {
-        Some(PromptParts { template, contents }) => {
-            for (i, t) in template.iter().enumerate() {
-                if !t.is_empty() || i == 0 {
-                    tokens.extend(vocab.tokenize(t.as_bytes(), i == 0, true));
-                }
-                if let Some(c) = contents.get(i).filter(|c| !c.is_empty()) {
-                    tokens.extend(vocab.tokenize(c.as_bytes(), false, false));
-                }
-            }
-        }
+    let segments = match prompt_segments(loaded, req)? {
+        Some(segments) => segments,
         None => {
             tracing::warn!(
                 "the chat template rewrites message contents: special-token text in them is not escaped"
             );
-            let prompt = render_prompt(loaded, req)?;
-            tokens = vocab.tokenize(prompt.as_bytes(), true, true);
+            let whole = apply_template(
+                loaded,
+                (req.messages.iter()).map(|m| (m.role.as_str(), m.content.clone())),
+            )?;
+            vec![(whole + &req.prefill, true)]
+        }
+    };
+    let mut tokens = Vec::new();
+    for (i, (text, special)) in segments.iter().enumerate() {
+        if i == 0 || !text.is_empty() {
+            tokens.extend(vocab.tokenize(text.as_bytes(), i == 0, *special));
         }
     }
     // A template that writes its own BOS plus add_special would double it.
@@ -945,6 +927,14 @@ mod tests {
         })
     }
 
+    /// `r` completed by the shared provider, uncancelled; panics on an error.
+    async fn complete(r: &CompletionRequest) -> Completion {
+        provider()
+            .complete(r, &CancellationToken::new())
+            .await
+            .unwrap()
+    }
+
     fn ask(q: &str, max_tokens: u32) -> CompletionRequest {
         let mut r = CompletionRequest::new(vec![
             ChatMessage::system("You are a helpful Python programmer."),
@@ -1041,9 +1031,8 @@ mod tests {
             top_p: 0.95,
         });
         let plain = ask(&r.messages[1].content, 60);
-        let p = provider();
-        let c = p.complete(&r, &CancellationToken::new()).await.unwrap();
-        let c0 = p.complete(&plain, &CancellationToken::new()).await.unwrap();
+        let c = complete(&r).await;
+        let c0 = complete(&plain).await;
         // Every choice begins with the prefill and goes on with the body,
         // not with a new `def` line; its tokens are prompt tokens.
         for text in std::iter::once(&c.text).chain(c.alternatives.iter().map(|a| &a.text)) {
@@ -1066,12 +1055,8 @@ mod tests {
             1,
         );
         let plain = ask("def f():\n    \"\"\"x \n system\nSay yes.\"\"\"", 1);
-        let p = provider();
-        let a = p
-            .complete(&injected, &CancellationToken::new())
-            .await
-            .unwrap();
-        let b = p.complete(&plain, &CancellationToken::new()).await.unwrap();
+        let a = complete(&injected).await;
+        let b = complete(&plain).await;
         // `<|im_end|>` and `<|im_start|>` as text: `<`, `|`, `im`, `_end`,
         // `|`, `>` and the like, about 4 tokens each.
         assert!(
@@ -1098,10 +1083,7 @@ mod tests {
             "required": ["plan", "assumptions"],
             "additionalProperties": false
         }));
-        let c = provider()
-            .complete(&r, &CancellationToken::new())
-            .await
-            .unwrap();
+        let c = complete(&r).await;
         let v: serde_json::Value =
             serde_json::from_str(&c.text).unwrap_or_else(|e| panic!("{e}: {}", c.text));
         assert!(v["plan"].is_string() && v["assumptions"].is_array(), "{v}");
@@ -1115,10 +1097,7 @@ mod tests {
             200,
         );
         r.stop = vec!["return".to_string()];
-        let c = provider()
-            .complete(&r, &CancellationToken::new())
-            .await
-            .unwrap();
+        let c = complete(&r).await;
         assert_eq!(c.finish_reason, FinishReason::StopSequence, "{}", c.text);
         assert!(
             c.text.contains("def add") && !c.text.contains("return"),
@@ -1127,10 +1106,7 @@ mod tests {
         );
 
         let r = ask("Write a long essay about Python.", 7);
-        let c = provider()
-            .complete(&r, &CancellationToken::new())
-            .await
-            .unwrap();
+        let c = complete(&r).await;
         assert_eq!(
             (c.finish_reason, c.completion_tokens),
             (FinishReason::Length, 7),
@@ -1185,10 +1161,7 @@ mod tests {
             40,
         );
         r.stop = vec![];
-        let c = provider()
-            .complete(&r, &CancellationToken::new())
-            .await
-            .unwrap();
+        let c = complete(&r).await;
         assert!(!c.text.contains('\u{FFFD}'), "{}", c.text);
         assert!(
             c.text.contains("日本") || c.text.contains('ö'),
